@@ -1,0 +1,202 @@
+//! The unified event: one Segment-spec-shaped record that PostHog's and RudderStack/Segment's
+//! wire formats both map onto without loss (see `docs/protocols.md` for the mapping table).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Which wire protocol an event arrived by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Posthog,
+    Segment,
+}
+
+/// The Segment call type of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Track,
+    Identify,
+    Group,
+    Page,
+    Screen,
+    Alias,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Track => "track",
+            EventType::Identify => "identify",
+            EventType::Group => "group",
+            EventType::Page => "page",
+            EventType::Screen => "screen",
+            EventType::Alias => "alias",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "track" => EventType::Track,
+            "identify" => EventType::Identify,
+            "group" => EventType::Group,
+            "page" => EventType::Page,
+            "screen" => EventType::Screen,
+            "alias" => EventType::Alias,
+            _ => return None,
+        })
+    }
+}
+
+/// One event, as stored in the log and served by the events API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The client's `uuid` / `messageId`, else a generated UUIDv7 (time-ordered).
+    pub id: String,
+    pub project_id: i64,
+    pub protocol: Protocol,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The event name. PostHog names are kept as sent; Segment calls other than `track` get
+    /// PostHog's name for them (`$identify`, `$groupidentify`, `$pageview`, `$screen`,
+    /// `$create_alias`).
+    pub event: String,
+    /// PostHog's distinct id; for Segment, `userId`, else `anonymousId`.
+    pub distinct_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    /// Person properties to set: PostHog `$set`, Segment identify traits.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub traits: Map<String, Value>,
+    /// Person properties to set only when absent: PostHog `$set_once`.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub traits_set_once: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub context: Map<String, Value>,
+    /// Group memberships of the event: PostHog `$groups` (type → key).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub groups: Map<String, Value>,
+    /// For group calls: the group type (`$group_type`; Segment has none) and key (`groupId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// For alias calls: the id being merged into `distinct_id` (`previousId`, PostHog `alias`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<String>,
+    /// Page/screen name and category (Segment page/screen calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// When the event happened, corrected for client clock skew.
+    pub timestamp: String,
+    /// The timestamp as the client sent it (PostHog `timestamp`, Segment
+    /// `originalTimestamp`, else Segment `timestamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    pub received_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// Every other top-level field the client sent (`integrations`, `channel`, `offset`, …),
+    /// kept so the event can be forwarded out again unchanged.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+/// Formats a time the way every stored timestamp is written: RFC 3339, UTC, microseconds.
+/// Fixed width, so stored timestamps compare correctly as strings.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses the timestamp forms SDKs send: RFC 3339 with any offset, or without one (UTC),
+/// or a date.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc());
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%z") {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+/// What the intake knows about the request an event came in.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub project_id: i64,
+    pub received_at: DateTime<Utc>,
+    /// The request's W3C `traceparent` header, if any.
+    pub traceparent: Option<String>,
+}
+
+/// A W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<flags>`.
+pub fn parse_traceparent(s: &str) -> Option<(String, String)> {
+    let mut parts = s.trim().split('-');
+    let _version = parts.next().filter(|v| v.len() == 2)?;
+    let trace = parts.next().filter(|t| is_hex_id(t, 32))?;
+    let span = parts.next().filter(|t| is_hex_id(t, 16))?;
+    Some((trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
+}
+
+fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+}
+
+/// Trace and span ids, from `properties.trace_id`/`span_id`, then `context.traceparent`,
+/// then the request's `traceparent` header.
+pub fn extract_trace(
+    properties: &Map<String, Value>,
+    context: &Map<String, Value>,
+    header: Option<&str>,
+) -> (Option<String>, Option<String>) {
+    let prop = |k: &str| properties.get(k).and_then(Value::as_str).map(str::to_owned);
+    if let Some(trace) = prop("trace_id") {
+        return (Some(trace), prop("span_id"));
+    }
+    let context_tp = context.get("traceparent").and_then(Value::as_str);
+    for tp in [context_tp, header].into_iter().flatten() {
+        if let Some((trace, span)) = parse_traceparent(tp) {
+            return (Some(trace), prop("span_id").or(Some(span)));
+        }
+    }
+    (None, prop("span_id"))
+}
+
+/// Stringifies a distinct/user id as PostHog does: strings as they are, other JSON values
+/// as their JSON text; NUL becomes U+FFFD; at most 200 characters. Empty → `None`.
+pub fn id_string(value: Option<&Value>) -> Option<String> {
+    let s = match value? {
+        Value::Null => return None,
+        Value::String(s) => s.trim().to_owned(),
+        other => other.to_string(),
+    };
+    if s.is_empty() {
+        return None;
+    }
+    let s = s.replace('\0', "\u{FFFD}");
+    Some(s.chars().take(200).collect())
+}
+
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

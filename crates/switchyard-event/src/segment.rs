@@ -1,0 +1,261 @@
+//! RudderStack/Segment HTTP API (`/v1/track`, `/v1/identify`, `/v1/group`, `/v1/page`,
+//! `/v1/screen`, `/v1/alias`, `/v1/batch`) into unified events.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::error::Rejection;
+use crate::model::{
+    extract_trace, format_time, id_string, new_event_id, parse_time, Event, EventType, Protocol,
+    RequestMeta,
+};
+use crate::validate::{check_event_name, check_raw_event, EventLimits};
+use crate::{InvalidEvent, Normalized};
+
+/// A decoded Segment request, before authentication.
+#[derive(Debug)]
+pub struct SegmentRequest {
+    /// Segment's body `writeKey` (Basic auth is preferred by the server).
+    pub body_write_key: Option<String>,
+    pub events: Vec<Value>,
+    /// The batch-level `sentAt`.
+    pub sent_at: Option<String>,
+    pub single: bool,
+}
+
+/// Parses the JSON of a Segment request. `route_type` is the call type of the route
+/// (`None` for `/v1/batch`).
+pub fn parse_segment_request(
+    json: &[u8],
+    route_type: Option<EventType>,
+) -> Result<SegmentRequest, Rejection> {
+    let value: Value = serde_json::from_slice(json)
+        .map_err(|e| Rejection::new(400, "invalid_json", format!("invalid json: {e}")))?;
+    let Value::Object(mut map) = value else {
+        return Err(Rejection::new(400, "invalid_json", "invalid json: expected a JSON object"));
+    };
+    let body_write_key = map.get("writeKey").and_then(Value::as_str).map(str::to_owned);
+    match route_type {
+        None => {
+            let events = match map.remove("batch") {
+                Some(Value::Array(events)) => events,
+                _ => {
+                    return Err(Rejection::new(
+                        400,
+                        "invalid_json",
+                        "invalid json: `batch` must be an array of events",
+                    ))
+                }
+            };
+            if events.is_empty() {
+                return Err(Rejection::new(400, "empty_batch", "empty batch payload"));
+            }
+            let sent_at = map.get("sentAt").and_then(Value::as_str).map(str::to_owned);
+            Ok(SegmentRequest { body_write_key, events, sent_at, single: false })
+        }
+        Some(kind) => {
+            map.remove("writeKey");
+            map.insert("type".into(), Value::String(kind.as_str().into()));
+            Ok(SegmentRequest { body_write_key, events: vec![Value::Object(map)], sent_at: None, single: true })
+        }
+    }
+}
+
+pub struct SegmentContext<'a> {
+    pub meta: &'a RequestMeta,
+    pub batch_sent_at: Option<&'a str>,
+    pub limits: &'a EventLimits,
+}
+
+pub fn normalize(events: Vec<Value>, ctx: &SegmentContext<'_>) -> Normalized {
+    let mut out = Normalized::default();
+    for (index, raw) in events.into_iter().enumerate() {
+        match normalize_event(&raw, ctx) {
+            Ok(event) => out.accepted.push(event),
+            Err(rejection) => out.invalid.push(InvalidEvent { index, rejection, raw }),
+        }
+    }
+    out
+}
+
+const TOP_LEVEL_KNOWN: &[&str] = &[
+    "type",
+    "messageId",
+    "event",
+    "userId",
+    "anonymousId",
+    "properties",
+    "traits",
+    "context",
+    "groupId",
+    "previousId",
+    "name",
+    "category",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+    "writeKey",
+];
+
+fn object_field(obj: &Map<String, Value>, key: &str) -> Result<Map<String, Value>, Rejection> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(Rejection::new(
+            400,
+            "invalid_field",
+            format!("event is not a valid rudder event: `{key}` must be an object"),
+        )),
+    }
+}
+
+pub fn normalize_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Event, Rejection> {
+    let Some(obj) = raw.as_object() else {
+        return Err(Rejection::new(400, "invalid_event", "event is not a valid rudder event"));
+    };
+    let kind = match obj.get("type").and_then(Value::as_str) {
+        Some(t) => EventType::parse(t).ok_or_else(|| {
+            Rejection::new(400, "invalid_type", format!("event type {t:?} is not one of track, identify, group, page, screen, alias"))
+        })?,
+        None => return Err(Rejection::new(400, "invalid_type", "event is not a valid rudder event: missing `type`")),
+    };
+    let properties = object_field(obj, "properties")?;
+    let context = object_field(obj, "context")?;
+    let mut traits = object_field(obj, "traits")?;
+    check_raw_event(raw, properties.len().max(traits.len()), ctx.limits)?;
+
+    let user_id = id_string(obj.get("userId"));
+    let anonymous_id = id_string(obj.get("anonymousId"));
+    let distinct_id = user_id
+        .clone()
+        .or_else(|| anonymous_id.clone())
+        .ok_or_else(|| {
+            Rejection::new(400, "missing_distinct_id", "request neither has anonymousId nor userId")
+        })?;
+
+    let event_name = match kind {
+        EventType::Track => match obj.get("event").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+            Some(name) => name.to_owned(),
+            None => return Err(Rejection::missing_event_name()),
+        },
+        EventType::Identify => "$identify".to_owned(),
+        EventType::Group => "$groupidentify".to_owned(),
+        EventType::Page => "$pageview".to_owned(),
+        EventType::Screen => "$screen".to_owned(),
+        EventType::Alias => "$create_alias".to_owned(),
+    };
+    check_event_name(&event_name, ctx.limits)?;
+
+    if kind == EventType::Identify && traits.is_empty() {
+        // rudder-sdk-python sends identify traits only as `context.traits`.
+        if let Some(Value::Object(t)) = context.get("traits") {
+            traits = t.clone();
+        }
+    }
+
+    let id = obj
+        .get("messageId")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(new_event_id);
+
+    let event_timestamp = obj.get("timestamp").and_then(Value::as_str);
+    let original_timestamp = obj.get("originalTimestamp").and_then(Value::as_str);
+    let sent_at = obj.get("sentAt").and_then(Value::as_str).or(ctx.batch_sent_at);
+    let timestamp = segment_timestamp(
+        ctx.meta.received_at,
+        event_timestamp,
+        original_timestamp,
+        sent_at,
+    );
+
+    let (trace_id, span_id) = extract_trace(&properties, &context, ctx.meta.traceparent.as_deref());
+
+    let mut extra = Map::new();
+    for (key, value) in obj {
+        if !TOP_LEVEL_KNOWN.contains(&key.as_str()) {
+            extra.insert(key.clone(), value.clone());
+        }
+    }
+    let str_field = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+
+    Ok(Event {
+        id,
+        project_id: ctx.meta.project_id,
+        protocol: Protocol::Segment,
+        kind,
+        event: event_name,
+        distinct_id,
+        user_id,
+        anonymous_id,
+        properties,
+        traits,
+        traits_set_once: Map::new(),
+        context,
+        groups: Map::new(),
+        group_type: None,
+        group_id: if kind == EventType::Group { id_string(obj.get("groupId")) } else { None },
+        previous_id: if kind == EventType::Alias { id_string(obj.get("previousId")) } else { None },
+        name: str_field("name"),
+        category: str_field("category"),
+        timestamp: format_time(timestamp),
+        original_timestamp: original_timestamp.or(event_timestamp).map(str::to_owned),
+        sent_at: sent_at.and_then(parse_time).map(format_time),
+        received_at: format_time(ctx.meta.received_at),
+        trace_id,
+        span_id,
+        extra,
+    })
+}
+
+/// RudderStack's rule (`enhanceWithTimeFields`): a parsable client `timestamp` is kept as-is;
+/// otherwise `receivedAt - (sentAt - originalTimestamp)`, each missing value defaulting to
+/// `receivedAt`. `sentAt` is the event's own, else the batch's (Segment's documented rule).
+pub fn segment_timestamp(
+    received_at: DateTime<Utc>,
+    timestamp: Option<&str>,
+    original_timestamp: Option<&str>,
+    sent_at: Option<&str>,
+) -> DateTime<Utc> {
+    if let Some(ts) = timestamp.and_then(parse_time) {
+        return ts;
+    }
+    let original = original_timestamp.and_then(parse_time).unwrap_or(received_at);
+    let sent = sent_at.and_then(parse_time).unwrap_or(received_at);
+    received_at - (sent - original)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn original_timestamp_is_corrected_by_sent_at() {
+        let now = parse_time("2026-11-25T12:00:10Z").unwrap();
+        let t = segment_timestamp(now, None, Some("2026-11-25T12:00:00Z"), Some("2026-11-25T12:00:01Z"));
+        assert_eq!(format_time(t), "2026-11-25T12:00:09.000000Z");
+        let t = segment_timestamp(now, Some("2026-11-25T11:00:00Z"), Some("2026-11-25T12:00:00Z"), None);
+        assert_eq!(format_time(t), "2026-11-25T11:00:00.000000Z");
+    }
+
+    #[test]
+    fn identify_traits_from_context() {
+        let meta = RequestMeta { project_id: 1, received_at: Utc::now(), traceparent: None };
+        let ctx = SegmentContext { meta: &meta, batch_sent_at: None, limits: &EventLimits::default() };
+        let e = normalize_event(
+            &json!({"type": "identify", "userId": "u", "context": {"traits": {"plan": "pro"},
+                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}),
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(e.traits["plan"], "pro");
+        assert_eq!(e.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        let err = normalize_event(&json!({"type": "track", "event": "x"}), &ctx).unwrap_err();
+        assert_eq!(err.message, "request neither has anonymousId nor userId");
+    }
+}

@@ -1,0 +1,541 @@
+//! The durable event log, and its embedded SQLite implementation.
+//!
+//! # Group commit
+//!
+//! One writer thread owns the only writing SQLite connection. Intake tasks send it
+//! [`AppendBatch`]es over a bounded channel and wait for the answer. The writer takes the first
+//! waiting batch, then every other batch already queued (up to `max_txn_events` events), writes
+//! them all in **one** transaction and commits it. In WAL mode with `synchronous=FULL` the
+//! commit fsyncs the WAL, so when the commit returns the events are on disk; only then is each
+//! waiting request answered. While one commit's fsync runs, the next requests queue up and share
+//! the next transaction: the cost of an fsync (milliseconds) is paid once per group, not per
+//! request.
+//!
+//! # Invariants
+//!
+//! - A batch is answered `Ok` only after the transaction holding it committed (durable).
+//! - A batch that fails (disk full, size cap, I/O error) is answered with the error and none of
+//!   its events or quarantine records are visible: they share the transaction.
+//! - The channel is bounded: when it is full, `append` fails at once with
+//!   [`LogError::Overloaded`] instead of buffering without bound.
+//! - Closing drains: every batch queued before [`SqliteLog::close`] is committed or answered
+//!   with an error before the writer exits.
+//!
+//! # Restart
+//!
+//! Nothing is kept in memory that SQLite does not have: on restart the log is the database.
+//! SQLite's WAL recovery discards a transaction whose commit did not reach the disk, and such a
+//! transaction's requests were never answered.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use switchyard_event::Event;
+use tokio::sync::{mpsc, oneshot};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One event ready to be written: the indexed columns plus the JSON of the whole event.
+/// Built (and serialized) by the caller, so the writer thread only writes.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub id: String,
+    pub project_id: i64,
+    pub kind: &'static str,
+    pub event: String,
+    pub distinct_id: String,
+    pub trace_id: Option<String>,
+    pub timestamp: String,
+    pub received_at: String,
+    pub body: String,
+}
+
+impl LogRecord {
+    pub fn from_event(event: &Event) -> Self {
+        LogRecord {
+            id: event.id.clone(),
+            project_id: event.project_id,
+            kind: event.kind.as_str(),
+            event: event.event.clone(),
+            distinct_id: event.distinct_id.clone(),
+            trace_id: event.trace_id.clone(),
+            timestamp: event.timestamp.clone(),
+            received_at: event.received_at.clone(),
+            body: serde_json::to_string(event).expect("events serialize"),
+        }
+    }
+}
+
+/// An invalid event kept with its reason and raw form.
+#[derive(Debug, Clone)]
+pub struct QuarantineRecord {
+    pub project_id: i64,
+    pub protocol: &'static str,
+    pub received_at: String,
+    /// Stable reason code (`missing_distinct_id`, `event_too_large`, …).
+    pub code: String,
+    pub reason: String,
+    /// The event as received (JSON text).
+    pub raw: String,
+}
+
+/// What one request appends: its valid events and its quarantined ones, committed together.
+#[derive(Debug, Default)]
+pub struct AppendBatch {
+    pub events: Vec<LogRecord>,
+    pub quarantined: Vec<QuarantineRecord>,
+}
+
+impl AppendBatch {
+    pub fn len(&self) -> usize {
+        self.events.len() + self.quarantined.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppendReceipt {
+    /// Sequence number of the last event appended (if any).
+    pub last_seq: Option<i64>,
+    /// How many events the committing transaction held, this batch's and others'.
+    pub transaction_events: usize,
+}
+
+/// A logged event, read back.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: i64,
+    /// The event's JSON.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("the event log is over capacity: too many appends waiting")]
+    Overloaded,
+    #[error("the event log is full: no space left for new events")]
+    Full,
+    #[error("the event log is closed")]
+    Closed,
+    #[error("event log storage error: {0}")]
+    Storage(String),
+}
+
+impl LogError {
+    /// Seconds a client should wait before retrying.
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            LogError::Overloaded => 1,
+            LogError::Full => 30,
+            LogError::Closed | LogError::Storage(_) => 5,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for LogError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => LogError::Full,
+            _ => LogError::Storage(e.to_string()),
+        }
+    }
+}
+
+/// The event log. Implementations: [`SqliteLog`] (embedded); NATS JetStream or Kafka later.
+/// Async and batch-oriented; readers are consumers with a durable cursor they commit explicitly.
+pub trait EventLog: Send + Sync {
+    /// Appends a batch; resolves only once it is durable.
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<AppendReceipt, LogError>>;
+    /// Reads up to `max` entries after `consumer`'s committed cursor.
+    fn read<'a>(&'a self, consumer: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<LogEntry>, LogError>>;
+    /// Durably moves `consumer`'s cursor to `position` (the last seq it has processed).
+    fn commit<'a>(&'a self, consumer: &'a str, position: i64) -> BoxFuture<'a, Result<(), LogError>>;
+}
+
+/// Filters for the inspection API. Results are newest first (by log order).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub project_id: i64,
+    pub event: Option<String>,
+    pub distinct_id: Option<String>,
+    pub trace_id: Option<String>,
+    /// Event timestamps, normalized with `format_time`.
+    pub after: Option<String>,
+    pub before: Option<String>,
+    /// Only entries with a seq below this (pagination cursor).
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineQuery {
+    pub project_id: i64,
+    pub code: Option<String>,
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineEntry {
+    pub seq: i64,
+    pub protocol: String,
+    pub received_at: String,
+    pub code: String,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// Settings of the embedded log.
+#[derive(Debug, Clone)]
+pub struct SqliteLogConfig {
+    /// Appends (requests) that may wait for the writer before new ones get `Overloaded`.
+    pub queue_capacity: usize,
+    /// Most events one transaction groups.
+    pub max_txn_events: usize,
+    /// Largest size of the log file; appends beyond it fail with `Full`.
+    pub max_size_bytes: Option<u64>,
+}
+
+impl Default for SqliteLogConfig {
+    fn default() -> Self {
+        SqliteLogConfig { queue_capacity: 4096, max_txn_events: 20_000, max_size_bytes: None }
+    }
+}
+
+enum WriteOp {
+    Append(AppendBatch, oneshot::Sender<Result<AppendReceipt, LogError>>),
+    Commit(String, i64, oneshot::Sender<Result<(), LogError>>),
+}
+
+/// The embedded event log: one SQLite database in WAL mode with group commit.
+pub struct SqliteLog {
+    sender: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: std::path::PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    project_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    event TEXT NOT NULL,
+    distinct_id TEXT NOT NULL,
+    trace_id TEXT,
+    timestamp TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_trace ON events (project_id, trace_id) WHERE trace_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+";
+
+fn open_connection(path: &Path) -> Result<Connection, LogError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: every commit fsyncs the WAL, so a committed transaction survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteLog {
+    /// Opens (creating if needed) the log at `path` and starts its writer thread.
+    pub fn open(path: &Path, config: SqliteLogConfig) -> Result<Self, LogError> {
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA)?;
+        if let Some(max) = config.max_size_bytes {
+            let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            let pages = (max as i64 / page_size).max(16);
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            readers.push(open_connection(path)?);
+        }
+        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let max_txn_events = config.max_txn_events.max(1);
+        let writer = std::thread::Builder::new()
+            .name("event-log-writer".into())
+            .spawn(move || writer_loop(conn, receiver, max_txn_events))
+            .map_err(|e| LogError::Storage(e.to_string()))?;
+        Ok(SqliteLog {
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Mutex::new(readers)),
+            path: path.to_owned(),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<WriteOp>, LogError> {
+        self.sender.lock().expect("sender lock").clone().ok_or(LogError::Closed)
+    }
+
+    /// Stops taking appends, commits every queued one, and waits for the writer to exit.
+    pub async fn close(&self) {
+        drop(self.sender.lock().expect("sender lock").take());
+        let writer = self.writer.lock().expect("writer lock").take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().expect("readers lock").pop();
+            let conn = match conn {
+                Some(conn) => conn,
+                None => open_connection(&path)?,
+            };
+            let result = f(&conn);
+            readers.lock().expect("readers lock").push(conn);
+            result
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))?
+    }
+
+    /// Inspection: events matching `q`, newest first.
+    pub async fn query_events(&self, q: EventQuery) -> Result<Vec<LogEntry>, LogError> {
+        self.with_reader(move |conn| {
+            let mut sql = String::from("SELECT seq, body FROM events WHERE project_id = ?1");
+            let mut args: Vec<rusqlite::types::Value> = vec![q.project_id.into()];
+            let mut push = |clause: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+            };
+            if let Some(v) = q.event {
+                push("event =", v.into());
+            }
+            if let Some(v) = q.distinct_id {
+                push("distinct_id =", v.into());
+            }
+            if let Some(v) = q.trace_id {
+                push("trace_id =", v.into());
+            }
+            if let Some(v) = q.after {
+                push("timestamp >", v.into());
+            }
+            if let Some(v) = q.before {
+                push("timestamp <", v.into());
+            }
+            if let Some(v) = q.before_seq {
+                push("seq <", v.into());
+            }
+            sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit));
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Inspection: quarantined events, newest first.
+    pub async fn query_quarantine(&self, q: QuarantineQuery) -> Result<Vec<QuarantineEntry>, LogError> {
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT seq, protocol, received_at, code, reason, raw FROM quarantine
+                 WHERE project_id = ?1 AND (?2 IS NULL OR code = ?2) AND (?3 IS NULL OR seq < ?3)
+                 ORDER BY seq DESC LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(params![q.project_id, q.code, q.before_seq, q.limit as i64], |r| {
+                    Ok(QuarantineEntry {
+                        seq: r.get(0)?,
+                        protocol: r.get(1)?,
+                        received_at: r.get(2)?,
+                        code: r.get(3)?,
+                        reason: r.get(4)?,
+                        raw: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+impl EventLog for SqliteLog {
+    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<AppendReceipt, LogError>> {
+        Box::pin(async move {
+            let sender = self.sender()?;
+            let (reply, answer) = oneshot::channel();
+            sender.try_send(WriteOp::Append(batch, reply)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => LogError::Closed,
+            })?;
+            answer.await.map_err(|_| LogError::Closed)?
+        })
+    }
+
+    fn read<'a>(&'a self, consumer: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<LogEntry>, LogError>> {
+        let consumer = consumer.to_owned();
+        Box::pin(self.with_reader(move |conn| {
+            let position: i64 = conn
+                .query_row("SELECT position FROM cursors WHERE consumer = ?1", [&consumer], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let mut stmt =
+                conn.prepare("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt
+                .query_map(params![position, max as i64], |r| Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? }))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        }))
+    }
+
+    fn commit<'a>(&'a self, consumer: &'a str, position: i64) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(async move {
+            let sender = self.sender()?;
+            let (reply, answer) = oneshot::channel();
+            sender
+                .send(WriteOp::Commit(consumer.to_owned(), position, reply))
+                .await
+                .map_err(|_| LogError::Closed)?;
+            answer.await.map_err(|_| LogError::Closed)?
+        })
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_txn_events: usize) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut ops = vec![first];
+        let mut events = op_len(&ops[0]);
+        while events < max_txn_events {
+            match receiver.try_recv() {
+                Ok(op) => {
+                    events += op_len(&op);
+                    ops.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = write_group(&mut conn, &ops);
+        match result {
+            Ok(last_seqs) => {
+                for (op, last_seq) in ops.into_iter().zip(last_seqs) {
+                    match op {
+                        WriteOp::Append(_, reply) => {
+                            let _ = reply.send(Ok(AppendReceipt { last_seq, transaction_events: events }));
+                        }
+                        WriteOp::Commit(_, _, reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = ops.len(), "event log transaction failed");
+                for op in ops {
+                    match op {
+                        WriteOp::Append(_, reply) => {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                        WriteOp::Commit(_, _, reply) => {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Every sender is gone: checkpoint so the next start has a small WAL to replay.
+    if let Err(error) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(%error, "final WAL checkpoint failed");
+    }
+}
+
+fn op_len(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Append(batch, _) => batch.len(),
+        WriteOp::Commit(..) => 1,
+    }
+}
+
+/// Writes every op in one transaction; returns each op's last event seq.
+fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>>, LogError> {
+    let tx = conn.transaction()?;
+    let mut last_seqs = Vec::with_capacity(ops.len());
+    {
+        let mut insert_event = tx.prepare_cached(
+            "INSERT INTO events (id, project_id, type, event, distinct_id, trace_id, timestamp, received_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut insert_quarantine = tx.prepare_cached(
+            "INSERT INTO quarantine (project_id, protocol, received_at, code, reason, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut upsert_cursor = tx.prepare_cached(
+            "INSERT INTO cursors (consumer, position) VALUES (?1, ?2)
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+        )?;
+        for op in ops {
+            match op {
+                WriteOp::Append(batch, _) => {
+                    let mut last = None;
+                    for r in &batch.events {
+                        insert_event.execute(params![
+                            r.id,
+                            r.project_id,
+                            r.kind,
+                            r.event,
+                            r.distinct_id,
+                            r.trace_id,
+                            r.timestamp,
+                            r.received_at,
+                            r.body
+                        ])?;
+                        last = Some(tx.last_insert_rowid());
+                    }
+                    for q in &batch.quarantined {
+                        insert_quarantine.execute(params![
+                            q.project_id,
+                            q.protocol,
+                            q.received_at,
+                            q.code,
+                            q.reason,
+                            q.raw
+                        ])?;
+                    }
+                    last_seqs.push(last);
+                }
+                WriteOp::Commit(consumer, position, _) => {
+                    upsert_cursor.execute(params![consumer, position])?;
+                    last_seqs.push(None);
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(last_seqs)
+}

@@ -1,0 +1,159 @@
+'use strict';
+// Shared helpers for the Node.js SDK drivers: configuration from the
+// environment run.sh sets, catalog event properties, and the record file
+// each driver writes for check.py.
+
+const crypto = require('crypto');
+const fs = require('fs');
+const path = require('path');
+
+function hex(bytes) {
+  return crypto.randomBytes(bytes).toString('hex');
+}
+
+function requireEnv(name) {
+  const v = process.env[name];
+  if (!v) {
+    throw new Error(`missing environment variable ${name} (drivers are started by run.sh)`);
+  }
+  return v;
+}
+
+function config() {
+  return {
+    captureUrl: requireEnv('E2E_CAPTURE_URL').replace(/\/+$/, ''),
+    apiUrl: requireEnv('E2E_API_URL').replace(/\/+$/, ''),
+    token: requireEnv('E2E_PROJECT_TOKEN'),
+    writeKey: requireEnv('E2E_WRITE_KEY'),
+    secret: requireEnv('E2E_SECRET_KEY'),
+    outDir: requireEnv('E2E_OUT'),
+  };
+}
+
+/** Identity and tracing context of one driver run (one SDK). */
+function newRun(sdk) {
+  const tag = sdk.replace(/[^a-z0-9]+/gi, '_');
+  return {
+    sdk,
+    traceId: hex(16),
+    workspaceId: `ws_${hex(4)}`,
+    organizationId: `org_${hex(4)}`,
+    userId: `user_${tag}_${hex(4)}`,
+    anonId: `anon_${tag}_${hex(6)}`,
+  };
+}
+
+function newSpanId() {
+  return hex(8);
+}
+
+/** Properties every catalog event carries. */
+function baseProps(run) {
+  return {
+    trace_id: run.traceId,
+    span_id: newSpanId(),
+    workspace_id: run.workspaceId,
+    organization_id: run.organizationId,
+  };
+}
+
+/**
+ * Realistic catalog properties (shared/catalog.md), mixing strings, ints,
+ * floats, booleans, unicode and an explicit null so the checker can verify
+ * values and JSON types survive intake.
+ */
+function catalogProps(run, event) {
+  const runId = `run_${hex(6)}`;
+  const flowId = `flow_${hex(4)}`;
+  const agentId = `agt_${hex(4)}`;
+  let p;
+  switch (event) {
+    case 'flow_executed':
+      p = { flow_id: flowId, flow_version: 3, run_id: runId, status: 'success', duration_ms: 1834,
+        node_count: 7, nodes_failed: 0, trigger: 'api', error_type: null };
+      break;
+    case 'tool_used':
+      p = { tool_name: 'web_search', tool_type: 'mcp', connector_id: `conn_${hex(3)}`, flow_id: flowId,
+        node_id: 'node_3', run_id: runId, duration_ms: 412, success: true };
+      break;
+    case 'agent_created':
+      p = { agent_id: agentId, agent_name: 'Support triage — Ünïcode 🤖', model: 'gpt-4o-mini',
+        provider: 'openai', tools_count: 4, has_rag: true };
+      break;
+    case 'prompt_blocked':
+      p = { reason: 'jailbreak', detector: 'llm-guard', score: 0.97, threshold: 0.8, policy_id: `pol_${hex(3)}`,
+        agent_id: agentId, flow_id: flowId, prompt_sha256: crypto.createHash('sha256').update(runId).digest('hex') };
+      break;
+    case 'rag_query_triggered':
+      p = { knowledge_base_id: `kb_${hex(3)}`, index_version: 'v7', top_k: 8, results_count: 6, latency_ms: 38.5,
+        retriever: 'hybrid', embedding_model: 'text-embedding-3-small' };
+      break;
+    case 'agent_execution':
+      p = { agent_id: agentId, run_id: runId, model: 'claude-3-5-sonnet', provider: 'anthropic',
+        input_tokens: 12840, output_tokens: 911, cached_input_tokens: 8192, cost_usd: 0.052236,
+        duration_ms: 6120, status: 'success', tool_calls: 3 };
+      break;
+    case 'agent_error':
+      p = { agent_id: agentId, run_id: runId, error_type: 'rate_limit',
+        error_message: 'Provider returned 429 "Too Many Requests" — retry after 20s (ünïcødé)',
+        model: 'gpt-4o', provider: 'openai', retryable: true };
+      break;
+    default:
+      throw new Error(`unknown catalog event ${event}`);
+  }
+  return Object.assign(baseProps(run), p);
+}
+
+/** Deep copy through JSON: what is recorded is exactly what goes on the wire. */
+function jsonCopy(v) {
+  return v === undefined ? undefined : JSON.parse(JSON.stringify(v));
+}
+
+function nowIso() {
+  return new Date().toISOString();
+}
+
+function writeRecord(cfg, record) {
+  fs.mkdirSync(cfg.outDir, { recursive: true });
+  const file = path.join(cfg.outDir, `${record.sdk}.json`);
+  fs.writeFileSync(file, JSON.stringify(record, null, 2));
+  console.log(`[${record.sdk}] recorded ${record.events.length} events -> ${file}`);
+}
+
+/** Reject after ms so no await can hang a driver forever. */
+function withTimeout(promise, ms, what) {
+  let t;
+  const timer = new Promise((_, reject) => {
+    t = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timer]).finally(() => clearTimeout(t));
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Describe an SDK error, including the HTTP status/body when one is attached (axios, fetch). */
+function fmtErr(err) {
+  if (!err) return String(err);
+  const parts = [err.message || String(err)];
+  const r = err.response;
+  if (r && r.status !== undefined) {
+    let body = r.data;
+    if (body !== undefined && typeof body !== 'string') {
+      try { body = JSON.stringify(body); } catch (e) { body = String(body); }
+    }
+    parts.push(`HTTP ${r.status}${body !== undefined ? ` body=${String(body).slice(0, 500)}` : ''}`);
+  }
+  if (err.status !== undefined) parts.push(`status=${err.status}`);
+  if (err.code) parts.push(`code=${err.code}`);
+  return parts.join(' | ');
+}
+
+function uuid() {
+  return crypto.randomUUID();
+}
+
+module.exports = {
+  hex, config, newRun, newSpanId, baseProps, catalogProps, jsonCopy, nowIso, writeRecord, withTimeout, sleep, uuid, fmtErr,
+};
