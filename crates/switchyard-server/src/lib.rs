@@ -1,1 +1,219 @@
+//! The Switchyard HTTP server. [`app`] builds the router and [`serve`] runs it until a shutdown
+//! future resolves, so tests start the real server in-process on port 0.
 
+pub mod api;
+pub mod config;
+pub mod flags;
+pub mod intake;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use switchyard_event::EventLimits;
+use switchyard_store::{ControlStore, ExplicitKeys, NewProjectKeys, SqliteLog, SqliteLogConfig};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use metrics::{Metrics, RouteLabels};
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub log: Arc<SqliteLog>,
+    pub control: Arc<ControlStore>,
+    pub metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Opens the stores under `config.data_dir` (creating them and the default project on
+    /// first start). Returns the default project's keys when they were created now.
+    pub fn open(config: Config) -> anyhow::Result<(AppState, Option<NewProjectKeys>)> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data directory {}: {e}", config.data_dir.display())
+        })?;
+        let control = ControlStore::open(&config.data_dir.join("control.db"))?;
+        let new_keys = control.ensure_default_project(&ExplicitKeys {
+            project_token: config.project_token.clone(),
+            write_key: config.write_key.clone(),
+            secret_key: config.secret_key.clone(),
+        })?;
+        let log = SqliteLog::open(
+            &config.data_dir.join("events.db"),
+            SqliteLogConfig {
+                queue_capacity: config.log.queue_capacity,
+                max_txn_events: config.log.max_txn_events,
+                max_size_bytes: config.log.max_size_bytes,
+            },
+        )?;
+        let state = AppState {
+            config: Arc::new(config),
+            log: Arc::new(log),
+            control: Arc::new(control),
+            metrics: Arc::new(Metrics::default()),
+            ready: Arc::new(AtomicBool::new(true)),
+        };
+        Ok((state, new_keys))
+    }
+
+    pub fn event_limits(&self) -> EventLimits {
+        let l = &self.config.limits;
+        EventLimits {
+            max_event_bytes: l.max_event_bytes,
+            max_event_name_chars: l.max_event_name_chars,
+            max_properties: l.max_properties,
+            max_depth: l.max_depth,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+const POSTHOG_CAPTURE_PATHS: &[&str] = &["/e", "/i/v0/e", "/capture", "/track", "/engage", "/batch"];
+const SEGMENT_CALLS: &[&str] = &["track", "identify", "group", "page", "screen", "alias", "batch"];
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/_liveness", get(|| async { "ok" }))
+        .route("/_readiness", get(readiness))
+        .route("/metrics", get(metrics_endpoint))
+        .route("/array/{token}/config", get(intake::posthog_remote_config))
+        .route("/api/projects/{project_id}/events", get(api::list_events))
+        .route("/api/projects/{project_id}/events/", get(api::list_events))
+        .route("/api/projects/{project_id}/quarantine", get(api::list_quarantine))
+        .route("/api/projects/{project_id}/quarantine/", get(api::list_quarantine));
+    for path in POSTHOG_CAPTURE_PATHS {
+        router = router
+            .route(path, any(intake::posthog_capture))
+            .route(&format!("{path}/"), any(intake::posthog_capture));
+    }
+    for path in ["/flags", "/decide"] {
+        router = router.route(path, any(flags::flags)).route(&format!("{path}/"), any(flags::flags));
+    }
+    for call in SEGMENT_CALLS {
+        router = router
+            .route(&format!("/v1/{call}"), axum::routing::post(intake::segment_intake))
+            .route(&format!("/v1/{call}/"), axum::routing::post(intake::segment_intake));
+    }
+    router
+        .layer(axum::middleware::from_fn(cors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RouteLabels { route, status: response.status().as_u16() })
+        .inc();
+    response
+}
+
+/// CORS for browsers: mirror the origin and requested headers, allow credentials (as PostHog's
+/// capture does); answer preflights directly.
+async fn cors(request: Request, next: Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let requested_headers = request.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "Ok"}))).into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    let allow_origin = origin.unwrap_or(HeaderValue::from_static("*"));
+    let credentials = allow_origin != "*";
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
+    if credentials {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    if preflight {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            requested_headers.unwrap_or(HeaderValue::from_static("*")),
+        );
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("900"));
+    }
+    response
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then readiness turns 503, in-flight
+/// requests get `shutdown_timeout_secs` to finish, and the event log commits what it was given
+/// and closes.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let ready = state.ready.clone();
+    let graceful = async move {
+        shutdown.await;
+        ready.store(false, Ordering::SeqCst);
+        let _ = stopping_tx.send(true);
+    };
+    let router = app(state.clone());
+    let mut server = tokio::spawn(
+        std::future::IntoFuture::into_future(axum::serve(listener, router).with_graceful_shutdown(graceful)),
+    );
+    let served = tokio::select! {
+        result = &mut server => Some(result),
+        _ = stopping_rx.changed() => None,
+    };
+    let result = match served {
+        Some(result) => result,
+        None => {
+            let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(?drain, "in-flight requests did not finish in time; closing them");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    state.ready.store(false, Ordering::SeqCst);
+    state.log.close().await;
+    result??;
+    Ok(())
+}

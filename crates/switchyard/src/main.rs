@@ -1,1 +1,134 @@
-fn main(){}
+//! `switchyard`: the one binary. CLI wiring only; everything else lives in the library crates.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use switchyard_server::{serve, AppState, Config};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Self-hosted analytics, feature-flag and event-routing server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. With no configuration: data under ./switchyard-data, listening on
+    /// 127.0.0.1:8000.
+    Serve {
+        /// TOML configuration file; every field can also be set by a SWITCHYARD_* variable.
+        #[arg(long, env = "SWITCHYARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List stored events (or quarantined ones) through the events API, newest first, one
+    /// JSON object per line.
+    Events {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY")]
+        secret_key: String,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long)]
+        distinct_id: Option<String>,
+        #[arg(long)]
+        trace_id: Option<String>,
+        /// Only events after this time (RFC 3339).
+        #[arg(long)]
+        after: Option<String>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long)]
+        before: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// List the quarantine instead of the events.
+        #[arg(long)]
+        quarantine: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => run_server(config),
+        Command::Events { url, secret_key, event, distinct_id, trace_id, after, before, limit, quarantine } => {
+            let collection = if quarantine { "quarantine" } else { "events" };
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (name, value) in
+                [("event", event), ("distinct_id", distinct_id), ("trace_id", trace_id), ("after", after), ("before", before)]
+            {
+                if let Some(value) = value {
+                    query.push((name, value));
+                }
+            }
+            let response = reqwest::blocking::Client::new()
+                .get(format!("{}/api/projects/@current/{collection}/", url.trim_end_matches('/')))
+                .bearer_auth(secret_key)
+                .query(&query)
+                .send()
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().context("the server's answer is not JSON")?;
+            if !status.is_success() {
+                anyhow::bail!("{status}: {}", body.get("detail").and_then(|d| d.as_str()).unwrap_or(&body.to_string()));
+            }
+            for result in body["results"].as_array().into_iter().flatten() {
+                println!("{result}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_server(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config::load(config_path.as_deref(), std::env::vars())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let (state, new_keys) = AppState::open(config)?;
+        if let Some(keys) = new_keys {
+            println!("Created the default project (id {}). Keep these keys; the secret key is shown only now:", keys.project_id);
+            println!("  project token (PostHog SDKs):          {}", keys.project_token);
+            println!("  write key (RudderStack/Segment SDKs):  {}", keys.write_key);
+            println!("  secret key (events API, admin):        {}", keys.secret_key);
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(address = %listener.local_addr()?, "switchyard listening");
+        serve(state, listener, shutdown_signal()).await?;
+        tracing::info!("switchyard stopped cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received: draining");
+}

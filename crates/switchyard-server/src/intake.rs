@@ -1,0 +1,353 @@
+//! HTTP intake: PostHog capture and RudderStack/Segment HTTP API.
+//!
+//! A handler authenticates, decodes, normalizes and validates, appends the request's events to
+//! the log and answers only once the log says they are durable. Every event ends in exactly
+//! one outcome: logged, quarantined (invalid event in a batch that also has valid ones), or
+//! rejected with its request (the client is told why; nothing is stored).
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use switchyard_event::decode::{decode_posthog_body, decode_segment_body, BodyHints, CaptureQuery, DecodeLimits};
+use switchyard_event::model::{format_time, RequestMeta};
+use switchyard_event::{posthog, segment, EventType, Normalized, Rejection};
+use switchyard_store::{AppendBatch, EventLog, KeyKind, LogError, LogRecord, QuarantineRecord};
+
+use crate::metrics::{ProtocolLabels, ReasonLabels};
+use crate::AppState;
+
+/// Which SDK family a request came from: decides the error format.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Posthog,
+    Segment,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Posthog => "posthog",
+            Family::Segment => "segment",
+        }
+    }
+}
+
+/// An intake failure, answered in the form its SDK family expects.
+pub struct IntakeError {
+    family: Family,
+    kind: IntakeErrorKind,
+}
+
+enum IntakeErrorKind {
+    Rejected(Rejection),
+    Unavailable(LogError),
+}
+
+impl IntoResponse for IntakeError {
+    fn into_response(self) -> Response {
+        match self.kind {
+            IntakeErrorKind::Rejected(r) => {
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+                match self.family {
+                    Family::Posthog => (
+                        status,
+                        axum::Json(json!({"type": "validation_error", "status": r.status, "code": r.code, "error": r.message, "detail": r.message})),
+                    )
+                        .into_response(),
+                    Family::Segment => (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], r.message).into_response(),
+                }
+            }
+            IntakeErrorKind::Unavailable(e) => {
+                // Never a 2xx: the SDK keeps the events and retries after Retry-After.
+                let retry_after = e.retry_after_secs().to_string();
+                let message = e.to_string();
+                let mut response = match self.family {
+                    Family::Posthog => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(json!({"status": 503, "code": "service_unavailable", "error": message})),
+                    )
+                        .into_response(),
+                    Family::Segment => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
+                };
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after.parse().expect("digits are a valid header"));
+                response
+            }
+        }
+    }
+}
+
+fn reject(family: Family, r: Rejection) -> IntakeError {
+    IntakeError { family, kind: IntakeErrorKind::Rejected(r) }
+}
+
+async fn read_body(state: &AppState, family: Family, body: Body) -> Result<Bytes, IntakeError> {
+    let limit = state.config.limits.max_request_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        reject(
+            family,
+            Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes")),
+        )
+    })
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn request_meta(project_id: i64, headers: &HeaderMap) -> RequestMeta {
+    RequestMeta {
+        project_id,
+        received_at: chrono::Utc::now(),
+        traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
+    }
+}
+
+fn decode_limits(state: &AppState) -> DecodeLimits {
+    DecodeLimits { max_decompressed_bytes: state.config.limits.max_decompressed_bytes }
+}
+
+/// Turns normalized events into what is appended, or the request's rejection.
+fn outcome(
+    state: &AppState,
+    family: Family,
+    normalized: Normalized,
+    meta: &RequestMeta,
+) -> Result<AppendBatch, IntakeError> {
+    if normalized.accepted.is_empty() {
+        let first = normalized.invalid.into_iter().next().map(|i| i.rejection).unwrap_or_else(Rejection::empty_batch);
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: first.code }).inc();
+        return Err(reject(family, first));
+    }
+    let received_at = format_time(meta.received_at);
+    let quarantined = normalized
+        .invalid
+        .into_iter()
+        .map(|invalid| QuarantineRecord {
+            project_id: meta.project_id,
+            protocol: family.name(),
+            received_at: received_at.clone(),
+            code: invalid.rejection.code.to_owned(),
+            reason: format!("event {}: {}", invalid.index, invalid.rejection.message),
+            raw: invalid.raw.to_string(),
+        })
+        .collect();
+    let events = normalized.accepted.iter().map(LogRecord::from_event).collect();
+    Ok(AppendBatch { events, quarantined })
+}
+
+async fn append(state: &AppState, family: Family, batch: AppendBatch) -> Result<(), IntakeError> {
+    let events = batch.events.len() as u64;
+    let quarantine_codes: Vec<String> = batch.quarantined.iter().map(|q| q.code.clone()).collect();
+    state.metrics.append_batch_events.observe(batch.len() as f64);
+    let started = Instant::now();
+    let result = state.log.append(batch).await;
+    state.metrics.append_latency.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(_) => {
+            state.metrics.events_logged.get_or_create(&ProtocolLabels { protocol: family.name() }).inc_by(events);
+            for code in quarantine_codes {
+                state.metrics.events_quarantined.get_or_create(&ReasonLabels { reason: static_reason(&code) }).inc();
+            }
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(%error, "append refused");
+            let reason = match error {
+                LogError::Overloaded => "log_overloaded",
+                LogError::Full => "log_full",
+                LogError::Closed => "log_closed",
+                LogError::Storage(_) => "log_error",
+            };
+            state.metrics.events_rejected.get_or_create(&ReasonLabels { reason }).inc_by(events);
+            Err(IntakeError { family, kind: IntakeErrorKind::Unavailable(error) })
+        }
+    }
+}
+
+/// Metric labels must be `'static`; reason codes come from a fixed set.
+fn static_reason(code: &str) -> &'static str {
+    const CODES: &[&str] = &[
+        "missing_distinct_id",
+        "missing_event_name",
+        "event_too_large",
+        "event_name_too_long",
+        "too_many_properties",
+        "too_deep",
+        "invalid_uuid",
+        "invalid_timestamp",
+        "invalid_cookieless_mode",
+        "request_hydration_error",
+        "request_parsing_error",
+        "invalid_event",
+        "invalid_type",
+        "invalid_field",
+    ];
+    CODES.iter().find(|c| **c == code).copied().unwrap_or("other")
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostHog
+
+fn posthog_success(beacon: bool) -> Response {
+    if beacon {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        axum::Json(json!({"status": "Ok"})).into_response()
+    }
+}
+
+/// `/e`, `/i/v0/e`, `/capture`, `/track`, `/engage`, `/batch` (GET with `data=`, POST).
+pub async fn posthog_capture(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IntakeError> {
+    let family = Family::Posthog;
+    if method == Method::OPTIONS {
+        return Ok(axum::Json(json!({"status": "Ok"})).into_response());
+    }
+    let body = read_body(&state, family, body).await?;
+    let path = uri.path().trim_end_matches('/');
+    let legacy = matches!(path, "/e" | "/capture" | "/engage" | "/track");
+    let engage = path == "/engage";
+    let query = CaptureQuery::parse(uri.query());
+    let hints = BodyHints {
+        query: uri.query(),
+        content_type: header_str(&headers, header::CONTENT_TYPE),
+        content_encoding: header_str(&headers, header::CONTENT_ENCODING),
+        legacy_path: legacy,
+    };
+    let result = decode_posthog_body(&body, &hints, decode_limits(&state))
+        .and_then(|json| posthog::parse_capture_request(&json, query.sent_at_ms));
+    let request = result.map_err(|r| {
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: r.code }).inc();
+        reject(family, r)
+    })?;
+    let project_id = state.control.lookup(KeyKind::ProjectToken, &request.token).ok_or_else(|| {
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "ingest_key_unknown" }).inc_by(request.events.len() as u64);
+        reject(family, Rejection::new(401, "ingest_key_unknown", "api_key does not resolve to a known project"))
+    })?;
+    let meta = request_meta(project_id, &headers);
+    let limits = state.event_limits();
+    let ctx = posthog::PosthogContext {
+        meta: &meta,
+        sent_at: request.sent_at,
+        historical_migration: request.historical_migration,
+        engage,
+        limits: &limits,
+    };
+    let normalized = posthog::normalize(request.events, &ctx);
+    let batch = outcome(&state, family, normalized, &meta)?;
+    append(&state, family, batch).await?;
+    Ok(posthog_success(query.beacon))
+}
+
+/// `GET /array/{token}/config`: the remote config posthog-js fetches at start.
+pub async fn posthog_remote_config(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Response {
+    if state.control.lookup(KeyKind::ProjectToken, &token).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"type": "authentication_error", "code": "invalid_api_key", "detail": "Project API key invalid."})),
+        )
+            .into_response();
+    }
+    axum::Json(remote_config_value(&token)).into_response()
+}
+
+pub fn remote_config_value(token: &str) -> Value {
+    json!({
+        "token": token,
+        "supportedCompression": ["gzip", "gzip-js"],
+        "hasFeatureFlags": false,
+        "captureDeadClicks": false,
+        "capturePerformance": false,
+        "autocapture_opt_out": false,
+        "autocaptureExceptions": false,
+        "analytics": {"endpoint": "/i/v0/e/"},
+        "elementsChainAsString": true,
+        "sessionRecording": false,
+        "heatmaps": false,
+        "surveys": false,
+        "defaultIdentifiedOnly": true,
+        "siteApps": [],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// RudderStack / Segment
+
+fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    let value = header_str(headers, header::AUTHORIZATION)?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map(|(u, _)| u).unwrap_or(&text);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+fn query_write_key(uri: &Uri) -> Option<String> {
+    let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri).ok()?;
+    query.0.get("writeKey").filter(|k| !k.is_empty()).cloned()
+}
+
+/// `/v1/{track,identify,group,page,screen,alias,batch}`.
+pub async fn segment_intake(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IntakeError> {
+    let family = Family::Segment;
+    let route = uri.path().trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let route_type = match route {
+        "batch" => None,
+        other => Some(EventType::parse(other).ok_or_else(|| {
+            reject(family, Rejection::new(404, "unknown_route", format!("unknown call type {other:?}")))
+        })?),
+    };
+    let header_key = basic_auth_user(&headers).or_else(|| query_write_key(&uri));
+    if let Some(key) = &header_key {
+        // Reject a bad key before reading the body.
+        if state.control.lookup(KeyKind::WriteKey, key).is_none() {
+            state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "invalid_write_key" }).inc();
+            return Err(reject(family, Rejection::new(401, "invalid_write_key", "invalid write key")));
+        }
+    }
+    let body = read_body(&state, family, body).await?;
+    let request = decode_segment_body(&body, header_str(&headers, header::CONTENT_ENCODING), decode_limits(&state))
+        .and_then(|json| segment::parse_segment_request(&json, route_type))
+        .map_err(|r| {
+            state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: r.code }).inc();
+            reject(family, r)
+        })?;
+    let key = header_key.or(request.body_write_key.clone()).ok_or_else(|| {
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "missing_write_key" }).inc();
+        reject(family, Rejection::new(401, "missing_write_key", "failed to read writekey from header"))
+    })?;
+    let project_id = state.control.lookup(KeyKind::WriteKey, &key).ok_or_else(|| {
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "invalid_write_key" }).inc();
+        reject(family, Rejection::new(401, "invalid_write_key", "invalid write key"))
+    })?;
+    let meta = request_meta(project_id, &headers);
+    let limits = state.event_limits();
+    let ctx = segment::SegmentContext { meta: &meta, batch_sent_at: request.sent_at.as_deref(), limits: &limits };
+    let normalized = segment::normalize(request.events, &ctx);
+    let batch = outcome(&state, family, normalized, &meta)?;
+    append(&state, family, batch).await?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK").into_response())
+}

@@ -1,0 +1,74 @@
+//! Every metric the server exports at `/metrics` (Prometheus text format), in one place.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests answered, by matched route and status.
+    pub http_requests: Family<RouteLabels, Counter>,
+    /// Events durably written to the event log, by protocol.
+    pub events_logged: Family<ProtocolLabels, Counter>,
+    /// Invalid events kept in the quarantine, by reason.
+    pub events_quarantined: Family<ReasonLabels, Counter>,
+    /// Events whose request was refused (nothing stored; the client was told why), by reason.
+    pub events_rejected: Family<ReasonLabels, Counter>,
+    /// Time from handing a request's events to the log until they were durable.
+    pub append_latency: Histogram,
+    /// Events (valid and quarantined) per append.
+    pub append_batch_events: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let http_requests = Family::<RouteLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered, by route and status", http_requests.clone());
+        let events_logged = Family::<ProtocolLabels, Counter>::default();
+        registry.register("events_logged", "Events durably written to the event log", events_logged.clone());
+        let events_quarantined = Family::<ReasonLabels, Counter>::default();
+        registry.register("events_quarantined", "Invalid events kept in the quarantine, by reason", events_quarantined.clone());
+        let events_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register("events_rejected", "Events in refused requests, by reason", events_rejected.clone());
+        let append_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("log_append_seconds", "Time until an append was durable", append_latency.clone());
+        let append_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register("log_append_events", "Events per append", append_batch_events.clone());
+        Metrics {
+            registry,
+            http_requests,
+            events_logged,
+            events_quarantined,
+            events_rejected,
+            append_latency,
+            append_batch_events,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}
