@@ -20,11 +20,8 @@ async function main() {
     flushInterval: 200,
     retryCount: 2,
     logLevel: 'error',
-    errorHandler: (err) => {
-      const msg = `rudder-sdk-node errorHandler: ${c.fmtErr(err)}`;
-      console.error(msg);
-      record.errors.push(msg);
-    },
+    // Failed batches also reach each event's callback (recorded there).
+    errorHandler: (err) => console.error(`rudder-sdk-node errorHandler: ${c.fmtErr(err)}`),
   });
 
   const pending = [];

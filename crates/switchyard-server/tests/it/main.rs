@@ -1,0 +1,105 @@
+//! Integration tests: the real server in-process on a random loopback port, over real SQLite
+//! files in a temporary directory.
+
+mod bad_input;
+mod fixtures;
+mod lifecycle;
+
+use std::net::SocketAddr;
+
+use switchyard_server::{serve, AppState, Config};
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "phc_test_project_key";
+pub const WRITE_KEY: &str = "rs_write_key_test";
+pub const SECRET: &str = "phs_test_secret";
+
+pub struct TestServer {
+    pub url: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, adjust).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            project_token: Some(TOKEN.into()),
+            write_key: Some(WRITE_KEY.into()),
+            secret_key: Some(SECRET.into()),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let (state, _) = AppState::open(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(serve(state.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            url: format!("http://{addr}"),
+            state,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    /// Graceful shutdown; returns the data directory so a test can restart on it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap().unwrap();
+        self.dir
+    }
+
+    pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        let response = self
+            .client
+            .get(format!("{}/api/projects/@current/events/?limit=10000&{query}", self.url))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["results"].as_array().unwrap().clone()
+    }
+
+    pub async fn quarantine(&self) -> Vec<serde_json::Value> {
+        let response = self
+            .client
+            .get(format!("{}/api/projects/@current/quarantine/", self.url))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["results"].as_array().unwrap().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
