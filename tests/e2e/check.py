@@ -23,7 +23,9 @@ import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-ALLOWED_TYPES = {"track", "identify", "group", "page", "screen", "alias"}
+# Every result carries at least these keys (values may be null/empty).
+CONTRACT_FIELDS = ("id", "type", "event", "distinct_id", "user_id", "anonymous_id", "properties", "traits",
+                   "context", "timestamp", "received_at", "trace_id", "span_id", "protocol")
 TIMESTAMP_TOLERANCE = timedelta(seconds=2)   # explicit client timestamps (allows clock-skew correction)
 WINDOW_SLACK = timedelta(seconds=15)         # implicit timestamps must fall inside the driver's run
 NON_CAPTURE_PREFIXES = ("/flags", "/decide", "/array/", "/api/")
@@ -103,6 +105,26 @@ class Api:
                 break
             url = nxt if nxt.startswith("http") else self.base + (nxt if nxt.startswith("/") else "/" + nxt)
         return results, None
+
+    def quarantine_hits(self, needles):
+        """Quarantine entries (GET .../quarantine/) whose raw event mentions every needle."""
+        needles = [n for n in needles if n]
+        if not needles:
+            return []
+        if getattr(self, "_quarantine", None) is None:
+            url = f"{self.base}/api/projects/@current/quarantine/?limit=1000"
+            status, body = http_get(url, {"Authorization": f"Bearer {self.secret}"})
+            try:
+                self._quarantine = json.loads(body).get("results", []) if status == 200 else []
+            except (ValueError, AttributeError):
+                self._quarantine = []
+        out = []
+        for q in self._quarantine:
+            blob = json.dumps(q, ensure_ascii=False)
+            if all(n in blob for n in needles):
+                out.append(f"quarantined: reason={q.get('reason')!r} detail={short(q.get('detail'), 300)} "
+                           f"received_at={q.get('received_at')}")
+        return out[:3]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -328,6 +350,7 @@ def check_sdk(res, api, sdk, record, proxy_log, wait_s):
     used = set()
     started = parse_ts(record.get("started_at"))
     finished = parse_ts(record.get("finished_at")) or datetime.now(timezone.utc)
+    missing_fields = {}
     for rec in events:
         name = f"{label} {rec['event']} ({rec.get('id') or 'id minted by the SDK'})"
         got = find_match(rec, pool, used)
@@ -336,7 +359,7 @@ def check_sdk(res, api, sdk, record, proxy_log, wait_s):
                          [f"sent: {short(rec, 500)}",
                           f"queried trace_id={trace} and distinct_id in {distinct_ids}; got "
                           + ", ".join(f"{r.get('event')}:{r.get('id')}" for r in pool[:15])]
-                         + evidence(proxy_log, needles)):
+                         + api.quarantine_hits(needles) + evidence(proxy_log, needles)):
             continue
         used.add(id(got))
         ev = evidence(proxy_log, [got.get("id")] if got.get("id") else needles)
@@ -358,17 +381,18 @@ def check_sdk(res, api, sdk, record, proxy_log, wait_s):
         if rec.get("traced"):
             if got.get("trace_id") != trace:
                 d.append(f"trace_id: expected {trace!r}, stored {got.get('trace_id')!r}")
-            span = rec["properties"].get("span_id")
+            span = rec.get("span_id") or (rec.get("properties") or {}).get("span_id")
             if span and got.get("span_id") != span:
-                d.append(f"span_id: expected {span!r} (from properties.span_id), stored {got.get('span_id')!r}")
+                d.append(f"span_id: expected {span!r}, stored {got.get('span_id')!r}")
         for key in ("user_id", "anonymous_id"):
             if key in rec and got.get(key) != rec[key]:
                 d.append(f"{key}: expected {rec[key]!r}, stored {got.get(key)!r}")
         for key in ("properties", "traits", "context"):
             if key in got and got[key] is not None and not isinstance(got[key], dict):
                 d.append(f"{key}: stored a {jtype(got[key])}, expected an object")
-            if key not in got:
-                d.append(f"{key}: field missing from the result")
+        missing = [k for k in CONTRACT_FIELDS if k not in got]
+        if missing:
+            missing_fields.setdefault(tuple(missing), []).append(f"{got.get('event')}:{got.get('id')}")
         res.check(f"{name} envelope (id/event/type/distinct_id/protocol/trace)", not d,
                   d + [f"stored: {short(got, 900)}"] + ev)
 
@@ -424,6 +448,9 @@ def check_sdk(res, api, sdk, record, proxy_log, wait_s):
         elif started and not (started - WINDOW_SLACK <= recv <= datetime.now(timezone.utc) + WINDOW_SLACK):
             d.append(f"received_at: {got.get('received_at')} outside the run")
         res.check(f"{name} timestamp/received_at", not d, d)
+
+    res.check(f"{label} results carry every contract field ({', '.join(CONTRACT_FIELDS)})", not missing_fields,
+              [f"missing {', '.join(k)} in {len(v)} result(s): {', '.join(v[:6])}" for k, v in missing_fields.items()])
 
 
 def check_proxy(res, proxy_log):

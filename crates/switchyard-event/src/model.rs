@@ -64,19 +64,19 @@ pub struct Event {
     pub event: String,
     /// PostHog's distinct id; for Segment, `userId`, else `anonymousId`.
     pub distinct_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub user_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub anonymous_id: Option<String>,
     #[serde(default)]
     pub properties: Map<String, Value>,
     /// Person properties to set: PostHog `$set`, Segment identify traits.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[serde(default)]
     pub traits: Map<String, Value>,
     /// Person properties to set only when absent: PostHog `$set_once`.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub traits_set_once: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[serde(default)]
     pub context: Map<String, Value>,
     /// Group memberships of the event: PostHog `$groups` (type → key).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -103,9 +103,9 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<String>,
     pub received_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub trace_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub span_id: Option<String>,
     /// Every other top-level field the client sent (`integrations`, `channel`, `offset`, …),
     /// kept so the event can be forwarded out again unchanged.

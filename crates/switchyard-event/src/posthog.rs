@@ -134,10 +134,11 @@ pub struct PosthogContext<'a> {
 /// Normalizes every event of a request; invalid ones are returned with their reason.
 pub fn normalize(events: Vec<Value>, ctx: &PosthogContext<'_>) -> Normalized {
     let mut out = Normalized::default();
+    out.accepted.reserve(events.len());
     for (index, raw) in events.into_iter().enumerate() {
-        match normalize_event(&raw, ctx) {
+        match normalize_event(raw, ctx) {
             Ok(event) => out.accepted.push(event),
-            Err(rejection) => out.invalid.push(InvalidEvent { index, rejection, raw }),
+            Err((rejection, raw)) => out.invalid.push(InvalidEvent { index, rejection, raw }),
         }
     }
     out
@@ -169,13 +170,37 @@ const TOP_LEVEL_KNOWN: &[&str] = &[
     "api_key",
 ];
 
-pub fn normalize_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Event, Rejection> {
+/// What validation established about an event, before it is taken apart.
+struct Checked {
+    event_name: String,
+    distinct_id: String,
+    id: String,
+    timestamp: DateTime<Utc>,
+    original_timestamp: Option<String>,
+}
+
+/// Normalizes one event. All checks run on the borrowed event first, so an invalid one is
+/// handed back whole (for the quarantine) and a valid one is moved, not copied, into the
+/// unified event.
+pub fn normalize_event(raw: Value, ctx: &PosthogContext<'_>) -> Result<Event, (Rejection, Value)> {
+    let checked = match check_event(&raw, ctx) {
+        Ok(checked) => checked,
+        Err(rejection) => return Err((rejection, raw)),
+    };
+    match raw {
+        Value::Object(obj) => Ok(build_event(obj, checked, ctx)),
+        other => Err((Rejection::parsing("event is not a JSON object".into()), other)),
+    }
+}
+
+fn check_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Checked, Rejection> {
     let Some(obj) = raw.as_object() else {
         return Err(Rejection::parsing("event is not a JSON object".into()));
     };
-    let mut properties = match obj.get("properties") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(p)) => p.clone(),
+    let empty = Map::new();
+    let properties = match obj.get("properties") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(p)) => p,
         Some(_) => return Err(Rejection::parsing("`properties` must be an object".into())),
     };
     check_raw_event(raw, properties.len(), ctx.limits)?;
@@ -219,18 +244,28 @@ pub fn normalize_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Event, R
         }
     }
 
+    let original_timestamp = obj.get("timestamp").and_then(Value::as_str).map(str::to_owned);
+    let offset_ms = obj.get("offset").and_then(Value::as_i64);
+    let ignore_sent_at = properties.get("$ignore_sent_at").and_then(Value::as_bool).unwrap_or(false);
+    let timestamp = posthog_timestamp(
+        ctx.meta.received_at,
+        original_timestamp.as_deref(),
+        if ignore_sent_at { None } else { ctx.sent_at },
+        offset_ms,
+    )?;
+    Ok(Checked { event_name, distinct_id, id, timestamp, original_timestamp })
+}
+
+fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &PosthogContext<'_>) -> Event {
+    let mut properties = take_map(&mut obj, "properties");
     // Person updates may come top-level (posthog-js, python) or inside properties (node).
     let mut traits = take_map(&mut properties, "$set");
     let mut traits_set_once = take_map(&mut properties, "$set_once");
-    if let Some(Value::Object(top)) = obj.get("$set") {
-        traits.extend(top.clone());
-    }
-    if let Some(Value::Object(top)) = obj.get("$set_once") {
-        traits_set_once.extend(top.clone());
-    }
+    traits.extend(take_map(&mut obj, "$set"));
+    traits_set_once.extend(take_map(&mut obj, "$set_once"));
     let groups = take_map(&mut properties, "$groups");
 
-    let mut kind = match event_name.as_str() {
+    let mut kind = match checked.event_name.as_str() {
         "$identify" | "$set" => EventType::Identify,
         "$create_alias" | "$merge_dangerously" => EventType::Alias,
         "$groupidentify" => EventType::Group,
@@ -264,36 +299,22 @@ pub fn normalize_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Event, R
         EventType::Page | EventType::Track => {}
     }
 
-    let original_timestamp = obj.get("timestamp").and_then(Value::as_str).map(str::to_owned);
-    let offset_ms = obj.get("offset").and_then(Value::as_i64);
-    let ignore_sent_at = properties.get("$ignore_sent_at").and_then(Value::as_bool).unwrap_or(false);
-    let timestamp = posthog_timestamp(
-        ctx.meta.received_at,
-        original_timestamp.as_deref(),
-        if ignore_sent_at { None } else { ctx.sent_at },
-        offset_ms,
-    )?;
-
     let context = Map::new();
     let (trace_id, span_id) = extract_trace(&properties, &context, ctx.meta.traceparent.as_deref());
 
-    let mut extra = Map::new();
-    for (key, value) in obj {
-        if !TOP_LEVEL_KNOWN.contains(&key.as_str()) {
-            extra.insert(key.clone(), value.clone());
-        }
-    }
+    let mut extra: Map<String, Value> =
+        obj.into_iter().filter(|(key, _)| !TOP_LEVEL_KNOWN.contains(&key.as_str())).collect();
     if ctx.historical_migration {
         extra.insert("historical_migration".into(), Value::Bool(true));
     }
 
-    Ok(Event {
-        id,
+    Event {
+        id: checked.id,
         project_id: ctx.meta.project_id,
         protocol: Protocol::Posthog,
         kind,
-        event: event_name,
-        distinct_id,
+        event: checked.event_name,
+        distinct_id: checked.distinct_id,
         user_id: None,
         anonymous_id,
         properties,
@@ -306,14 +327,14 @@ pub fn normalize_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Event, R
         previous_id,
         name,
         category: None,
-        timestamp: format_time(timestamp),
-        original_timestamp,
+        timestamp: format_time(checked.timestamp),
+        original_timestamp: checked.original_timestamp,
         sent_at: ctx.sent_at.map(format_time),
         received_at: format_time(ctx.meta.received_at),
         trace_id,
         span_id,
         extra,
-    })
+    }
 }
 
 /// PostHog's rule (plugin-server `timestamps.ts`): with both `timestamp` and `sent_at`,
@@ -361,7 +382,7 @@ mod tests {
             engage: false,
             limits: &EventLimits::default(),
         };
-        normalize_event(&raw, &ctx)
+        normalize_event(raw, &ctx).map_err(|(r, _)| r)
     }
 
     #[test]

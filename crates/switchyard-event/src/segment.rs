@@ -69,10 +69,11 @@ pub struct SegmentContext<'a> {
 
 pub fn normalize(events: Vec<Value>, ctx: &SegmentContext<'_>) -> Normalized {
     let mut out = Normalized::default();
+    out.accepted.reserve(events.len());
     for (index, raw) in events.into_iter().enumerate() {
-        match normalize_event(&raw, ctx) {
+        match normalize_event(raw, ctx) {
             Ok(event) => out.accepted.push(event),
-            Err(rejection) => out.invalid.push(InvalidEvent { index, rejection, raw }),
+            Err((rejection, raw)) => out.invalid.push(InvalidEvent { index, rejection, raw }),
         }
     }
     out
@@ -98,10 +99,10 @@ const TOP_LEVEL_KNOWN: &[&str] = &[
     "writeKey",
 ];
 
-fn object_field(obj: &Map<String, Value>, key: &str) -> Result<Map<String, Value>, Rejection> {
+fn object_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Map<String, Value>>, Rejection> {
     match obj.get(key) {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m.clone()),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
         Some(_) => Err(Rejection::new(
             400,
             "invalid_field",
@@ -110,7 +111,36 @@ fn object_field(obj: &Map<String, Value>, key: &str) -> Result<Map<String, Value
     }
 }
 
-pub fn normalize_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Event, Rejection> {
+fn take_object(obj: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match obj.remove(key) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// What validation established about an event, before it is taken apart.
+struct Checked {
+    kind: EventType,
+    event_name: String,
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    distinct_id: String,
+}
+
+/// Normalizes one event: checks on the borrowed event (an invalid one is handed back whole,
+/// for the quarantine), then moves its parts into the unified event.
+pub fn normalize_event(raw: Value, ctx: &SegmentContext<'_>) -> Result<Event, (Rejection, Value)> {
+    let checked = match check_event(&raw, ctx) {
+        Ok(checked) => checked,
+        Err(rejection) => return Err((rejection, raw)),
+    };
+    match raw {
+        Value::Object(obj) => Ok(build_event(obj, checked, ctx)),
+        other => Err((Rejection::new(400, "invalid_event", "event is not a valid rudder event"), other)),
+    }
+}
+
+fn check_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Checked, Rejection> {
     let Some(obj) = raw.as_object() else {
         return Err(Rejection::new(400, "invalid_event", "event is not a valid rudder event"));
     };
@@ -120,10 +150,10 @@ pub fn normalize_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Event, R
         })?,
         None => return Err(Rejection::new(400, "invalid_type", "event is not a valid rudder event: missing `type`")),
     };
-    let properties = object_field(obj, "properties")?;
-    let context = object_field(obj, "context")?;
-    let mut traits = object_field(obj, "traits")?;
-    check_raw_event(raw, properties.len().max(traits.len()), ctx.limits)?;
+    let properties = object_field(obj, "properties")?.map_or(0, Map::len);
+    let traits = object_field(obj, "traits")?.map_or(0, Map::len);
+    object_field(obj, "context")?;
+    check_raw_event(raw, properties.max(traits), ctx.limits)?;
 
     let user_id = id_string(obj.get("userId"));
     let anonymous_id = id_string(obj.get("anonymousId"));
@@ -146,7 +176,14 @@ pub fn normalize_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Event, R
         EventType::Alias => "$create_alias".to_owned(),
     };
     check_event_name(&event_name, ctx.limits)?;
+    Ok(Checked { kind, event_name, user_id, anonymous_id, distinct_id })
+}
 
+fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &SegmentContext<'_>) -> Event {
+    let kind = checked.kind;
+    let properties = take_object(&mut obj, "properties");
+    let context = take_object(&mut obj, "context");
+    let mut traits = take_object(&mut obj, "traits");
     if kind == EventType::Identify && traits.is_empty() {
         // rudder-sdk-python sends identify traits only as `context.traits`.
         if let Some(Value::Object(t)) = context.get("traits") {
@@ -162,53 +199,53 @@ pub fn normalize_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Event, R
         .map(str::to_owned)
         .unwrap_or_else(new_event_id);
 
-    let event_timestamp = obj.get("timestamp").and_then(Value::as_str);
-    let original_timestamp = obj.get("originalTimestamp").and_then(Value::as_str);
-    let sent_at = obj.get("sentAt").and_then(Value::as_str).or(ctx.batch_sent_at);
+    let str_field = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+    let event_timestamp = str_field("timestamp");
+    let original_timestamp = str_field("originalTimestamp");
+    let sent_at = str_field("sentAt").or_else(|| ctx.batch_sent_at.map(str::to_owned));
     let timestamp = segment_timestamp(
         ctx.meta.received_at,
-        event_timestamp,
-        original_timestamp,
-        sent_at,
+        event_timestamp.as_deref(),
+        original_timestamp.as_deref(),
+        sent_at.as_deref(),
     );
+    let name = str_field("name");
+    let category = str_field("category");
+    let group_id = if kind == EventType::Group { id_string(obj.get("groupId")) } else { None };
+    let previous_id = if kind == EventType::Alias { id_string(obj.get("previousId")) } else { None };
 
     let (trace_id, span_id) = extract_trace(&properties, &context, ctx.meta.traceparent.as_deref());
 
-    let mut extra = Map::new();
-    for (key, value) in obj {
-        if !TOP_LEVEL_KNOWN.contains(&key.as_str()) {
-            extra.insert(key.clone(), value.clone());
-        }
-    }
-    let str_field = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+    let extra: Map<String, Value> =
+        obj.into_iter().filter(|(key, _)| !TOP_LEVEL_KNOWN.contains(&key.as_str())).collect();
 
-    Ok(Event {
+    Event {
         id,
         project_id: ctx.meta.project_id,
         protocol: Protocol::Segment,
         kind,
-        event: event_name,
-        distinct_id,
-        user_id,
-        anonymous_id,
+        event: checked.event_name,
+        distinct_id: checked.distinct_id,
+        user_id: checked.user_id,
+        anonymous_id: checked.anonymous_id,
         properties,
         traits,
         traits_set_once: Map::new(),
         context,
         groups: Map::new(),
         group_type: None,
-        group_id: if kind == EventType::Group { id_string(obj.get("groupId")) } else { None },
-        previous_id: if kind == EventType::Alias { id_string(obj.get("previousId")) } else { None },
-        name: str_field("name"),
-        category: str_field("category"),
+        group_id,
+        previous_id,
+        name,
+        category,
         timestamp: format_time(timestamp),
-        original_timestamp: original_timestamp.or(event_timestamp).map(str::to_owned),
-        sent_at: sent_at.and_then(parse_time).map(format_time),
+        original_timestamp: original_timestamp.or(event_timestamp),
+        sent_at: sent_at.as_deref().and_then(parse_time).map(format_time),
         received_at: format_time(ctx.meta.received_at),
         trace_id,
         span_id,
         extra,
-    })
+    }
 }
 
 /// RudderStack's rule (`enhanceWithTimeFields`): a parsable client `timestamp` is kept as-is;
@@ -247,15 +284,15 @@ mod tests {
         let meta = RequestMeta { project_id: 1, received_at: Utc::now(), traceparent: None };
         let ctx = SegmentContext { meta: &meta, batch_sent_at: None, limits: &EventLimits::default() };
         let e = normalize_event(
-            &json!({"type": "identify", "userId": "u", "context": {"traits": {"plan": "pro"},
+            json!({"type": "identify", "userId": "u", "context": {"traits": {"plan": "pro"},
                     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}),
             &ctx,
         )
-        .unwrap();
+        .unwrap_or_else(|(r, _)| panic!("{r}"));
         assert_eq!(e.traits["plan"], "pro");
         assert_eq!(e.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
-        let err = normalize_event(&json!({"type": "track", "event": "x"}), &ctx).unwrap_err();
+        let (err, _) = normalize_event(json!({"type": "track", "event": "x"}), &ctx).unwrap_err();
         assert_eq!(err.message, "request neither has anonymousId nor userId");
     }
 }

@@ -1,1 +1,277 @@
-fn main(){}
+//! Load generator for Switchyard's intake, measured side by side with a null endpoint.
+//!
+//! `switchyard-loadgen bench --server-bin target/release/switchyard` starts the server on a
+//! fresh data directory and a null endpoint (this program's `null-server`: the same
+//! axum/hyper/tokio stack, reading and discarding the body) as separate processes on loopback,
+//! drives both with the same requests over keep-alive HTTP/1.1 connections from one thread,
+//! and prints events/s, requests/s, p50/p99 acknowledgement latency and the server's peak RSS.
+//! Every run is bounded by `--seconds`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Drive Switchyard's intake and a null endpoint; print throughput and latency")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the server and a null endpoint, run every scenario against both, print figures.
+    Bench {
+        /// The switchyard binary to measure.
+        #[arg(long, default_value = "target/release/switchyard")]
+        server_bin: String,
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// Events per batch in the batch scenario.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+    },
+    /// A null endpoint: accepts any request, reads and discards the body, answers 200.
+    NullServer {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::NullServer { port } => null_server(port),
+        Cmd::Bench { server_bin, seconds, connections, batch } => bench(&server_bin, seconds, connections, batch),
+    }
+}
+
+fn null_server(port: u16) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let app = axum::Router::new().fallback(|body: axum::body::Bytes| async move {
+            std::hint::black_box(body.len());
+            axum::Json(json!({"status": "Ok"}))
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+const TOKEN: &str = "phc_loadgen";
+
+fn catalog_event(i: usize) -> serde_json::Value {
+    json!({
+        "event": "agent_execution",
+        "distinct_id": format!("user_{}", i % 100),
+        "properties": {
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "workspace_id": "ws_1",
+            "organization_id": "org_1",
+            "agent_id": "ag_1",
+            "run_id": format!("run_{i}"),
+            "model": "gpt-4o-mini",
+            "provider": "openai",
+            "input_tokens": 1200,
+            "output_tokens": 300,
+            "cost_usd": 0.00036,
+            "duration_ms": 2100,
+            "status": "success",
+            "$groups": {"workspace": "ws_1", "organization": "org_1"},
+            "$lib": "posthog-python",
+            "$lib_version": "7.91.1"
+        },
+        "timestamp": "2026-11-25T12:08:21.824965+00:00"
+    })
+}
+
+struct Scenario {
+    name: &'static str,
+    path: &'static str,
+    body: Bytes,
+    events_per_request: usize,
+}
+
+struct Figures {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    while Instant::now() < deadline {
+        let ok = runtime.block_on(async {
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else { return false };
+            let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+            else {
+                return false;
+            };
+            tokio::spawn(conn);
+            let request = hyper::Request::get(path).header("host", "127.0.0.1").body(Full::new(Bytes::new())).unwrap();
+            matches!(sender.send_request(request).await, Ok(r) if r.status() == 200)
+        });
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("{addr} did not become ready")
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Drives `addr` with `connections` keep-alive connections from one thread for `seconds`.
+fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, seconds: u64) -> anyhow::Result<Figures> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let body = scenario.body.clone();
+            let path = scenario.path;
+            tasks.push(tokio::spawn(async move {
+                let mut latencies: Vec<u32> = Vec::with_capacity(100_000);
+                let mut errors = 0u64;
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                while Instant::now() < deadline {
+                    let request = hyper::Request::post(path)
+                        .header("host", "127.0.0.1")
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))?;
+                    let started = Instant::now();
+                    let response = sender.send_request(request).await?;
+                    let ok = response.status().is_success();
+                    response.into_body().collect().await?;
+                    latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    if !ok {
+                        errors += 1;
+                    }
+                    sender.ready().await?;
+                }
+                anyhow::Ok((latencies, errors))
+            }));
+        }
+        let started = Instant::now();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for task in tasks {
+            let (latencies, e) = task.await??;
+            all.extend(latencies);
+            errors += e;
+        }
+        let elapsed = started.elapsed();
+        all.sort_unstable();
+        let pct = |p: f64| -> Duration {
+            if all.is_empty() {
+                return Duration::ZERO;
+            }
+            let i = ((all.len() as f64 * p) as usize).min(all.len() - 1);
+            Duration::from_micros(all[i] as u64)
+        };
+        Ok(Figures { requests: all.len() as u64, errors, elapsed, p50: pct(0.50), p99: pct(0.99) })
+    })
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize) -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("switchyard-loadgen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server_port = free_port()?;
+    let server = Process(
+        Command::new(server_bin)
+            .arg("serve")
+            .env("SWITCHYARD_DATA_DIR", &data_dir)
+            .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{server_port}"))
+            .env("SWITCHYARD_PROJECT_TOKEN", TOKEN)
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {server_bin}"))?,
+    );
+    let null_port = free_port()?;
+    let null = Process(
+        Command::new(std::env::current_exe()?)
+            .args(["null-server", "--port", &null_port.to_string()])
+            .spawn()
+            .context("cannot start the null endpoint")?,
+    );
+    let server_addr: SocketAddr = ([127, 0, 0, 1], server_port).into();
+    let null_addr: SocketAddr = ([127, 0, 0, 1], null_port).into();
+    wait_ready(server_addr, "/_readiness")?;
+    wait_ready(null_addr, "/")?;
+
+    let batch_body = json!({"api_key": TOKEN, "batch": (0..batch).map(catalog_event).collect::<Vec<_>>(),
+                            "sent_at": "2026-11-25T12:08:21.829969+00:00"});
+    let mut single = catalog_event(0);
+    single["api_key"] = json!(TOKEN);
+    let scenarios = [
+        Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body.to_string()), events_per_request: batch },
+        Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single.to_string()), events_per_request: 1 },
+    ];
+
+    println!("switchyard-loadgen: {connections} connections, {seconds} s per run, one generator thread");
+    println!("{:<8} {:<11} {:>12} {:>12} {:>9} {:>9} {:>7}", "scenario", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors");
+    for scenario in &scenarios {
+        let mut rates = Vec::new();
+        for (target, addr) in [("switchyard", server_addr), ("null", null_addr)] {
+            let f = drive(addr, scenario, connections, seconds)?;
+            let rps = f.requests as f64 / f.elapsed.as_secs_f64();
+            rates.push(rps);
+            println!(
+                "{:<8} {:<11} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>7}",
+                scenario.name,
+                target,
+                rps,
+                rps * scenario.events_per_request as f64,
+                f.p50.as_secs_f64() * 1000.0,
+                f.p99.as_secs_f64() * 1000.0,
+                f.errors
+            );
+        }
+        println!("{:<8} switchyard/null request-rate ratio: {:.2}", scenario.name, rates[0] / rates[1]);
+    }
+    match peak_rss_mb(server.0.id()) {
+        Some(mb) => println!("switchyard peak RSS: {mb:.1} MB"),
+        None => println!("switchyard peak RSS: unavailable"),
+    }
+    drop(null);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}

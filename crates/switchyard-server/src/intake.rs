@@ -138,7 +138,7 @@ fn outcome(
             raw: invalid.raw.to_string(),
         })
         .collect();
-    let events = normalized.accepted.iter().map(LogRecord::from_event).collect();
+    let events = normalized.accepted.into_iter().map(LogRecord::from_event).collect();
     Ok(AppendBatch { events, quarantined })
 }
 
@@ -264,6 +264,23 @@ pub async fn posthog_remote_config(
             .into_response();
     }
     axum::Json(remote_config_value(&token)).into_response()
+}
+
+/// `GET /array/{token}/config.js`: the same config as a script, as posthog-js loads it.
+pub async fn posthog_remote_config_js(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Response {
+    if state.control.lookup(KeyKind::ProjectToken, &token).is_none() {
+        return (StatusCode::NOT_FOUND, "// unknown project token").into_response();
+    }
+    let config = json!({"config": remote_config_value(&token), "siteApps": []});
+    let script = format!(
+        "(function() {{ window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {{}}; \
+         window._POSTHOG_REMOTE_CONFIG[{token}] = {config}; }})();",
+        token = Value::String(token.clone()),
+    );
+    ([(header::CONTENT_TYPE, "application/javascript")], script).into_response()
 }
 
 pub fn remote_config_value(token: &str) -> Value {

@@ -91,6 +91,7 @@ pub fn app(state: AppState) -> Router {
         .route("/_readiness", get(readiness))
         .route("/metrics", get(metrics_endpoint))
         .route("/array/{token}/config", get(intake::posthog_remote_config))
+        .route("/array/{token}/config.js", get(intake::posthog_remote_config_js))
         .route("/api/projects/{project_id}/events", get(api::list_events))
         .route("/api/projects/{project_id}/events/", get(api::list_events))
         .route("/api/projects/{project_id}/quarantine", get(api::list_quarantine))

@@ -55,17 +55,18 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    pub fn from_event(event: &Event) -> Self {
+    pub fn from_event(event: Event) -> Self {
+        let body = serde_json::to_string(&event).expect("events serialize");
         LogRecord {
-            id: event.id.clone(),
+            id: event.id,
             project_id: event.project_id,
             kind: event.kind.as_str(),
-            event: event.event.clone(),
-            distinct_id: event.distinct_id.clone(),
-            trace_id: event.trace_id.clone(),
-            timestamp: event.timestamp.clone(),
-            received_at: event.received_at.clone(),
-            body: serde_json::to_string(event).expect("events serialize"),
+            event: event.event,
+            distinct_id: event.distinct_id,
+            trace_id: event.trace_id,
+            timestamp: event.timestamp,
+            received_at: event.received_at,
+            body,
         }
     }
 }

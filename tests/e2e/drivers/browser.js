@@ -152,6 +152,7 @@ async function main() {
         sdk_timestamp: ev.sdk_timestamp,
       };
       if (ev.set && Object.keys(ev.set).length > 0) rec.traits = ev.set;
+      if (ev.event === '$identify' && ev.anon_distinct_id) rec.anonymous_id = ev.anon_distinct_id;
       if (ev.event === '$groupidentify') {
         rec.group = { type: ev.properties.$group_type, key: ev.properties.$group_key, traits: ev.group_set || {} };
       }

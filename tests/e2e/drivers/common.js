@@ -47,6 +47,15 @@ function newSpanId() {
   return hex(8);
 }
 
+/**
+ * W3C trace context for calls that have no properties (identify, group, alias):
+ * sent as context.traceparent, from which the server takes trace_id/span_id.
+ */
+function traceContext(run) {
+  const span = newSpanId();
+  return { span, context: { traceparent: `00-${run.traceId}-${span}-01` } };
+}
+
 /** Properties every catalog event carries. */
 function baseProps(run) {
   return {
@@ -155,5 +164,5 @@ function uuid() {
 }
 
 module.exports = {
-  hex, config, newRun, newSpanId, baseProps, catalogProps, jsonCopy, nowIso, writeRecord, withTimeout, sleep, uuid, fmtErr,
+  hex, config, newRun, newSpanId, traceContext, baseProps, catalogProps, jsonCopy, nowIso, writeRecord, withTimeout, sleep, uuid, fmtErr,
 };

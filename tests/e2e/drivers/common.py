@@ -42,6 +42,12 @@ def new_run(sdk: str) -> dict:
     }
 
 
+def trace_context(run: dict) -> tuple:
+    """(span_id, context) for calls without properties: W3C traceparent in context."""
+    span = hexid(8)
+    return span, {"traceparent": f"00-{run['trace_id']}-{span}-01"}
+
+
 def base_props(run: dict) -> dict:
     return {
         "trace_id": run["trace_id"],

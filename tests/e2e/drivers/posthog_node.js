@@ -69,8 +69,7 @@ async function main() {
   client.alias({ distinctId: run.userId, alias: run.anonId });
   record.events.push({
     id: null, event: '$create_alias', type: 'alias', distinct_id: run.userId, traced: false,
-    properties: { alias: run.anonId },
-    mentions: [run.anonId],
+    properties: {}, mentions: [run.anonId],
   });
 
   await c.withTimeout(client.shutdown(15000), 20000, 'posthog-node shutdown');

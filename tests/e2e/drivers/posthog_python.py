@@ -70,7 +70,7 @@ def main() -> int:
     sent = client.group_identify("workspace", run["workspace_id"], group_set, distinct_id=user, uuid=c.new_uuid())
     record["events"].append({
         "id": sent, "event": "$groupidentify", "type": "group", "distinct_id": user, "traced": False,
-        "properties": {"$group_type": "workspace", "$group_key": run["workspace_id"]},
+        "properties": {},
         "group": {"type": "workspace", "key": run["workspace_id"], "traits": c.json_copy(group_set)},
     })
 
@@ -79,7 +79,7 @@ def main() -> int:
     sent = client.alias(previous_id=run["anon_id"], distinct_id=user, uuid=c.new_uuid())
     record["events"].append({
         "id": sent, "event": "$create_alias", "type": "alias", "distinct_id": run["anon_id"], "traced": False,
-        "properties": {"alias": user}, "mentions": [user],
+        "properties": {}, "mentions": [user],
     })
 
     t0 = time.monotonic()

@@ -41,8 +41,10 @@ async function main() {
   }
 
   const traits = { email: `${run.userId}@example.com`, name: 'Ada Lovelace', plan: 'pro', seats: 5, verified: true };
-  send('identify', { userId: run.userId, traits }, {
-    event: '$identify', type: 'identify', traced: false, properties: {}, traits: c.jsonCopy(traits),
+  // identify/group carry the trace as context.traceparent (they have no properties).
+  let tc = c.traceContext(run);
+  send('identify', { userId: run.userId, traits, context: tc.context }, {
+    event: '$identify', type: 'identify', traced: true, span_id: tc.span, properties: {}, traits: c.jsonCopy(traits),
   });
 
   for (const event of ['flow_executed', 'rag_query_triggered', 'agent_execution']) {
@@ -58,8 +60,9 @@ async function main() {
   }
 
   const groupTraits = { name: 'Acme Robotics', plan: 'enterprise', employees: 240 };
-  send('group', { userId: run.userId, groupId: run.workspaceId, traits: groupTraits }, {
-    event: '$groupidentify', type: 'group', traced: false, properties: {},
+  tc = c.traceContext(run);
+  send('group', { userId: run.userId, groupId: run.workspaceId, traits: groupTraits, context: tc.context }, {
+    event: '$groupidentify', type: 'group', traced: true, span_id: tc.span, properties: {},
     group: { type: null, key: run.workspaceId, traits: c.jsonCopy(groupTraits) },
   });
 
@@ -68,6 +71,7 @@ async function main() {
     event: '$pageview', type: 'page', traced: true, properties: c.jsonCopy(pageProps), mentions: ['Flow editor'],
   });
 
+  // alias without trace context: found through the distinct_id query.
   send('alias', { userId: run.userId, previousId: run.anonId }, {
     event: '$create_alias', type: 'alias', traced: false, properties: {}, mentions: [run.anonId],
   });

@@ -47,9 +47,12 @@ def main() -> int:
 
     traits = {"email": f"{user}@example.com", "name": "Katherine Johnson", "plan": "free", "age": 41,
               "newsletter": False}
+    # identify/group/alias carry the trace as context.traceparent (they have no properties).
+    span, ctx = c.trace_context(run)
     sent("identify", {"event": "$identify", "type": "identify", "distinct_id": user, "user_id": user,
-                      "anonymous_id": anon, "traced": False, "properties": {}, "traits": c.json_copy(traits)},
-         user_id=user, anonymous_id=anon, traits=traits)
+                      "anonymous_id": anon, "traced": True, "span_id": span, "properties": {},
+                      "traits": c.json_copy(traits)},
+         user_id=user, anonymous_id=anon, traits=traits, context=ctx)
 
     for event in ["agent_execution", "agent_error", "tool_used"]:
         props = c.catalog_props(run, event)
@@ -63,19 +66,21 @@ def main() -> int:
         sent("track", rec, **kwargs)
 
     group_traits = {"name": "Cyberdyne", "plan": "enterprise", "employees": 1200}
+    span, ctx = c.trace_context(run)
     sent("group", {"event": "$groupidentify", "type": "group", "distinct_id": user, "user_id": user,
-                   "traced": False, "properties": {},
+                   "traced": True, "span_id": span, "properties": {},
                    "group": {"type": None, "key": run["workspace_id"], "traits": c.json_copy(group_traits)}},
-         user_id=user, group_id=run["workspace_id"], traits=group_traits)
+         user_id=user, group_id=run["workspace_id"], traits=group_traits, context=ctx)
 
     screen_props = dict(c.base_props(run), agent_id=f"agt_{c.hexid(4)}")
     sent("screen", {"event": "$screen", "type": "screen", "distinct_id": user, "user_id": user, "traced": True,
                     "properties": c.json_copy(screen_props), "mentions": ["Agent debugger"]},
          user_id=user, name="Agent debugger", properties=screen_props)
 
+    span, ctx = c.trace_context(run)
     sent("alias", {"event": "$create_alias", "type": "alias", "distinct_id": user, "user_id": user,
-                   "traced": False, "properties": {}, "mentions": [anon]},
-         previous_id=anon, user_id=user)
+                   "traced": True, "span_id": span, "properties": {}, "mentions": [anon]},
+         previous_id=anon, user_id=user, context=ctx)
 
     t0 = time.monotonic()
     rudder_analytics.flush()

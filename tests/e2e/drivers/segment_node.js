@@ -55,14 +55,17 @@ async function main() {
   });
 
   const traits = { email: `${run.userId}@example.com`, firstName: 'Grace', lastName: 'Hopper', plan: 'team', seats: 3 };
-  send('identify', { userId: run.userId, anonymousId: run.anonId, traits }, {
+  // identify/group/alias carry the trace as context.traceparent (they have no properties).
+  let tc = c.traceContext(run);
+  send('identify', { userId: run.userId, anonymousId: run.anonId, traits, context: tc.context }, {
     event: '$identify', type: 'identify', distinct_id: run.userId, user_id: run.userId, anonymous_id: run.anonId,
-    traced: false, properties: {}, traits: c.jsonCopy(traits),
+    traced: true, span_id: tc.span, properties: {}, traits: c.jsonCopy(traits),
   });
 
   const groupTraits = { name: 'Initech', industry: 'software', employees: 57 };
-  send('group', { userId: run.userId, groupId: run.organizationId, traits: groupTraits }, {
-    event: '$groupidentify', type: 'group', distinct_id: run.userId, user_id: run.userId, traced: false,
+  tc = c.traceContext(run);
+  send('group', { userId: run.userId, groupId: run.organizationId, traits: groupTraits, context: tc.context }, {
+    event: '$groupidentify', type: 'group', distinct_id: run.userId, user_id: run.userId, traced: true, span_id: tc.span,
     properties: {}, group: { type: null, key: run.organizationId, traits: c.jsonCopy(groupTraits) },
   });
 
@@ -78,8 +81,9 @@ async function main() {
     send('track', params, rec, event !== 'prompt_blocked');
   }
 
-  send('alias', { userId: run.userId, previousId: run.anonId }, {
-    event: '$create_alias', type: 'alias', distinct_id: run.userId, user_id: run.userId, traced: false,
+  tc = c.traceContext(run);
+  send('alias', { userId: run.userId, previousId: run.anonId, context: tc.context }, {
+    event: '$create_alias', type: 'alias', distinct_id: run.userId, user_id: run.userId, traced: true, span_id: tc.span,
     properties: {}, mentions: [run.anonId],
   });
 

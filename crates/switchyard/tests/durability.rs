@@ -1,0 +1,181 @@
+//! Durability of the built binary under concurrent load: after `kill -9`, every event whose
+//! request got a 2xx is stored; after SIGTERM the server exits 0 and nothing acknowledged is
+//! lost. Traffic goes only to loopback and every loop is bounded in time and count.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "phc_durability";
+const WRITE_KEY: &str = "wk_durability";
+const SECRET: &str = "phs_durability";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+fn start(data_dir: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .env("SWITCHYARD_DATA_DIR", data_dir)
+        .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHYARD_PROJECT_TOKEN", TOKEN)
+        .env("SWITCHYARD_WRITE_KEY", WRITE_KEY)
+        .env("SWITCHYARD_SECRET_KEY", SECRET)
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/_readiness")).send() {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, url }
+}
+
+/// Sends batches from `workers` concurrent clients until `stop` (or a bound) and returns the
+/// ids of every event whose request got a 2xx.
+fn load(url: &str, workers: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+    (0..workers)
+        .map(|w| {
+            let url = url.to_owned();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let mut acked = Vec::new();
+                let started = Instant::now();
+                for round in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(30) {
+                        break;
+                    }
+                    let ids: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+                    let result = if round % 2 == 0 {
+                        let batch: Vec<Value> = ids
+                            .iter()
+                            .map(|id| json!({"event": "tool_used", "uuid": id, "distinct_id": format!("user_{w}"),
+                                             "properties": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "tool_name": "web_search", "success": true}}))
+                            .collect();
+                        client.post(format!("{url}/batch/")).json(&json!({"api_key": TOKEN, "batch": batch})).send()
+                    } else {
+                        let batch: Vec<Value> = ids
+                            .iter()
+                            .map(|id| json!({"type": "track", "event": "agent_execution", "messageId": id, "userId": format!("user_{w}"),
+                                             "properties": {"agent_id": "ag_1", "model": "gpt-4o-mini", "status": "success"}}))
+                            .collect();
+                        client.post(format!("{url}/v1/batch")).basic_auth(WRITE_KEY, Some("")).json(&json!({"batch": batch})).send()
+                    };
+                    match result {
+                        Ok(r) if r.status().is_success() => acked.extend(ids),
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+fn stored_ids(url: &str) -> HashSet<String> {
+    let client = reqwest::blocking::Client::new();
+    let mut ids = HashSet::new();
+    let mut next = Some("/api/projects/@current/events/?limit=10000".to_owned());
+    while let Some(path) = next {
+        let page: Value = client.get(format!("{url}{path}")).bearer_auth(SECRET).send().unwrap().json().unwrap();
+        for e in page["results"].as_array().unwrap() {
+            ids.insert(e["id"].as_str().unwrap().to_owned());
+        }
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    ids
+}
+
+fn run_load_then(server: &mut Server, stop_server: impl FnOnce(&mut Child)) -> Vec<String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&server.url, 12, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    stop_server(&mut server.child);
+    stop.store(true, Ordering::SeqCst);
+    workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+}
+
+#[test]
+fn kill_9_and_sigterm_under_load_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let mut acked: Vec<String> = Vec::new();
+
+    let first = run_load_then(&mut server, |child| {
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    });
+    assert!(first.len() > 100, "the load generator got too few acknowledgements: {}", first.len());
+    acked.extend(first);
+
+    // Restart on the same data: it starts cleanly and has every acknowledged event.
+    let mut server = start(dir.path());
+    let stored = stored_ids(&server.url);
+    let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} acknowledged events lost after kill -9, e.g. {:?}", missing.len(), &missing[..missing.len().min(3)]);
+
+    // SIGTERM under load: exit 0, nothing acknowledged lost.
+    let mut status = None;
+    let second = run_load_then(&mut server, |child| {
+        let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                status = Some(s);
+                break;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(status.unwrap().code(), Some(0), "SIGTERM exits 0");
+    assert!(!second.is_empty());
+    acked.extend(second);
+
+    let mut server = start(dir.path());
+    let stored = stored_ids(&server.url);
+    let missing = acked.iter().filter(|id| !stored.contains(*id)).count();
+    assert_eq!(missing, 0, "acknowledged events lost after SIGTERM");
+
+    // The events CLI reads the same API.
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["events", "--url", &server.url, "--secret-key", SECRET, "--event", "agent_execution", "--limit", "3"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|e| e["event"] == "agent_execution" && e["protocol"] == "segment"));
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["events", "--url", &server.url, "--secret-key", "phs_wrong"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("401"));
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
