@@ -40,6 +40,9 @@ enum Cmd {
         /// Events per batch in the batch scenario.
         #[arg(long, default_value_t = 50)]
         batch: usize,
+        /// Run only this scenario (`batch` or `single`).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// A null endpoint: accepts any request, reads and discards the body, answers 200.
     NullServer {
@@ -51,7 +54,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::NullServer { port } => null_server(port),
-        Cmd::Bench { server_bin, seconds, connections, batch } => bench(&server_bin, seconds, connections, batch),
+        Cmd::Bench { server_bin, seconds, connections, batch, only } => {
+            bench(&server_bin, seconds, connections, batch, only.as_deref())
+        }
     }
 }
 
@@ -209,7 +214,7 @@ impl Drop for Process {
     }
 }
 
-fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize) -> anyhow::Result<()> {
+fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize, only: Option<&str>) -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("switchyard-loadgen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let server_port = free_port()?;
@@ -247,7 +252,7 @@ fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize) -> an
 
     println!("switchyard-loadgen: {connections} connections, {seconds} s per run, one generator thread");
     println!("{:<8} {:<11} {:>12} {:>12} {:>9} {:>9} {:>7}", "scenario", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors");
-    for scenario in &scenarios {
+    for scenario in scenarios.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
         let mut rates = Vec::new();
         for (target, addr) in [("switchyard", server_addr), ("null", null_addr)] {
             let f = drive(addr, scenario, connections, seconds)?;

@@ -25,14 +25,23 @@ use tokio::net::TcpListener;
 pub use config::Config;
 use metrics::{Metrics, RouteLabels};
 
-/// Everything a handler needs. Cheap to clone.
+/// Everything a handler needs. Cheap to clone: one reference count.
 #[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub log: Arc<SqliteLog>,
-    pub control: Arc<ControlStore>,
-    pub metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub config: Config,
+    pub log: SqliteLog,
+    pub control: ControlStore,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -56,13 +65,13 @@ impl AppState {
                 max_size_bytes: config.log.max_size_bytes,
             },
         )?;
-        let state = AppState {
-            config: Arc::new(config),
-            log: Arc::new(log),
-            control: Arc::new(control),
-            metrics: Arc::new(Metrics::default()),
-            ready: Arc::new(AtomicBool::new(true)),
-        };
+        let state = AppState(Arc::new(Shared {
+            config,
+            log,
+            control,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(true),
+        }));
         Ok((state, new_keys))
     }
 
@@ -110,8 +119,7 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("/v1/{call}/"), axum::routing::post(intake::segment_intake));
     }
     router
-        .layer(axum::middleware::from_fn(cors))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors_and_count))
         .with_state(state)
 }
 
@@ -131,24 +139,15 @@ async fn metrics_endpoint(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Counts every answered request by route and status, and adds CORS for browsers: mirror the
+/// origin and requested headers, allow credentials (as PostHog's capture does); preflights are
+/// answered here. One middleware rather than two: each layer costs a service clone per request.
+async fn cors_and_count(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&RouteLabels { route, status: response.status().as_u16() })
-        .inc();
-    response
-}
-
-/// CORS for browsers: mirror the origin and requested headers, allow credentials (as PostHog's
-/// capture does); answer preflights directly.
-async fn cors(request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
     let requested_headers = request.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let preflight = request.method() == Method::OPTIONS;
@@ -173,6 +172,11 @@ async fn cors(request: Request, next: Next) -> Response {
         );
         headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("900"));
     }
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RouteLabels { route, status: response.status().as_u16() })
+        .inc();
     response
 }
 
@@ -185,10 +189,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let ready = state.ready.clone();
+    let signalled = state.clone();
     let graceful = async move {
         shutdown.await;
-        ready.store(false, Ordering::SeqCst);
+        signalled.ready.store(false, Ordering::SeqCst);
         let _ = stopping_tx.send(true);
     };
     let router = app(state.clone());
