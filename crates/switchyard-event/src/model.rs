@@ -119,6 +119,12 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Whether a computed time can be stored: years 1 to 9999 (fixed-width RFC 3339).
+pub fn storable_time(t: &DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (1..=9999).contains(&t.year())
+}
+
 /// Parses the timestamp forms SDKs send: RFC 3339 with any offset, or without one (UTC),
 /// or a date.
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {

@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::error::Rejection;
 use crate::model::{
-    extract_trace, format_time, id_string, new_event_id, parse_time, Event, EventType, Protocol,
-    RequestMeta,
+    extract_trace, format_time, id_string, new_event_id, parse_time, storable_time, Event, EventType,
+    Protocol, RequestMeta,
 };
 use crate::validate::{check_event_name, check_raw_event, EventLimits};
 use crate::{InvalidEvent, Normalized};
@@ -346,16 +346,21 @@ pub fn posthog_timestamp(
     offset_ms: Option<i64>,
 ) -> Result<DateTime<Utc>, Rejection> {
     if let Some(ts) = timestamp {
-        let ts = parse_time(ts).ok_or_else(|| {
+        let invalid = || {
             Rejection::new(400, "invalid_timestamp", format!("event timestamp {ts:?} is not a valid date"))
-        })?;
-        return Ok(match sent_at {
-            Some(sent_at) => now + (ts - sent_at),
-            None => ts,
-        });
+        };
+        let parsed = parse_time(ts).ok_or_else(invalid)?;
+        return match sent_at {
+            // Dates far apart enough to overflow are not real clock skew.
+            Some(sent_at) => now.checked_add_signed(parsed - sent_at).filter(storable_time).ok_or_else(invalid),
+            None => Ok(parsed),
+        };
     }
     if let Some(offset) = offset_ms {
-        return Ok(now - Duration::milliseconds(offset));
+        return Duration::try_milliseconds(offset)
+            .and_then(|offset| now.checked_sub_signed(offset))
+            .filter(storable_time)
+            .ok_or_else(|| Rejection::new(400, "invalid_timestamp", format!("event offset {offset} is out of range")));
     }
     Ok(now)
 }
@@ -395,6 +400,18 @@ mod tests {
         .unwrap();
         assert_eq!(e.timestamp, "2026-11-25T12:00:09.000000Z");
         assert_eq!(e.original_timestamp.as_deref(), Some("2026-11-25T12:00:04Z"));
+    }
+
+    #[test]
+    fn absurd_dates_are_rejected_not_panicked_on() {
+        let e = one(
+            json!({"event": "x", "distinct_id": "u", "timestamp": "9999-12-31T23:59:59Z"}),
+            Some("0001-01-01T00:00:00Z"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "invalid_timestamp");
+        let err = one(json!({"event": "x", "distinct_id": "u", "offset": i64::MIN}), None).unwrap_err();
+        assert_eq!(err.code, "invalid_timestamp");
     }
 
     #[test]

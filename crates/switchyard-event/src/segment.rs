@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 
 use crate::error::Rejection;
 use crate::model::{
-    extract_trace, format_time, id_string, new_event_id, parse_time, Event, EventType, Protocol,
-    RequestMeta,
+    extract_trace, format_time, id_string, new_event_id, parse_time, storable_time, Event, EventType,
+    Protocol, RequestMeta,
 };
 use crate::validate::{check_event_name, check_raw_event, EventLimits};
 use crate::{InvalidEvent, Normalized};
@@ -262,7 +262,8 @@ pub fn segment_timestamp(
     }
     let original = original_timestamp.and_then(parse_time).unwrap_or(received_at);
     let sent = sent_at.and_then(parse_time).unwrap_or(received_at);
-    received_at - (sent - original)
+    // A skew so large it overflows is not a real clock: fall back to the receive time.
+    received_at.checked_sub_signed(sent - original).filter(storable_time).unwrap_or(received_at)
 }
 
 #[cfg(test)]
@@ -275,6 +276,8 @@ mod tests {
         let now = parse_time("2026-11-25T12:00:10Z").unwrap();
         let t = segment_timestamp(now, None, Some("2026-11-25T12:00:00Z"), Some("2026-11-25T12:00:01Z"));
         assert_eq!(format_time(t), "2026-11-25T12:00:09.000000Z");
+        let t = segment_timestamp(now, None, Some("0001-01-01T00:00:00Z"), Some("9999-12-31T00:00:00Z"));
+        assert_eq!(t, now);
         let t = segment_timestamp(now, Some("2026-11-25T11:00:00Z"), Some("2026-11-25T12:00:00Z"), None);
         assert_eq!(format_time(t), "2026-11-25T11:00:00.000000Z");
     }

@@ -35,7 +35,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Concurrent connections.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 32)]
         connections: usize,
         /// Events per batch in the batch scenario.
         #[arg(long, default_value_t = 50)]
@@ -140,6 +140,15 @@ fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     anyhow::bail!("{addr} did not become ready")
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn peak_rss_mb(pid: u32) -> Option<f64> {
@@ -251,22 +260,29 @@ fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize, only:
     ];
 
     println!("switchyard-loadgen: {connections} connections, {seconds} s per run, one generator thread");
-    println!("{:<8} {:<11} {:>12} {:>12} {:>9} {:>9} {:>7}", "scenario", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "{:<8} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12}",
+        "scenario", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", "CPU µs/req"
+    );
     for scenario in scenarios.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
         let mut rates = Vec::new();
-        for (target, addr) in [("switchyard", server_addr), ("null", null_addr)] {
+        for (target, addr, pid) in [("switchyard", server_addr, server.0.id()), ("null", null_addr, null.0.id())] {
+            let cpu_before = cpu_seconds(pid);
             let f = drive(addr, scenario, connections, seconds)?;
+            let cpu = cpu_seconds(pid).zip(cpu_before).map(|(after, before)| after - before);
             let rps = f.requests as f64 / f.elapsed.as_secs_f64();
             rates.push(rps);
+            let cpu_per_request = cpu.map(|c| c * 1e6 / f.requests.max(1) as f64).unwrap_or(f64::NAN);
             println!(
-                "{:<8} {:<11} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>7}",
+                "{:<8} {:<11} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>12.1}",
                 scenario.name,
                 target,
                 rps,
                 rps * scenario.events_per_request as f64,
                 f.p50.as_secs_f64() * 1000.0,
                 f.p99.as_secs_f64() * 1000.0,
-                f.errors
+                f.errors,
+                cpu_per_request
             );
         }
         println!("{:<8} switchyard/null request-rate ratio: {:.2}", scenario.name, rates[0] / rates[1]);

@@ -199,7 +199,7 @@ fn posthog_success(beacon: bool) -> Response {
     if beacon {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        axum::Json(json!({"status": "Ok"})).into_response()
+        ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"Ok"}"#).into_response()
     }
 }
 
