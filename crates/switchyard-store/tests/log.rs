@@ -98,3 +98,34 @@ async fn a_full_log_refuses_appends_and_keeps_what_it_has() {
     let all = log.query_events(EventQuery { project_id: 1, limit: 100_000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), stored, "a failed append must leave nothing behind, and lose nothing before it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_capacity_appends_fail_fast_and_the_rest_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let config = SqliteLogConfig { queue_capacity: 1, max_txn_events: 1, ..Default::default() };
+    let log = Arc::new(SqliteLog::open(&path, config).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            (i, log.append(AppendBatch { events: vec![record(i)], quarantined: vec![] }).await)
+        }));
+    }
+    let mut ok = Vec::new();
+    let mut overloaded = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (i, Ok(_)) => ok.push(format!("id-{i}")),
+            (_, Err(LogError::Overloaded)) => overloaded += 1,
+            (_, Err(e)) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(overloaded > 0, "a queue of one never overflowed");
+    assert_eq!(LogError::Overloaded.retry_after_secs(), 1);
+    let stored = log.query_events(EventQuery { project_id: 1, limit: 1000, ..Default::default() }).await.unwrap();
+    let mut stored: Vec<String> = stored.into_iter().map(|e| serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["id"].as_str().unwrap().to_owned()).collect();
+    stored.sort();
+    ok.sort();
+    assert_eq!(stored, ok, "exactly the acknowledged appends are stored");
+}
