@@ -7,19 +7,31 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchyard_event::model::{format_time, parse_time};
-use switchyard_store::{EventQuery, KeyKind, QuarantineQuery};
+use switchyard_store::{EventQuery, KeyKind, KeyRef, QuarantineQuery};
 
 use crate::AppState;
 
+/// An API error in PostHog's (Django REST framework's) shape:
+/// `{"type", "code", "detail", "attr"}`; `attr` names the offending field.
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    attr: Option<String>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into() }
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError { status, code, detail: detail.into(), attr: None }
+    }
+    /// 400 naming the field.
+    pub fn invalid(attr: &str, detail: impl Into<String>) -> Self {
+        ApiError { attr: Some(attr.to_owned()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_input", detail) }
+    }
+    /// 503 for a store failure; the cause is logged, not shown.
+    pub fn unavailable(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "control store failure");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the control store cannot be used right now")
     }
 }
 
@@ -31,12 +43,13 @@ impl IntoResponse for ApiError {
             StatusCode::SERVICE_UNAVAILABLE => "server_error",
             _ => "validation_error",
         };
-        (self.status, axum::Json(json!({"type": kind, "code": self.code, "detail": self.detail}))).into_response()
+        let body = json!({"type": kind, "code": self.code, "detail": self.detail, "attr": self.attr});
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
-/// Resolves the secret key to its project and checks the path's project against it.
-pub fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<i64, ApiError> {
+/// Resolves the `Authorization: Bearer <secret key>` header to its key.
+pub fn authorize_key(state: &AppState, headers: &HeaderMap) -> Result<KeyRef, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -45,9 +58,14 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result
         .ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "not_authenticated", "Authentication credentials were not provided: send `Authorization: Bearer <secret key>`.")
         })?;
-    let project_id = state.control.lookup(KeyKind::SecretKey, token).ok_or_else(|| {
+    state.control.lookup_key(KeyKind::SecretKey, token).ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "authentication_failed", "The secret key is not valid.")
-    })?;
+    })
+}
+
+/// Resolves the secret key to its project and checks the path's project against it.
+pub fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<i64, ApiError> {
+    let project_id = authorize_key(state, headers)?.project_id;
     if project != "@current" && project.parse::<i64>().ok() != Some(project_id) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "You don't have access to the project."));
     }

@@ -1,22 +1,367 @@
-//! `/flags` and `/decide`: request handling and response shapes as PostHog's, so SDKs start
-//! cleanly. Flag definitions and their evaluation come with the feature-flag engine; until a
-//! project has flags, every evaluation answers an empty set.
+//! Feature flags over HTTP: evaluation (`/flags`, `/decide`, OpenFeature OFREP), local
+//! evaluation definitions (`/flags/definitions`, `/api/feature_flag/local_evaluation/`), and
+//! management (`/api/projects/{id}/feature_flags/`).
+//!
+//! Definitions live in the control store. Each project's flags are compiled into a
+//! [`FlagSet`] snapshot that requests read without locking the store; every change builds a new
+//! snapshot and swaps it in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use switchyard_event::decode::{decode_posthog_body, BodyHints, DecodeLimits};
 use switchyard_event::model::id_string;
-use switchyard_store::KeyKind;
+use switchyard_flags::{Context, Evaluation, FlagDefinition, FlagSet, FlagValue, Reason};
+use switchyard_store::{ControlError, ControlStore, KeyKind, StoredFlag};
 
+use crate::api::{authorize_key, ApiError};
+use crate::metrics::FlagLabels;
 use crate::AppState;
 
-fn error(status: StatusCode, code: &str, detail: &str) -> Response {
-    (status, axum::Json(json!({"type": "validation_error", "code": code, "detail": detail}))).into_response()
+/// One project's compiled flags and what local evaluation serves.
+pub struct ProjectFlags {
+    pub set: FlagSet,
+    /// `{flags, group_type_mapping, cohorts}` as PostHog's local evaluation API answers.
+    pub definitions_body: String,
+    pub etag: String,
+    /// Flag key → (id, version, description), for response metadata.
+    meta: HashMap<String, (i64, i64)>,
 }
 
+/// Every project's current snapshot.
+#[derive(Default)]
+pub struct FlagRegistry {
+    projects: RwLock<HashMap<i64, Arc<ProjectFlags>>>,
+}
+
+impl FlagRegistry {
+    /// The project's snapshot, built from the store on first use.
+    pub fn get(&self, store: &ControlStore, project_id: i64) -> Result<Arc<ProjectFlags>, ControlError> {
+        if let Some(p) = self.projects.read().expect("flags lock").get(&project_id) {
+            return Ok(p.clone());
+        }
+        self.reload(store, project_id)
+    }
+
+    /// Rebuilds the project's snapshot from the store and swaps it in.
+    pub fn reload(&self, store: &ControlStore, project_id: i64) -> Result<Arc<ProjectFlags>, ControlError> {
+        let flags = store.list_flags(project_id, false)?;
+        let mapping = store.group_type_mapping(project_id)?;
+        let cohorts = store.cohorts(project_id)?;
+        let built = Arc::new(build_project_flags(&flags, mapping, cohorts).map_err(ControlError::Corrupt)?);
+        self.projects.write().expect("flags lock").insert(project_id, built.clone());
+        Ok(built)
+    }
+}
+
+/// Definitions as served for local evaluation: dependency keys resolved (flag ids → keys) and
+/// `dependency_chain` computed (empty for a cycle, as PostHog marks them).
+fn served_definitions(flags: &[StoredFlag]) -> Vec<Value> {
+    let by_id: HashMap<String, &str> = flags.iter().map(|f| (f.id.to_string(), f.key.as_str())).collect();
+    let mut jsons: Vec<Value> = flags.iter().map(StoredFlag::to_posthog_json).collect();
+    // Resolve references first, then chains over the resolved graph.
+    for flag in jsons.iter_mut() {
+        for_each_dependency(flag, |filter| {
+            if let Some(key) = filter.get("key").and_then(Value::as_str).and_then(|k| by_id.get(k)) {
+                filter.insert("key".into(), Value::String((*key).to_owned()));
+            }
+        });
+    }
+    let deps: HashMap<String, Vec<String>> = jsons
+        .iter()
+        .map(|f| (f["key"].as_str().unwrap_or_default().to_owned(), dependency_keys(f)))
+        .collect();
+    for flag in jsons.iter_mut() {
+        for_each_dependency(flag, |filter| {
+            let key = filter.get("key").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let chain = dependency_chain(&key, &deps);
+            filter.insert("dependency_chain".into(), json!(chain));
+        });
+    }
+    jsons
+}
+
+fn for_each_dependency(flag: &mut Value, mut f: impl FnMut(&mut Map<String, Value>)) {
+    let Some(groups) = flag.pointer_mut("/filters/groups").and_then(Value::as_array_mut) else { return };
+    for group in groups {
+        let Some(props) = group.get_mut("properties").and_then(Value::as_array_mut) else { continue };
+        for prop in props {
+            if let Some(filter) = prop.as_object_mut() {
+                if filter.get("type").and_then(Value::as_str) == Some("flag") {
+                    f(filter);
+                }
+            }
+        }
+    }
+}
+
+fn dependency_keys(flag: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    for group in flag.pointer("/filters/groups").and_then(Value::as_array).into_iter().flatten() {
+        for prop in group.get("properties").and_then(Value::as_array).into_iter().flatten() {
+            if prop.get("type").and_then(Value::as_str) == Some("flag") {
+                if let Some(k) = prop.get("key").and_then(Value::as_str) {
+                    keys.push(k.to_owned());
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The keys to evaluate before `key`, dependencies first, `key` last; empty when `key` is on a
+/// cycle or refers to a missing flag.
+fn dependency_chain(key: &str, deps: &HashMap<String, Vec<String>>) -> Vec<String> {
+    fn visit(key: &str, deps: &HashMap<String, Vec<String>>, stack: &mut Vec<String>, done: &mut Vec<String>) -> bool {
+        if done.iter().any(|d| d == key) {
+            return true;
+        }
+        if stack.iter().any(|s| s == key) {
+            return false;
+        }
+        let Some(children) = deps.get(key) else { return false };
+        stack.push(key.to_owned());
+        for child in children {
+            if !visit(child, deps, stack, done) {
+                return false;
+            }
+        }
+        stack.pop();
+        done.push(key.to_owned());
+        true
+    }
+    let mut done = Vec::new();
+    if visit(key, deps, &mut Vec::new(), &mut done) {
+        done
+    } else {
+        Vec::new()
+    }
+}
+
+fn build_project_flags(flags: &[StoredFlag], mapping: Map<String, Value>, cohorts: Map<String, Value>) -> Result<ProjectFlags, String> {
+    let served = served_definitions(flags);
+    let definitions: Vec<FlagDefinition> = served
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("flag {}: {e}", v["key"])))
+        .collect::<Result<_, _>>()?;
+    let set = FlagSet::new(definitions, &mapping, &cohorts).map_err(|e| e.to_string())?;
+    let body = json!({"flags": served, "group_type_mapping": mapping, "cohorts": cohorts}).to_string();
+    let etag = format!("\"{:016x}\"", fnv1a(body.as_bytes()));
+    let meta = flags.iter().map(|f| (f.key.clone(), (f.id, f.version))).collect();
+    Ok(ProjectFlags { set, definitions_body: body, etag, meta })
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+fn invalid(attr: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::invalid(attr, detail)
+}
+
+/// Checks a flag definition as the management API receives it; the error names the field.
+pub fn validate_definition(def: &Map<String, Value>, others: &[StoredFlag], own_id: Option<i64>) -> Result<String, ApiError> {
+    let key = match def.get("key") {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        _ => return Err(invalid("key", "`key` is required: a non-empty string")),
+    };
+    if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(invalid("key", format!("`key` may only contain letters, numbers, hyphens and underscores: {key:?}")));
+    }
+    let parsed: FlagDefinition = serde_json::from_value(Value::Object(def.clone())).map_err(|e| invalid("filters", format!("invalid flag definition: {e}")))?;
+    let variants: Vec<&str> = parsed.filters.multivariate.iter().flat_map(|m| &m.variants).map(|v| v.key.as_str()).collect();
+    if let Some(m) = &parsed.filters.multivariate {
+        if !m.variants.is_empty() {
+            let total: f64 = m.variants.iter().map(|v| v.rollout_percentage).sum();
+            if (total - 100.0).abs() > 1e-6 {
+                return Err(invalid("filters", format!("multivariate variant percentages must sum to 100, not {total}")));
+            }
+            for v in &m.variants {
+                if !(0.0..=100.0).contains(&v.rollout_percentage) {
+                    return Err(invalid("filters", format!("variant `{}` has rollout_percentage {} outside 0–100", v.key, v.rollout_percentage)));
+                }
+            }
+            let unique: HashSet<&str> = variants.iter().copied().collect();
+            if unique.len() != variants.len() {
+                return Err(invalid("filters", "multivariate variant keys must be unique"));
+            }
+        }
+    }
+    for (i, group) in parsed.filters.groups.iter().enumerate() {
+        if let Some(r) = group.rollout_percentage {
+            if !(0.0..=100.0).contains(&r) {
+                return Err(invalid("filters", format!("condition {}: rollout_percentage {r} is outside 0–100", i + 1)));
+            }
+        }
+        if let Some(v) = &group.variant {
+            if !variants.contains(&v.as_str()) {
+                return Err(invalid("filters", format!("condition {}: variant `{v}` is not one of the flag's variants", i + 1)));
+            }
+        }
+    }
+    for payload_key in parsed.filters.payloads.keys() {
+        if payload_key != "true" && !variants.contains(&payload_key.as_str()) {
+            return Err(invalid("filters", format!("payload for `{payload_key}`: not `true` nor a variant key")));
+        }
+    }
+    // Compile it: unknown operators and unusable filter values are named here.
+    let mapping: Map<String, Value> = Map::new();
+    FlagSet::new(vec![parsed.clone()], &mapping, &Map::new()).map_err(|e| invalid("filters", e.to_string()))?;
+
+    // Dependencies must exist and must not form a cycle.
+    let mut live: Vec<StoredFlag> = others.iter().filter(|f| Some(f.id) != own_id && !f.deleted).cloned().collect();
+    if live.iter().any(|f| f.key == key) {
+        return Err(invalid("key", format!("There is already a feature flag with the key `{key}`.")));
+    }
+    let candidate = StoredFlag {
+        id: own_id.unwrap_or(-1),
+        project_id: 0,
+        key: key.clone(),
+        version: 0,
+        deleted: false,
+        created_at: String::new(),
+        updated_at: String::new(),
+        definition: def.clone(),
+    };
+    live.push(candidate);
+    let served = served_definitions(&live);
+    let keys: HashSet<&str> = live.iter().map(|f| f.key.as_str()).collect();
+    let own = served.iter().find(|f| f["key"] == key.as_str()).expect("candidate is served");
+    for dep in dependency_keys(own) {
+        if !keys.contains(dep.as_str()) {
+            return Err(invalid("filters", format!("depends on flag `{dep}`, which does not exist")));
+        }
+    }
+    let deps: HashMap<String, Vec<String>> = served.iter().map(|f| (f["key"].as_str().unwrap_or_default().to_owned(), dependency_keys(f))).collect();
+    if !dependency_keys(own).is_empty() && dependency_chain(&key, &deps).is_empty() {
+        return Err(invalid("filters", format!("flag dependencies form a cycle through `{key}`")));
+    }
+    Ok(key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+
+/// What a flags request asks for, from any SDK's body.
+struct FlagsRequest {
+    token: String,
+    distinct_id: String,
+    person_properties: Map<String, Value>,
+    groups: Map<String, Value>,
+    group_properties: Map<String, Value>,
+    anon_distinct_id: Option<String>,
+    device_id: Option<String>,
+    flag_keys: Option<Vec<String>>,
+}
+
+fn object(v: Option<&Value>) -> Map<String, Value> {
+    v.and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
+fn flags_request(body: &Map<String, Value>) -> Result<FlagsRequest, Response> {
+    let token = ["token", "api_key", "$token"].iter().find_map(|k| body.get(*k).and_then(Value::as_str));
+    let Some(token) = token else {
+        return Err(flags_error(StatusCode::UNAUTHORIZED, "missing_token", "API key is missing from the request"));
+    };
+    let distinct = body.get("distinct_id").or_else(|| body.get("$distinct_id"));
+    let distinct_id = match distinct {
+        None | Some(Value::Null) => {
+            return Err(flags_error(StatusCode::BAD_REQUEST, "missing_distinct_id", "The distinct_id field is missing from the request"))
+        }
+        Some(v) => id_string(Some(v)).unwrap_or_default(),
+    };
+    let mut person_properties = object(body.get("person_properties").or_else(|| body.get("$properties")));
+    person_properties.entry("distinct_id").or_insert_with(|| Value::String(distinct_id.clone()));
+    let groups = object(body.get("groups").or_else(|| body.get("$groups")));
+    let mut group_properties = object(body.get("group_properties").or_else(|| body.get("$group_properties")));
+    with_group_keys(&groups, &mut group_properties);
+    let flag_keys = body
+        .get("flag_keys_to_evaluate")
+        .or_else(|| body.get("flag_keys"))
+        .and_then(Value::as_array)
+        .map(|keys| keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect());
+    Ok(FlagsRequest {
+        token: token.to_owned(),
+        distinct_id,
+        person_properties,
+        groups,
+        group_properties,
+        anon_distinct_id: ["$anon_distinct_id", "anon_distinct_id"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).map(str::to_owned),
+        device_id: ["$device_id", "device_id"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).map(str::to_owned),
+        flag_keys,
+    })
+}
+
+/// Every group's properties include its `$group_key`, as PostHog's SDKs and server add it.
+fn with_group_keys(groups: &Map<String, Value>, group_properties: &mut Map<String, Value>) {
+    for (group_type, key) in groups {
+        let props = group_properties.entry(group_type.clone()).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(props) = props {
+            props.entry("$group_key").or_insert_with(|| match key {
+                Value::String(s) => Value::String(s.clone()),
+                other => Value::String(other.to_string()),
+            });
+        }
+    }
+}
+
+fn flags_error(status: StatusCode, code: &str, detail: &str) -> Response {
+    (status, axum::Json(json!({"type": "validation_error", "code": code, "detail": detail, "attr": null}))).into_response()
+}
+
+fn evaluate(state: &AppState, project: &ProjectFlags, req: &FlagsRequest) -> Vec<(String, Evaluation)> {
+    let started = Instant::now();
+    let ctx = Context {
+        distinct_id: &req.distinct_id,
+        device_id: req.device_id.as_deref(),
+        continuity_key: req.anon_distinct_id.as_deref(),
+        person_properties: &req.person_properties,
+        groups: &req.groups,
+        group_properties: &req.group_properties,
+        now: chrono::Utc::now(),
+    };
+    let results: Vec<(String, Evaluation)> = match &req.flag_keys {
+        Some(keys) => keys.iter().filter_map(|k| project.set.evaluate(k, &ctx).map(|e| (k.clone(), e))).collect(),
+        None => project.set.evaluate_all(&ctx).into_iter().map(|(k, e)| (k.to_owned(), e)).collect(),
+    };
+    state.metrics.flag_evaluation_latency.observe(started.elapsed().as_secs_f64());
+    for (key, e) in &results {
+        let variant = match &e.value {
+            FlagValue::Bool(b) => b.to_string(),
+            FlagValue::Variant(v) => v.clone(),
+        };
+        state.metrics.flag_evaluations.get_or_create(&FlagLabels { flag: key.clone(), variant }).inc();
+    }
+    results
+}
+
+fn flag_details(project: &ProjectFlags, key: &str, e: &Evaluation) -> Value {
+    let (id, version) = project.meta.get(key).copied().unwrap_or((0, 0));
+    let description = project.set.definition(key).map(|d| d.name.clone()).filter(|n| !n.is_empty());
+    json!({
+        "key": key,
+        "enabled": e.value.is_enabled(),
+        "variant": e.value.variant(),
+        "reason": {"code": e.reason.code(), "condition_index": e.condition_index, "description": e.description()},
+        "metadata": {"id": id, "version": version, "description": description, "payload": e.payload},
+    })
+}
+
+/// `/flags` and `/decide` (GET, HEAD, POST; versioned response shapes as PostHog's).
 pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let decide = uri.path().starts_with("/decide");
     let params: Vec<(String, String)> =
@@ -30,7 +375,7 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
     }
     let limit = state.config.limits.max_request_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large");
+        return flags_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large");
     };
     let hints = BodyHints {
         query: uri.query(),
@@ -39,47 +384,405 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
         legacy_path: false,
     };
     let limits = DecodeLimits { max_decompressed_bytes: state.config.limits.max_decompressed_bytes };
-    let request: Map<String, Value> = match decode_posthog_body(&body, &hints, limits)
+    let body: Map<String, Value> = match decode_posthog_body(&body, &hints, limits)
         .map_err(|r| r.message)
         .and_then(|json| serde_json::from_slice(&json).map_err(|e| format!("failed to parse request: {e}")))
     {
         Ok(map) => map,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "request_parsing_error", &message),
+        Err(message) => return flags_error(StatusCode::BAD_REQUEST, "request_parsing_error", &message),
     };
-    let token = ["token", "api_key", "$token"].iter().find_map(|k| request.get(*k).and_then(Value::as_str));
-    let Some(token) = token else {
-        return error(StatusCode::UNAUTHORIZED, "missing_token", "API key is missing from the request");
+    let req = match flags_request(&body) {
+        Ok(r) => r,
+        Err(response) => return response,
     };
-    if state.control.lookup(KeyKind::ProjectToken, token).is_none() {
-        return error(StatusCode::UNAUTHORIZED, "invalid_token", "API key is not valid");
-    }
-    if id_string(request.get("distinct_id").or_else(|| request.get("$distinct_id"))).is_none()
-        && !request.contains_key("distinct_id")
-    {
-        return error(StatusCode::BAD_REQUEST, "missing_distinct_id", "The distinct_id field is missing from the request");
-    }
+    let Some(project_id) = state.control.lookup(KeyKind::ProjectToken, &req.token) else {
+        return flags_error(StatusCode::UNAUTHORIZED, "invalid_token", "API key is not valid");
+    };
+    let project = match state.flags.get(&state.control, project_id) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "loading flags failed");
+            return flags_error(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "flags are unavailable right now");
+        }
+    };
+    let results = evaluate(&state, &project, &req);
 
     let mut response = Map::new();
     let detailed = if decide { version.unwrap_or(1) >= 4 } else { version.map(|v| v >= 2).unwrap_or(true) };
     if detailed {
-        response.insert("flags".into(), json!({}));
+        let flags: Map<String, Value> = results.iter().map(|(k, e)| (k.clone(), flag_details(&project, k, e))).collect();
+        response.insert("flags".into(), Value::Object(flags));
     } else if decide && version.unwrap_or(1) < 2 {
-        response.insert("featureFlags".into(), json!([]));
+        let enabled: Vec<&str> = results.iter().filter(|(_, e)| e.value.is_enabled()).map(|(k, _)| k.as_str()).collect();
+        response.insert("featureFlags".into(), json!(enabled));
+    } else if decide && version == Some(2) {
+        let enabled: Map<String, Value> =
+            results.iter().filter(|(_, e)| e.value.is_enabled()).map(|(k, e)| (k.clone(), e.value.to_json())).collect();
+        response.insert("featureFlags".into(), Value::Object(enabled));
     } else {
-        response.insert("featureFlags".into(), json!({}));
-        response.insert("featureFlagPayloads".into(), json!({}));
+        let values: Map<String, Value> = results.iter().map(|(k, e)| (k.clone(), e.value.to_json())).collect();
+        let payloads: Map<String, Value> =
+            results.iter().filter_map(|(k, e)| e.payload.clone().map(|p| (k.clone(), p))).collect();
+        response.insert("featureFlags".into(), Value::Object(values));
+        response.insert("featureFlagPayloads".into(), Value::Object(payloads));
     }
     response.insert("errorsWhileComputingFlags".into(), Value::Bool(false));
     response.insert("requestId".into(), Value::String(uuid::Uuid::now_v7().to_string()));
     response.insert("evaluatedAt".into(), json!(chrono::Utc::now().timestamp_millis()));
     if config {
-        if let Value::Object(config) = crate::intake::remote_config_value(token) {
+        if let Value::Object(config) = crate::intake::remote_config_value(&req.token) {
             for (k, v) in config {
                 if k != "token" {
                     response.insert(k, v);
                 }
             }
         }
+        response.insert("hasFeatureFlags".into(), Value::Bool(!project.set.is_empty()));
     }
     axum::Json(Value::Object(response)).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local evaluation definitions
+
+/// `GET /flags/definitions` and `/api/feature_flag/local_evaluation/`: the secret key as
+/// Bearer; `token` (optional) must be the same project's.
+pub async fn local_evaluation(State(state): State<AppState>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
+    let key = match authorize_key(&state, &headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(token) = params.get("token").filter(|t| !t.is_empty()) {
+        if state.control.lookup(KeyKind::ProjectToken, token) != Some(key.project_id) {
+            return ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "The token does not belong to this key's project.").into_response();
+        }
+    }
+    let project = match state.flags.get(&state.control, key.project_id) {
+        Ok(p) => p,
+        Err(e) => return ApiError::unavailable(e).into_response(),
+    };
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(project.etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, project.etag.clone())]).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, project.etag.clone())],
+        project.definitions_body.clone(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenFeature Remote Evaluation Protocol
+
+fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Response {
+    let mut body = json!({"errorCode": code, "errorDetails": details});
+    if let Some(key) = key {
+        body["key"] = json!(key);
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+fn ofrep_reason(e: &Evaluation, multivariate: bool) -> &'static str {
+    match e.reason {
+        Reason::Disabled => "DISABLED",
+        Reason::ConditionMatch if multivariate && e.value.variant().is_some() => "SPLIT",
+        Reason::ConditionMatch | Reason::HoldoutConditionValue | Reason::SuperConditionValue => "TARGETING_MATCH",
+        _ => "DEFAULT",
+    }
+}
+
+fn ofrep_result(project: &ProjectFlags, key: &str, e: &Evaluation) -> Value {
+    let multivariate = project
+        .set
+        .definition(key)
+        .and_then(|d| d.filters.multivariate.as_ref())
+        .is_some_and(|m| !m.variants.is_empty());
+    let variant = match &e.value {
+        FlagValue::Variant(v) => v.clone(),
+        FlagValue::Bool(b) => b.to_string(),
+    };
+    let (id, version) = project.meta.get(key).copied().unwrap_or((0, 0));
+    let mut metadata = json!({"flagId": id, "version": version, "posthogReason": e.reason.code()});
+    if let Some(payload) = &e.payload {
+        metadata["payload"] = match payload {
+            Value::String(s) => Value::String(s.clone()),
+            other => Value::String(other.to_string()),
+        };
+    }
+    json!({"key": key, "value": e.value.to_json(), "reason": ofrep_reason(e, multivariate), "variant": variant, "metadata": metadata})
+}
+
+struct OfrepRequest {
+    project_id: i64,
+    req: FlagsRequest,
+}
+
+fn ofrep_request(state: &AppState, headers: &HeaderMap, body: &[u8], key: Option<&str>) -> Result<OfrepRequest, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(ofrep_error(StatusCode::UNAUTHORIZED, key, "GENERAL", "send the project token as `Authorization: Bearer <token>`"));
+    };
+    let Some(project_id) = state.control.lookup(KeyKind::ProjectToken, token) else {
+        return Err(ofrep_error(StatusCode::UNAUTHORIZED, key, "GENERAL", "the project token is not valid"));
+    };
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| ofrep_error(StatusCode::BAD_REQUEST, key, "PARSE_ERROR", &format!("invalid JSON: {e}")))?
+    };
+    let context = match body.get("context") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(c)) => c.clone(),
+        Some(_) => return Err(ofrep_error(StatusCode::BAD_REQUEST, key, "INVALID_CONTEXT", "`context` must be an object")),
+    };
+    let Some(targeting_key) = context.get("targetingKey").and_then(|v| id_string(Some(v))) else {
+        return Err(ofrep_error(StatusCode::BAD_REQUEST, key, "TARGETING_KEY_MISSING", "the context has no `targetingKey` (the distinct id)"));
+    };
+    let mut person_properties = context.clone();
+    person_properties.remove("targetingKey");
+    let groups = object(person_properties.remove("groups").as_ref());
+    let mut group_properties = object(person_properties.remove("group_properties").as_ref());
+    with_group_keys(&groups, &mut group_properties);
+    person_properties.entry("distinct_id").or_insert_with(|| Value::String(targeting_key.clone()));
+    Ok(OfrepRequest {
+        project_id,
+        req: FlagsRequest {
+            token: token.to_owned(),
+            distinct_id: targeting_key,
+            person_properties,
+            groups,
+            group_properties,
+            anon_distinct_id: None,
+            device_id: None,
+            flag_keys: key.map(|k| vec![k.to_owned()]),
+        },
+    })
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}`.
+pub async fn ofrep_single(State(state): State<AppState>, Path(key): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let r = match ofrep_request(&state, &headers, &body, Some(&key)) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let project = match state.flags.get(&state.control, r.project_id) {
+        Ok(p) => p,
+        Err(_) => return ofrep_error(StatusCode::INTERNAL_SERVER_ERROR, Some(&key), "GENERAL", "flags are unavailable right now"),
+    };
+    let results = evaluate(&state, &project, &r.req);
+    match results.first() {
+        Some((k, e)) => axum::Json(ofrep_result(&project, k, e)).into_response(),
+        None => ofrep_error(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", &format!("flag `{key}` does not exist")),
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags`: every flag, with an ETag of the definitions and context.
+pub async fn ofrep_bulk(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let r = match ofrep_request(&state, &headers, &body, None) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let project = match state.flags.get(&state.control, r.project_id) {
+        Ok(p) => p,
+        Err(_) => return ofrep_error(StatusCode::INTERNAL_SERVER_ERROR, None, "GENERAL", "flags are unavailable right now"),
+    };
+    let etag = format!("\"{:016x}\"", fnv1a(format!("{}{}", project.etag, String::from_utf8_lossy(&body)).as_bytes()));
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let results = evaluate(&state, &project, &r.req);
+    let flags: Vec<Value> = results.iter().map(|(k, e)| ofrep_result(&project, k, e)).collect();
+    ([(header::ETAG, etag)], axum::Json(json!({"flags": flags}))).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Management
+
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::DuplicateFlagKey(key) => invalid("key", format!("There is already a feature flag with the key `{key}`.")),
+        ControlError::VersionConflict { .. } => ApiError::new(StatusCode::CONFLICT, "version_conflict", e.to_string()),
+        ControlError::FlagNotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found."),
+        other => ApiError::unavailable(other),
+    }
+}
+
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(invalid("body", "the body must be a JSON object")),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "parse_error", format!("JSON parse error - {e}"))),
+    }
+}
+
+fn with_defaults(mut def: Map<String, Value>) -> Map<String, Value> {
+    def.entry("name").or_insert_with(|| Value::String(String::new()));
+    def.entry("active").or_insert(Value::Bool(true));
+    def.entry("ensure_experience_continuity").or_insert(Value::Bool(false));
+    def.entry("filters").or_insert_with(|| json!({"groups": []}));
+    def
+}
+
+pub async fn list_flags(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let key = crate::api::authorize(&state, &headers, &project)?;
+    let flags = state.control.list_flags(key, false).map_err(control_error)?;
+    let results: Vec<Value> = flags.iter().map(StoredFlag::to_posthog_json).collect();
+    Ok(axum::Json(json!({"count": results.len(), "next": null, "previous": null, "results": results})).into_response())
+}
+
+pub async fn create_flag(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let actor = authorize_key(&state, &headers)?;
+    let project_id = crate::api::authorize(&state, &headers, &project)?;
+    let def = with_defaults(body_object(&body)?);
+    let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
+    let flag_key = validate_definition(&def, &existing, None)?;
+    let flag = state.control.create_flag(project_id, &flag_key, def, Some(actor.key_id)).map_err(control_error)?;
+    state.flags.reload(&state.control, project_id).map_err(control_error)?;
+    Ok((StatusCode::CREATED, axum::Json(flag.to_posthog_json())).into_response())
+}
+
+pub async fn get_flag(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project_id = crate::api::authorize(&state, &headers, &project)?;
+    let flag = state.control.get_flag(project_id, &id).map_err(control_error)?;
+    Ok(axum::Json(flag.to_posthog_json()).into_response())
+}
+
+pub async fn update_flag(
+    State(state): State<AppState>,
+    Path((project, id)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let actor = authorize_key(&state, &headers)?;
+    let project_id = crate::api::authorize(&state, &headers, &project)?;
+    let current = state.control.get_flag(project_id, &id).map_err(control_error)?;
+    if current.deleted {
+        return Err(control_error(ControlError::FlagNotFound));
+    }
+    let mut patch = body_object(&body)?;
+    let expected_version = match patch.remove("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| invalid("version", "`version` must be an integer"))?),
+    };
+    let deleted = patch.remove("deleted").and_then(|d| d.as_bool()).unwrap_or(false);
+    let mut def = if method == Method::PUT { Map::new() } else { current.definition.clone() };
+    def.insert("key".into(), Value::String(current.key.clone()));
+    def.extend(patch);
+    let def = with_defaults(def);
+    let all = state.control.list_flags(project_id, false).map_err(control_error)?;
+    let flag_key = validate_definition(&def, &all, Some(current.id))?;
+    let flag = state
+        .control
+        .update_flag(project_id, current.id, expected_version, &flag_key, def, deleted, Some(actor.key_id))
+        .map_err(control_error)?;
+    state.flags.reload(&state.control, project_id).map_err(control_error)?;
+    Ok(axum::Json(flag.to_posthog_json()).into_response())
+}
+
+pub async fn delete_flag(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let actor = authorize_key(&state, &headers)?;
+    let project_id = crate::api::authorize(&state, &headers, &project)?;
+    let current = state.control.get_flag(project_id, &id).map_err(control_error)?;
+    if current.deleted {
+        return Err(control_error(ControlError::FlagNotFound));
+    }
+    let def = current.definition.clone();
+    state
+        .control
+        .update_flag(project_id, current.id, None, &current.key, def, true, Some(actor.key_id))
+        .map_err(control_error)?;
+    state.flags.reload(&state.control, project_id).map_err(control_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn flag_activity(State(state): State<AppState>, Path(params): Path<HashMap<String, String>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = params.get("project_id").cloned().unwrap_or_default();
+    let project_id = crate::api::authorize(&state, &headers, &project)?;
+    let flag_id = match params.get("id") {
+        Some(id) => Some(state.control.get_flag(project_id, id).map_err(control_error)?.id),
+        None => None,
+    };
+    let entries = state.control.flag_audit(project_id, flag_id, 1000).map_err(control_error)?;
+    Ok(axum::Json(json!({"results": entries, "next": null})).into_response())
+}
+
+/// `POST /api/projects/{id}/feature_flags/import/`: PostHog's local evaluation JSON
+/// (`{flags, group_type_mapping, cohorts}`) or an array of flags. Flags are created, or
+/// updated by key; the group type mapping and cohorts are stored.
+pub async fn import_flags(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let actor = authorize_key(&state, &headers)?;
+    let project_id = crate::api::authorize(&state, &headers, &project)?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parse_error", format!("JSON parse error - {e}")))?;
+    let (flags, mapping, cohorts) = match body {
+        Value::Array(flags) => (flags, Map::new(), Map::new()),
+        Value::Object(mut map) => (
+            map.remove("flags").and_then(|f| f.as_array().cloned()).ok_or_else(|| invalid("flags", "`flags` must be an array"))?,
+            object(map.get("group_type_mapping")),
+            object(map.get("cohorts")),
+        ),
+        _ => return Err(invalid("body", "expected `{flags, group_type_mapping, cohorts}` or an array of flags")),
+    };
+    for (index, name) in &mapping {
+        let index: i64 = index.parse().map_err(|_| invalid("group_type_mapping", format!("index {index:?} is not a number")))?;
+        let name = name.as_str().ok_or_else(|| invalid("group_type_mapping", "group type names must be strings"))?;
+        state.control.set_group_type(project_id, index, name).map_err(control_error)?;
+    }
+    for (id, definition) in &cohorts {
+        let id: i64 = id.parse().map_err(|_| invalid("cohorts", format!("cohort id {id:?} is not a number")))?;
+        state.control.put_cohort(project_id, id, definition).map_err(control_error)?;
+    }
+    let (mut created, mut updated) = (0, 0);
+    // Import dependencies before the flags that use them: retry the ones that fail on a
+    // missing dependency until no progress is made.
+    let mut pending: Vec<Map<String, Value>> = flags
+        .into_iter()
+        .map(|f| match f {
+            Value::Object(m) => Ok(with_defaults(m)),
+            _ => Err(invalid("flags", "every flag must be an object")),
+        })
+        .collect::<Result<_, _>>()?;
+    loop {
+        let mut next = Vec::new();
+        let mut last_error = None;
+        let before = pending.len();
+        for def in pending {
+            let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
+            let key = def.get("key").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let current = existing.iter().find(|f| f.key == key).map(|f| f.id);
+            match validate_definition(&def, &existing, current) {
+                Ok(flag_key) => {
+                    match current {
+                        Some(id) => {
+                            state.control.update_flag(project_id, id, None, &flag_key, def, false, Some(actor.key_id)).map_err(control_error)?;
+                            updated += 1;
+                        }
+                        None => {
+                            state.control.create_flag(project_id, &flag_key, def, Some(actor.key_id)).map_err(control_error)?;
+                            created += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    next.push(def);
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        if next.len() == before {
+            state.flags.reload(&state.control, project_id).map_err(control_error)?;
+            return Err(last_error.expect("a failure was recorded"));
+        }
+        pending = next;
+    }
+    state.flags.reload(&state.control, project_id).map_err(control_error)?;
+    Ok(axum::Json(json!({"created": created, "updated": updated})).into_response())
 }

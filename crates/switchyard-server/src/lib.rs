@@ -16,7 +16,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use switchyard_event::EventLimits;
 use switchyard_store::{ControlStore, ExplicitKeys, NewProjectKeys, SqliteLog, SqliteLogConfig};
@@ -34,6 +34,7 @@ pub struct Shared {
     pub log: SqliteLog,
     pub control: ControlStore,
     pub metrics: Metrics,
+    pub flags: flags::FlagRegistry,
     ready: AtomicBool,
 }
 
@@ -57,6 +58,10 @@ impl AppState {
             write_key: config.write_key.clone(),
             secret_key: config.secret_key.clone(),
         })?;
+        let flags = flags::FlagRegistry::default();
+        for project_id in control.project_ids()? {
+            flags.reload(&control, project_id)?;
+        }
         let log = SqliteLog::open(
             &config.data_dir.join("events.db"),
             SqliteLogConfig {
@@ -70,6 +75,7 @@ impl AppState {
             log,
             control,
             metrics: Metrics::default(),
+            flags,
             ready: AtomicBool::new(true),
         }));
         Ok((state, new_keys))
@@ -112,6 +118,26 @@ pub fn app(state: AppState) -> Router {
     }
     for path in ["/flags", "/decide"] {
         router = router.route(path, any(flags::flags)).route(&format!("{path}/"), any(flags::flags));
+    }
+    for path in ["/flags/definitions", "/api/feature_flag/local_evaluation"] {
+        router = router
+            .route(path, get(flags::local_evaluation))
+            .route(&format!("{path}/"), get(flags::local_evaluation));
+    }
+    router = router
+        .route("/ofrep/v1/evaluate/flags", post(flags::ofrep_bulk))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(flags::ofrep_single));
+    for suffix in ["", "/"] {
+        let base = "/api/projects/{project_id}/feature_flags";
+        router = router
+            .route(&format!("{base}{suffix}"), get(flags::list_flags).post(flags::create_flag))
+            .route(&format!("{base}/import{suffix}"), post(flags::import_flags))
+            .route(&format!("{base}/activity{suffix}"), get(flags::flag_activity))
+            .route(
+                &format!("{base}/{{id}}{suffix}"),
+                get(flags::get_flag).patch(flags::update_flag).put(flags::update_flag).delete(flags::delete_flag),
+            )
+            .route(&format!("{base}/{{id}}/activity{suffix}"), get(flags::flag_activity));
     }
     for call in SEGMENT_CALLS {
         router = router

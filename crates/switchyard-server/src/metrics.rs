@@ -22,6 +22,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagLabels {
+    pub flag: String,
+    pub variant: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// HTTP requests answered, by matched route and status.
@@ -36,6 +42,10 @@ pub struct Metrics {
     pub append_latency: Histogram,
     /// Events (valid and quarantined) per append.
     pub append_batch_events: Histogram,
+    /// Flag evaluations served, by flag and value (`true`, `false` or the variant).
+    pub flag_evaluations: Family<FlagLabels, Counter>,
+    /// Time to evaluate one request's flags.
+    pub flag_evaluation_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -53,7 +63,13 @@ impl Default for Metrics {
         registry.register("log_append_seconds", "Time until an append was durable", append_latency.clone());
         let append_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register("log_append_events", "Events per append", append_batch_events.clone());
+        let flag_evaluations = Family::<FlagLabels, Counter>::default();
+        registry.register("flag_evaluations", "Flag evaluations served, by flag and value", flag_evaluations.clone());
+        let flag_evaluation_latency = Histogram::new(exponential_buckets(0.000_001, 2.0, 16));
+        registry.register("flag_evaluation_seconds", "Time to evaluate one request's flags", flag_evaluation_latency.clone());
         Metrics {
+            flag_evaluations,
+            flag_evaluation_latency,
             registry,
             http_requests,
             events_logged,

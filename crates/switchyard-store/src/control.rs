@@ -57,6 +57,14 @@ pub enum ControlError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the key is already registered to project {0}")]
     KeyTaken(i64),
+    #[error("there is already a feature flag with the key `{0}`")]
+    DuplicateFlagKey(String),
+    #[error("the feature flag is at version {current}, not {expected}: reload it and apply the change again")]
+    VersionConflict { current: i64, expected: i64 },
+    #[error("no such feature flag")]
+    FlagNotFound,
+    #[error("invalid stored data: {0}")]
+    Corrupt(String),
 }
 
 /// The keys of a project created on this start, shown once.
@@ -78,8 +86,16 @@ pub struct ExplicitKeys {
 
 /// Projects and keys. The embedded implementation is SQLite; PostgreSQL can follow.
 pub struct ControlStore {
-    conn: Mutex<Connection>,
-    keys: RwLock<HashMap<(KeyKind, String), i64>>,
+    pub(crate) conn: Mutex<Connection>,
+    /// (kind, stored form) → (project id, key id)
+    keys: RwLock<HashMap<(KeyKind, String), (i64, i64)>>,
+}
+
+/// A resolved key: its project and its own id (recorded in audit logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef {
+    pub project_id: i64,
+    pub key_id: i64,
 }
 
 const SCHEMA: &str = "
@@ -96,6 +112,41 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     UNIQUE (kind, value)
 );
+CREATE TABLE IF NOT EXISTS feature_flags (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects (id),
+    key TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS feature_flags_live_key ON feature_flags (project_id, key) WHERE deleted = 0;
+CREATE TABLE IF NOT EXISTS feature_flag_audit (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    flag_id INTEGER NOT NULL,
+    flag_key TEXT NOT NULL,
+    at TEXT NOT NULL,
+    key_id INTEGER,
+    action TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+);
+CREATE TABLE IF NOT EXISTS group_types (
+    project_id INTEGER NOT NULL,
+    group_type_index INTEGER NOT NULL,
+    group_type TEXT NOT NULL,
+    PRIMARY KEY (project_id, group_type_index),
+    UNIQUE (project_id, group_type)
+);
+CREATE TABLE IF NOT EXISTS cohorts (
+    project_id INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    definition TEXT NOT NULL,
+    PRIMARY KEY (project_id, id)
+);
 ";
 
 fn random_key(prefix: &str) -> String {
@@ -110,14 +161,14 @@ impl ControlStore {
         conn.execute_batch(SCHEMA)?;
         let mut keys = HashMap::new();
         {
-            let mut stmt = conn.prepare("SELECT kind, value, project_id FROM api_keys")?;
+            let mut stmt = conn.prepare("SELECT kind, value, project_id, id FROM api_keys")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
             })?;
             for row in rows {
-                let (kind, value, project) = row?;
+                let (kind, value, project, id) = row?;
                 if let Some(kind) = KeyKind::parse(&kind) {
-                    keys.insert((kind, value), project);
+                    keys.insert((kind, value), (project, id));
                 }
             }
         }
@@ -164,12 +215,22 @@ impl ControlStore {
                     secret_key: explicit.secret_key.clone().unwrap_or_else(|| random_key("phs_")),
                 };
                 let project_id = self.create_project("Default project")?;
+                // The platform's two group types, in PostHog's mapping form.
+                self.set_group_type(project_id, 0, "workspace")?;
+                self.set_group_type(project_id, 1, "organization")?;
                 self.add_key(project_id, KeyKind::ProjectToken, &keys.project_token)?;
                 self.add_key(project_id, KeyKind::WriteKey, &keys.write_key)?;
                 self.add_key(project_id, KeyKind::SecretKey, &keys.secret_key)?;
                 Ok(Some(NewProjectKeys { project_id, ..keys }))
             }
         }
+    }
+
+    pub fn project_ids(&self) -> Result<Vec<i64>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare("SELECT id FROM projects ORDER BY id")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        Ok(ids)
     }
 
     pub fn create_project(&self, name: &str) -> Result<i64, ControlError> {
@@ -184,18 +245,29 @@ impl ControlStore {
             return if owner == project_id { Ok(()) } else { Err(ControlError::KeyTaken(owner)) };
         }
         let stored = kind.stored_form(key);
-        self.conn.lock().expect("control lock").execute(
+        let conn = self.conn.lock().expect("control lock");
+        conn.execute(
             "INSERT INTO api_keys (project_id, kind, value) VALUES (?1, ?2, ?3)",
             params![project_id, kind.as_str(), stored],
         )?;
-        self.keys.write().expect("keys lock").insert((kind, stored), project_id);
+        let key_id = conn.last_insert_rowid();
+        self.keys.write().expect("keys lock").insert((kind, stored), (project_id, key_id));
         Ok(())
     }
 
     /// The project a key belongs to.
     pub fn lookup(&self, kind: KeyKind, key: &str) -> Option<i64> {
+        self.lookup_key(kind, key).map(|k| k.project_id)
+    }
+
+    /// The project and id of a key.
+    pub fn lookup_key(&self, kind: KeyKind, key: &str) -> Option<KeyRef> {
         let stored = kind.stored_form(key);
-        self.keys.read().expect("keys lock").get(&(kind, stored)).copied()
+        self.keys
+            .read()
+            .expect("keys lock")
+            .get(&(kind, stored))
+            .map(|&(project_id, key_id)| KeyRef { project_id, key_id })
     }
 }
 

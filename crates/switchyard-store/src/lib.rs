@@ -2,9 +2,11 @@
 //! (projects and keys), with their embedded SQLite implementations.
 
 pub mod control;
+pub mod flags;
 pub mod log;
 
-pub use control::{ControlError, ControlStore, ExplicitKeys, KeyKind, NewProjectKeys};
+pub use control::{ControlError, ControlStore, ExplicitKeys, KeyKind, KeyRef, NewProjectKeys};
+pub use flags::{AuditEntry, StoredFlag};
 pub use log::{
     AppendBatch, AppendReceipt, EventLog, EventQuery, LogEntry, LogError, LogRecord,
     QuarantineEntry, QuarantineQuery, QuarantineRecord, SqliteLog, SqliteLogConfig,

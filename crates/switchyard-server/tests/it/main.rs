@@ -2,6 +2,7 @@
 //! files in a temporary directory.
 
 mod bad_input;
+mod flags;
 mod fixtures;
 mod lifecycle;
 

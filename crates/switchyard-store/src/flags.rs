@@ -1,0 +1,293 @@
+//! Feature-flag definitions in the control store: PostHog's flag JSON per project, versioned
+//! (optimistic concurrency), soft-deleted, every change in an audit log; plus the project's
+//! group type mapping and cohorts, which flags refer to.
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::control::{ControlError, ControlStore};
+
+/// A stored flag: its PostHog JSON (`definition`, without the fields below) and bookkeeping.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredFlag {
+    pub id: i64,
+    pub project_id: i64,
+    pub key: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub definition: Map<String, Value>,
+}
+
+impl StoredFlag {
+    /// PostHog's flag JSON: the definition with `id`, `team_id`, `key`, `version`, `deleted`,
+    /// `created_at`, `updated_at` set from the store.
+    pub fn to_posthog_json(&self) -> Value {
+        let mut out = self.definition.clone();
+        out.insert("id".into(), self.id.into());
+        out.insert("team_id".into(), self.project_id.into());
+        out.insert("key".into(), self.key.clone().into());
+        out.insert("version".into(), self.version.into());
+        out.insert("deleted".into(), self.deleted.into());
+        out.insert("created_at".into(), self.created_at.clone().into());
+        out.insert("updated_at".into(), self.updated_at.clone().into());
+        Value::Object(out)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub flag_id: i64,
+    pub flag_key: String,
+    pub at: String,
+    /// The id of the key that made the change.
+    pub key_id: Option<i64>,
+    pub action: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+const FLAG_COLUMNS: &str = "id, project_id, key, version, deleted, created_at, updated_at, definition";
+
+fn flag_from_row(r: &Row<'_>) -> rusqlite::Result<(StoredFlag, String)> {
+    Ok((
+        StoredFlag {
+            id: r.get(0)?,
+            project_id: r.get(1)?,
+            key: r.get(2)?,
+            version: r.get(3)?,
+            deleted: r.get::<_, i64>(4)? != 0,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+            definition: Map::new(),
+        },
+        r.get(7)?,
+    ))
+}
+
+fn parse_flag((mut flag, text): (StoredFlag, String)) -> Result<StoredFlag, ControlError> {
+    flag.definition = serde_json::from_str(&text).map_err(|e| ControlError::Corrupt(format!("flag {}: {e}", flag.id)))?;
+    Ok(flag)
+}
+
+/// Fields the store owns; never kept inside the stored definition.
+const STORE_FIELDS: &[&str] = &["id", "team_id", "key", "version", "deleted", "created_at", "updated_at"];
+
+fn strip_store_fields(mut definition: Map<String, Value>) -> Map<String, Value> {
+    for field in STORE_FIELDS {
+        definition.remove(*field);
+    }
+    definition
+}
+
+impl ControlStore {
+    pub fn list_flags(&self, project_id: i64, include_deleted: bool) -> Result<Vec<StoredFlag>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {FLAG_COLUMNS} FROM feature_flags WHERE project_id = ?1 AND (?2 OR deleted = 0) ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![project_id, include_deleted], flag_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(parse_flag).collect()
+    }
+
+    /// A live flag by numeric id or key (a deleted one only by id).
+    pub fn get_flag(&self, project_id: i64, id_or_key: &str) -> Result<StoredFlag, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let row = match id_or_key.parse::<i64>() {
+            Ok(id) => conn
+                .query_row(&format!("SELECT {FLAG_COLUMNS} FROM feature_flags WHERE project_id = ?1 AND id = ?2"), params![project_id, id], flag_from_row)
+                .optional()?,
+            Err(_) => conn
+                .query_row(
+                    &format!("SELECT {FLAG_COLUMNS} FROM feature_flags WHERE project_id = ?1 AND key = ?2 AND deleted = 0"),
+                    params![project_id, id_or_key],
+                    flag_from_row,
+                )
+                .optional()?,
+        };
+        row.map(parse_flag).ok_or(ControlError::FlagNotFound)?
+    }
+
+    /// Creates a flag (version 1). A live flag with the same key is a conflict.
+    pub fn create_flag(
+        &self,
+        project_id: i64,
+        key: &str,
+        definition: Map<String, Value>,
+        key_id: Option<i64>,
+    ) -> Result<StoredFlag, ControlError> {
+        let definition = strip_store_fields(definition);
+        let text = serde_json::to_string(&definition).expect("JSON serializes");
+        let at = now();
+        let mut conn = self.conn.lock().expect("control lock");
+        let tx = conn.transaction()?;
+        let taken: Option<i64> = tx
+            .query_row("SELECT id FROM feature_flags WHERE project_id = ?1 AND key = ?2 AND deleted = 0", params![project_id, key], |r| r.get(0))
+            .optional()?;
+        if taken.is_some() {
+            return Err(ControlError::DuplicateFlagKey(key.to_owned()));
+        }
+        tx.execute(
+            "INSERT INTO feature_flags (project_id, key, definition, version, deleted, created_at, updated_at) VALUES (?1, ?2, ?3, 1, 0, ?4, ?4)",
+            params![project_id, key, text, at],
+        )?;
+        let flag = StoredFlag {
+            id: tx.last_insert_rowid(),
+            project_id,
+            key: key.to_owned(),
+            version: 1,
+            deleted: false,
+            created_at: at.clone(),
+            updated_at: at.clone(),
+            definition,
+        };
+        audit(&tx, &flag, &at, key_id, "created", None, Some(flag.to_posthog_json()))?;
+        tx.commit()?;
+        Ok(flag)
+    }
+
+    /// Replaces a flag's definition (and key), or soft-deletes it, if it is still at
+    /// `expected_version` (when given). Bumps the version; records the change.
+    pub fn update_flag(
+        &self,
+        project_id: i64,
+        id: i64,
+        expected_version: Option<i64>,
+        key: &str,
+        definition: Map<String, Value>,
+        deleted: bool,
+        key_id: Option<i64>,
+    ) -> Result<StoredFlag, ControlError> {
+        let definition = strip_store_fields(definition);
+        let text = serde_json::to_string(&definition).expect("JSON serializes");
+        let at = now();
+        let mut conn = self.conn.lock().expect("control lock");
+        let tx = conn.transaction()?;
+        let before = tx
+            .query_row(&format!("SELECT {FLAG_COLUMNS} FROM feature_flags WHERE project_id = ?1 AND id = ?2"), params![project_id, id], flag_from_row)
+            .optional()?
+            .map(parse_flag)
+            .ok_or(ControlError::FlagNotFound)??;
+        if let Some(expected) = expected_version {
+            if expected != before.version {
+                return Err(ControlError::VersionConflict { current: before.version, expected });
+            }
+        }
+        if !deleted && key != before.key {
+            let taken: Option<i64> = tx
+                .query_row("SELECT id FROM feature_flags WHERE project_id = ?1 AND key = ?2 AND deleted = 0 AND id != ?3", params![project_id, key, id], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
+                return Err(ControlError::DuplicateFlagKey(key.to_owned()));
+            }
+        }
+        let version = before.version + 1;
+        tx.execute(
+            "UPDATE feature_flags SET key = ?3, definition = ?4, version = ?5, deleted = ?6, updated_at = ?7 WHERE project_id = ?1 AND id = ?2",
+            params![project_id, id, key, text, version, deleted, at],
+        )?;
+        let after = StoredFlag {
+            key: key.to_owned(),
+            version,
+            deleted,
+            updated_at: at.clone(),
+            definition,
+            ..before.clone()
+        };
+        let action = if deleted && !before.deleted { "deleted" } else { "updated" };
+        audit(&tx, &after, &at, key_id, action, Some(before.to_posthog_json()), Some(after.to_posthog_json()))?;
+        tx.commit()?;
+        Ok(after)
+    }
+
+    /// The audit log of a project's flags (or one flag), newest first.
+    pub fn flag_audit(&self, project_id: i64, flag_id: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare(
+            "SELECT id, flag_id, flag_key, at, key_id, action, before, after FROM feature_flag_audit
+             WHERE project_id = ?1 AND (?2 IS NULL OR flag_id = ?2) ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![project_id, flag_id, limit as i64], |r| {
+                let parse = |t: Option<String>| t.and_then(|t| serde_json::from_str(&t).ok());
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    flag_id: r.get(1)?,
+                    flag_key: r.get(2)?,
+                    at: r.get(3)?,
+                    key_id: r.get(4)?,
+                    action: r.get(5)?,
+                    before: parse(r.get(6)?),
+                    after: parse(r.get(7)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// PostHog's `group_type_mapping`: `{"0": "workspace", …}`.
+    pub fn group_type_mapping(&self, project_id: i64) -> Result<Map<String, Value>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare("SELECT group_type_index, group_type FROM group_types WHERE project_id = ?1 ORDER BY group_type_index")?;
+        let rows = stmt
+            .query_map([project_id], |r| Ok((r.get::<_, i64>(0)?.to_string(), Value::String(r.get(1)?))))?
+            .collect::<Result<Map<_, _>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn set_group_type(&self, project_id: i64, index: i64, name: &str) -> Result<(), ControlError> {
+        self.conn.lock().expect("control lock").execute(
+            "INSERT INTO group_types (project_id, group_type_index, group_type) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project_id, group_type_index) DO UPDATE SET group_type = excluded.group_type",
+            params![project_id, index, name],
+        )?;
+        Ok(())
+    }
+
+    /// Cohorts as PostHog's local evaluation serves them: `{"<id>": property group}`.
+    pub fn cohorts(&self, project_id: i64) -> Result<Map<String, Value>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare("SELECT id, definition FROM cohorts WHERE project_id = ?1 ORDER BY id")?;
+        let rows = stmt
+            .query_map([project_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, text)| {
+                let v = serde_json::from_str(&text).map_err(|e| ControlError::Corrupt(format!("cohort {id}: {e}")))?;
+                Ok((id.to_string(), v))
+            })
+            .collect()
+    }
+
+    pub fn put_cohort(&self, project_id: i64, id: i64, definition: &Value) -> Result<(), ControlError> {
+        self.conn.lock().expect("control lock").execute(
+            "INSERT INTO cohorts (project_id, id, definition) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project_id, id) DO UPDATE SET definition = excluded.definition",
+            params![project_id, id, definition.to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+fn audit(
+    tx: &rusqlite::Transaction<'_>,
+    flag: &StoredFlag,
+    at: &str,
+    key_id: Option<i64>,
+    action: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<(), ControlError> {
+    tx.execute(
+        "INSERT INTO feature_flag_audit (project_id, flag_id, flag_key, at, key_id, action, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![flag.project_id, flag.id, flag.key, at, key_id, action, before.map(|v| v.to_string()), after.map(|v| v.to_string())],
+    )?;
+    Ok(())
+}
