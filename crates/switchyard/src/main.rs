@@ -54,6 +54,33 @@ enum Command {
         #[arg(long)]
         quarantine: bool,
     },
+    /// Manage feature flags through the management API. `import` and `export` speak PostHog's
+    /// local-evaluation JSON (`{flags, group_type_mapping, cohorts}`), so flags move over
+    /// from PostHog as they are.
+    Flags {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000", global = true)]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY", global = true)]
+        secret_key: Option<String>,
+        #[command(subcommand)]
+        action: FlagsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlagsAction {
+    /// One line per flag: key, active, version, name.
+    List,
+    /// A flag's PostHog JSON.
+    Get { key: String },
+    /// Create or update flags (by key) from a PostHog JSON file (`-` reads stdin).
+    Import { file: PathBuf },
+    /// Print every flag, the group type mapping and cohorts as PostHog JSON.
+    Export,
+    Enable { key: String },
+    Disable { key: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,7 +113,70 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Flags { url, secret_key, action } => run_flags(&url, secret_key, action),
     }
+}
+
+/// Calls the management API; non-2xx answers become errors with the server's detail.
+fn api(method: reqwest::Method, url: &str, secret: &str, body: Option<String>) -> anyhow::Result<serde_json::Value> {
+    let mut request = reqwest::blocking::Client::new().request(method, url).bearer_auth(secret);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body);
+    }
+    let response = request.send().with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text()?;
+    let body: serde_json::Value = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).context("the server's answer is not JSON")? };
+    if !status.is_success() {
+        let detail = body.get("detail").and_then(|d| d.as_str()).map(str::to_owned).unwrap_or(text);
+        let attr = body.get("attr").and_then(|a| a.as_str()).map(|a| format!(" (field `{a}`)")).unwrap_or_default();
+        anyhow::bail!("{status}: {detail}{attr}");
+    }
+    Ok(body)
+}
+
+fn run_flags(url: &str, secret: Option<String>, action: FlagsAction) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let secret = secret.context("the secret key is needed: --secret-key or SWITCHYARD_SECRET_KEY")?;
+    let base = format!("{}/api/projects/@current/feature_flags", url.trim_end_matches('/'));
+    match action {
+        FlagsAction::List => {
+            let list = api(Method::GET, &format!("{base}/"), &secret, None)?;
+            for flag in list["results"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\tv{}\t{}",
+                    flag["key"].as_str().unwrap_or_default(),
+                    if flag["active"] == true { "active" } else { "inactive" },
+                    flag["version"],
+                    flag["name"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        FlagsAction::Get { key } => println!("{}", serde_json::to_string_pretty(&api(Method::GET, &format!("{base}/{key}/"), &secret, None)?)?),
+        FlagsAction::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let result = api(Method::POST, &format!("{base}/import/"), &secret, Some(text))?;
+            println!("created {}, updated {}", result["created"], result["updated"]);
+        }
+        FlagsAction::Export => {
+            let root = url.trim_end_matches('/');
+            let body = api(Method::GET, &format!("{root}/api/feature_flag/local_evaluation/?send_cohorts"), &secret, None)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        FlagsAction::Enable { key } => set_active(&base, &secret, &key, true)?,
+        FlagsAction::Disable { key } => set_active(&base, &secret, &key, false)?,
+    }
+    Ok(())
+}
+
+fn set_active(base: &str, secret: &str, key: &str, active: bool) -> anyhow::Result<()> {
+    let flag = api(reqwest::Method::PATCH, &format!("{base}/{key}/"), secret, Some(serde_json::json!({"active": active}).to_string()))?;
+    println!("{} is now {} (version {})", key, if active { "active" } else { "inactive" }, flag["version"]);
+    Ok(())
 }
 
 fn run_server(config_path: Option<PathBuf>) -> anyhow::Result<()> {

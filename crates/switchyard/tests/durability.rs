@@ -3,53 +3,15 @@
 //! lost. Traffic goes only to loopback and every loop is bounded in time and count.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const TOKEN: &str = "phc_durability";
-const WRITE_KEY: &str = "wk_durability";
-const SECRET: &str = "phs_durability";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn start(data_dir: &std::path::Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("serve")
-        .env("SWITCHYARD_DATA_DIR", data_dir)
-        .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SWITCHYARD_PROJECT_TOKEN", TOKEN)
-        .env("SWITCHYARD_WRITE_KEY", WRITE_KEY)
-        .env("SWITCHYARD_SECRET_KEY", SECRET)
-        .env("SWITCHYARD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/_readiness")).send() {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server { child, url }
-}
+mod common;
+use common::{start, Server, SECRET, TOKEN, WRITE_KEY};
 
 /// Sends batches from `workers` concurrent clients until `stop` (or a bound) and returns the
 /// ids of every event whose request got a 2xx.
