@@ -319,6 +319,31 @@ fn with_group_keys(groups: &Map<String, Value>, group_properties: &mut Map<Strin
     }
 }
 
+/// Stored person and group properties under the request's: properties sent with a flags
+/// request take precedence over stored ones, key by key.
+fn merge_stored_properties(state: &AppState, project_id: i64, req: &mut FlagsRequest) {
+    match state.control.person(project_id, &req.distinct_id) {
+        Ok(Some(person)) => {
+            let mut merged = person.properties;
+            merged.extend(std::mem::take(&mut req.person_properties));
+            req.person_properties = merged;
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "stored person properties unavailable; using the request's"),
+    }
+    match state.control.group_properties(project_id, &req.groups) {
+        Ok(stored) => {
+            for (group_type, mut merged) in stored {
+                if let Some(Value::Object(sent)) = req.group_properties.remove(&group_type) {
+                    merged.extend(sent);
+                }
+                req.group_properties.insert(group_type, Value::Object(merged));
+            }
+        }
+        Err(error) => tracing::warn!(%error, "stored group properties unavailable; using the request's"),
+    }
+}
+
 fn flags_error(status: StatusCode, code: &str, detail: &str) -> Response {
     (status, axum::Json(json!({"type": "validation_error", "code": code, "detail": detail, "attr": null}))).into_response()
 }
@@ -391,13 +416,14 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
         Ok(map) => map,
         Err(message) => return flags_error(StatusCode::BAD_REQUEST, "request_parsing_error", &message),
     };
-    let req = match flags_request(&body) {
+    let mut req = match flags_request(&body) {
         Ok(r) => r,
         Err(response) => return response,
     };
     let Some(project_id) = state.control.lookup(KeyKind::ProjectToken, &req.token) else {
         return flags_error(StatusCode::UNAUTHORIZED, "invalid_token", "API key is not valid");
     };
+    merge_stored_properties(&state, project_id, &mut req);
     let project = match state.flags.get(&state.control, project_id) {
         Ok(p) => p,
         Err(e) => {
@@ -566,10 +592,11 @@ fn ofrep_request(state: &AppState, headers: &HeaderMap, body: &[u8], key: Option
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub async fn ofrep_single(State(state): State<AppState>, Path(key): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let r = match ofrep_request(&state, &headers, &body, Some(&key)) {
+    let mut r = match ofrep_request(&state, &headers, &body, Some(&key)) {
         Ok(r) => r,
         Err(response) => return response,
     };
+    merge_stored_properties(&state, r.project_id, &mut r.req);
     let project = match state.flags.get(&state.control, r.project_id) {
         Ok(p) => p,
         Err(_) => return ofrep_error(StatusCode::INTERNAL_SERVER_ERROR, Some(&key), "GENERAL", "flags are unavailable right now"),
@@ -583,10 +610,11 @@ pub async fn ofrep_single(State(state): State<AppState>, Path(key): Path<String>
 
 /// `POST /ofrep/v1/evaluate/flags`: every flag, with an ETag of the definitions and context.
 pub async fn ofrep_bulk(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let r = match ofrep_request(&state, &headers, &body, None) {
+    let mut r = match ofrep_request(&state, &headers, &body, None) {
         Ok(r) => r,
         Err(response) => return response,
     };
+    merge_stored_properties(&state, r.project_id, &mut r.req);
     let project = match state.flags.get(&state.control, r.project_id) {
         Ok(p) => p,
         Err(_) => return ofrep_error(StatusCode::INTERNAL_SERVER_ERROR, None, "GENERAL", "flags are unavailable right now"),

@@ -6,6 +6,7 @@ pub mod config;
 pub mod flags;
 pub mod intake;
 pub mod metrics;
+pub mod persons;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,7 +111,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/projects/{project_id}/events", get(api::list_events))
         .route("/api/projects/{project_id}/events/", get(api::list_events))
         .route("/api/projects/{project_id}/quarantine", get(api::list_quarantine))
-        .route("/api/projects/{project_id}/quarantine/", get(api::list_quarantine));
+        .route("/api/projects/{project_id}/quarantine/", get(api::list_quarantine))
+        .route("/api/projects/{project_id}/persons", get(persons::get_person))
+        .route("/api/projects/{project_id}/persons/", get(persons::get_person))
+        .route("/api/projects/{project_id}/groups", get(persons::get_group))
+        .route("/api/projects/{project_id}/groups/", get(persons::get_group));
     for path in POSTHOG_CAPTURE_PATHS {
         router = router
             .route(path, any(intake::posthog_capture))
@@ -222,6 +227,8 @@ pub async fn serve(
         let _ = stopping_tx.send(true);
     };
     let router = app(state.clone());
+    let (stop_processor, processor_stop) = tokio::sync::watch::channel(false);
+    let processor = tokio::spawn(persons::run(state.clone(), processor_stop));
     let mut server = tokio::spawn(
         std::future::IntoFuture::into_future(axum::serve(listener, router).with_graceful_shutdown(graceful)),
     );
@@ -244,6 +251,8 @@ pub async fn serve(
         }
     };
     state.ready.store(false, Ordering::SeqCst);
+    let _ = stop_processor.send(true);
+    let _ = processor.await;
     state.log.close().await;
     result??;
     Ok(())

@@ -141,6 +141,28 @@ CREATE TABLE IF NOT EXISTS group_types (
     PRIMARY KEY (project_id, group_type_index),
     UNIQUE (project_id, group_type)
 );
+CREATE TABLE IF NOT EXISTS persons (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    is_identified INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS person_distinct_ids (
+    project_id INTEGER NOT NULL,
+    distinct_id TEXT NOT NULL,
+    person_id INTEGER NOT NULL,
+    PRIMARY KEY (project_id, distinct_id)
+);
+CREATE INDEX IF NOT EXISTS person_distinct_ids_person ON person_distinct_ids (person_id);
+CREATE TABLE IF NOT EXISTS groups (
+    project_id INTEGER NOT NULL,
+    group_type TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    PRIMARY KEY (project_id, group_type, group_key)
+);
 CREATE TABLE IF NOT EXISTS cohorts (
     project_id INTEGER NOT NULL,
     id INTEGER NOT NULL,

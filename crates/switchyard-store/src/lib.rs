@@ -4,9 +4,11 @@
 pub mod control;
 pub mod flags;
 pub mod log;
+pub mod persons;
 
 pub use control::{ControlError, ControlStore, ExplicitKeys, KeyKind, KeyRef, NewProjectKeys};
 pub use flags::{AuditEntry, StoredFlag};
+pub use persons::{Group, Person};
 pub use log::{
     AppendBatch, AppendReceipt, EventLog, EventQuery, LogEntry, LogError, LogRecord,
     QuarantineEntry, QuarantineQuery, QuarantineRecord, SqliteLog, SqliteLogConfig,

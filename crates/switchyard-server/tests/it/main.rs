@@ -5,6 +5,7 @@ mod bad_input;
 mod flags;
 mod fixtures;
 mod lifecycle;
+mod persons;
 
 use std::net::SocketAddr;
 

@@ -1,0 +1,267 @@
+//! Persons and groups in the control store, kept up to date from the event log by the person
+//! processor, so flag evaluation on the server sees stored properties.
+//!
+//! Merge rules (PostHog's, see docs/flags.md):
+//! - `$set` (and Segment identify traits) overwrite; `$set_once` sets only absent keys;
+//!   `properties.$unset` (a list of keys) removes.
+//! - `$identify` with an anonymous id, `$create_alias` and Segment `alias` merge the other id's
+//!   person into the person of `distinct_id`, unless the other person is already identified
+//!   (then both stay apart); on conflicting keys the `distinct_id` person's values win.
+//! - Group identify (`$groupidentify`, Segment `group`) sets the group's properties; a group
+//!   type seen for the first time gets the next free index (at most 5, as PostHog).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use switchyard_event::{Event, EventType};
+
+use crate::control::{ControlError, ControlStore};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Person {
+    pub id: i64,
+    pub distinct_ids: Vec<String>,
+    pub properties: Map<String, Value>,
+    pub is_identified: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub group_type: String,
+    pub group_type_index: i64,
+    pub group_key: String,
+    pub properties: Map<String, Value>,
+}
+
+/// Ids that never merge persons (PostHog's list of "illegal" distinct ids).
+fn mergeable(id: &str) -> bool {
+    let t = id.trim();
+    let lower = t.to_lowercase();
+    !(t.is_empty()
+        || ["anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email", "undefined", "true", "false"].contains(&lower.as_str())
+        || ["[object Object]", "NaN", "None", "none", "null", "0"].contains(&t))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+struct PersonRow {
+    id: i64,
+    properties: Map<String, Value>,
+    is_identified: bool,
+}
+
+fn person_of(tx: &Transaction<'_>, project_id: i64, distinct_id: &str) -> Result<Option<PersonRow>, ControlError> {
+    let row = tx
+        .query_row(
+            "SELECT p.id, p.properties, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+             WHERE d.project_id = ?1 AND d.distinct_id = ?2",
+            params![project_id, distinct_id],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)),
+        )
+        .optional()?;
+    row.map(|(id, text, is_identified)| {
+        let properties = serde_json::from_str(&text).map_err(|e| ControlError::Corrupt(format!("person {id}: {e}")))?;
+        Ok(PersonRow { id, properties, is_identified })
+    })
+    .transpose()
+}
+
+fn create_person(tx: &Transaction<'_>, project_id: i64, distinct_id: &str) -> Result<PersonRow, ControlError> {
+    let at = now();
+    tx.execute(
+        "INSERT INTO persons (project_id, properties, is_identified, created_at, updated_at) VALUES (?1, '{}', 0, ?2, ?2)",
+        params![project_id, at],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.execute("INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?1, ?2, ?3)", params![project_id, distinct_id, id])?;
+    Ok(PersonRow { id, properties: Map::new(), is_identified: false })
+}
+
+fn save_person(tx: &Transaction<'_>, person: &PersonRow) -> Result<(), ControlError> {
+    tx.execute(
+        "UPDATE persons SET properties = ?2, is_identified = ?3, updated_at = ?4 WHERE id = ?1",
+        params![person.id, Value::Object(person.properties.clone()).to_string(), person.is_identified, now()],
+    )?;
+    Ok(())
+}
+
+fn apply_updates(properties: &mut Map<String, Value>, event: &Event) {
+    for (k, v) in &event.traits_set_once {
+        properties.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for (k, v) in &event.traits {
+        properties.insert(k.clone(), v.clone());
+    }
+    if let Some(Value::Array(keys)) = event.properties.get("$unset") {
+        for key in keys.iter().filter_map(Value::as_str) {
+            properties.remove(key);
+        }
+    }
+}
+
+impl ControlStore {
+    /// Applies a batch of logged events to persons and groups, in one transaction. Returns the
+    /// projects that got a new group type (their flags need the new mapping).
+    pub fn apply_person_events(&self, events: &[Event]) -> Result<Vec<i64>, ControlError> {
+        let mut conn = self.conn.lock().expect("control lock");
+        let tx = conn.transaction()?;
+        let mut known_group_types = std::collections::HashSet::new();
+        let mut new_group_types = Vec::new();
+        for event in events {
+            apply_one(&tx, event, &mut known_group_types, &mut new_group_types)?;
+        }
+        tx.commit()?;
+        new_group_types.sort_unstable();
+        new_group_types.dedup();
+        Ok(new_group_types)
+    }
+
+    /// The person a distinct id belongs to.
+    pub fn person(&self, project_id: i64, distinct_id: &str) -> Result<Option<Person>, ControlError> {
+        let mut conn = self.conn.lock().expect("control lock");
+        let tx = conn.transaction()?;
+        let Some(row) = person_of(&tx, project_id, distinct_id)? else { return Ok(None) };
+        let mut stmt = tx.prepare("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ?1 ORDER BY distinct_id")?;
+        let distinct_ids = stmt.query_map([row.id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        let created_at: String = tx.query_row("SELECT created_at FROM persons WHERE id = ?1", [row.id], |r| r.get(0))?;
+        Ok(Some(Person { id: row.id, distinct_ids, properties: row.properties, is_identified: row.is_identified, created_at }))
+    }
+
+    /// A group's stored properties.
+    pub fn group(&self, project_id: i64, group_type: &str, group_key: &str) -> Result<Option<Group>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let row = conn
+            .query_row(
+                "SELECT g.properties, t.group_type_index FROM groups g JOIN group_types t ON t.project_id = g.project_id AND t.group_type = g.group_type
+                 WHERE g.project_id = ?1 AND g.group_type = ?2 AND g.group_key = ?3",
+                params![project_id, group_type, group_key],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        row.map(|(text, index)| {
+            Ok(Group {
+                group_type: group_type.to_owned(),
+                group_type_index: index,
+                group_key: group_key.to_owned(),
+                properties: serde_json::from_str(&text).map_err(|e| ControlError::Corrupt(format!("group: {e}")))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stored properties of several groups at once (type → properties), for flag evaluation.
+    pub fn group_properties(&self, project_id: i64, groups: &Map<String, Value>) -> Result<HashMap<String, Map<String, Value>>, ControlError> {
+        let mut out = HashMap::new();
+        for (group_type, key) in groups {
+            let key = match key {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let Some(g) = self.group(project_id, group_type, &key)? {
+                out.insert(group_type.clone(), g.properties);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Registers a group type; true when it was new.
+fn ensure_group_type(tx: &Transaction<'_>, project_id: i64, group_type: &str) -> Result<bool, ControlError> {
+    let known: Option<i64> = tx
+        .query_row("SELECT group_type_index FROM group_types WHERE project_id = ?1 AND group_type = ?2", params![project_id, group_type], |r| r.get(0))
+        .optional()?;
+    if known.is_some() {
+        return Ok(false);
+    }
+    let next: i64 = tx.query_row("SELECT coalesce(max(group_type_index) + 1, 0) FROM group_types WHERE project_id = ?1", [project_id], |r| r.get(0))?;
+    if next >= 5 {
+        return Ok(false);
+    }
+    tx.execute("INSERT INTO group_types (project_id, group_type_index, group_type) VALUES (?1, ?2, ?3)", params![project_id, next, group_type])?;
+    Ok(true)
+}
+
+fn apply_one(
+    tx: &Transaction<'_>,
+    event: &Event,
+    known_group_types: &mut std::collections::HashSet<(i64, String)>,
+    new_group_types: &mut Vec<i64>,
+) -> Result<(), ControlError> {
+    let project_id = event.project_id;
+    let mut added = false;
+    for group_type in event.groups.keys() {
+        if known_group_types.insert((project_id, group_type.clone())) {
+            added |= ensure_group_type(tx, project_id, group_type)?;
+        }
+    }
+    if event.kind == EventType::Group {
+        let group_type = event.group_type.clone().unwrap_or_else(|| "group".to_owned());
+        if let Some(key) = &event.group_id {
+            added |= ensure_group_type(tx, project_id, &group_type)?;
+            let current: Option<String> = tx
+                .query_row("SELECT properties FROM groups WHERE project_id = ?1 AND group_type = ?2 AND group_key = ?3", params![project_id, group_type, key], |r| r.get(0))
+                .optional()?;
+            let mut properties: Map<String, Value> = current.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            for (k, v) in &event.traits {
+                properties.insert(k.clone(), v.clone());
+            }
+            tx.execute(
+                "INSERT INTO groups (project_id, group_type, group_key, properties) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (project_id, group_type, group_key) DO UPDATE SET properties = excluded.properties",
+                params![project_id, group_type, key, Value::Object(properties).to_string()],
+            )?;
+        }
+    }
+    if added {
+        new_group_types.push(project_id);
+    }
+    if event.kind == EventType::Group {
+        return Ok(());
+    }
+    if event.properties.get("$process_person_profile") == Some(&Value::Bool(false)) {
+        return Ok(());
+    }
+    // Events that change no person property and merge no ids leave persons as they are (a
+    // person without properties evaluates flags like no person at all).
+    let merges = matches!(event.kind, EventType::Identify | EventType::Alias);
+    if !merges && event.traits.is_empty() && event.traits_set_once.is_empty() && !event.properties.contains_key("$unset") {
+        return Ok(());
+    }
+
+    let other_id = match event.kind {
+        EventType::Identify => event.anonymous_id.clone().filter(|_| event.event == "$identify"),
+        EventType::Alias => event.previous_id.clone(),
+        _ => None,
+    };
+    let mut person = match person_of(tx, project_id, &event.distinct_id)? {
+        Some(p) => p,
+        None => create_person(tx, project_id, &event.distinct_id)?,
+    };
+    if let Some(other_id) = other_id.filter(|o| o != &event.distinct_id && mergeable(o) && mergeable(&event.distinct_id)) {
+        match person_of(tx, project_id, &other_id)? {
+            None => {
+                tx.execute("INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?1, ?2, ?3)", params![project_id, other_id, person.id])?;
+            }
+            Some(other) if other.id != person.id && !other.is_identified => {
+                // Merge the other person into this one; this person's values win.
+                for (k, v) in other.properties {
+                    person.properties.entry(k).or_insert(v);
+                }
+                tx.execute("UPDATE person_distinct_ids SET person_id = ?1 WHERE person_id = ?2", params![person.id, other.id])?;
+                tx.execute("DELETE FROM persons WHERE id = ?1", [other.id])?;
+            }
+            Some(_) => {}
+        }
+        if event.event == "$identify" {
+            person.is_identified = true;
+        }
+    }
+    apply_updates(&mut person.properties, event);
+    save_person(tx, &person)?;
+    Ok(())
+}
