@@ -138,8 +138,25 @@ fn outcome(
             raw: invalid.raw.to_string(),
         })
         .collect();
-    let events = normalized.accepted.into_iter().map(LogRecord::from_event).collect();
+    let events = normalized
+        .accepted
+        .into_iter()
+        .map(|event| {
+            let person_update = changes_persons(state, &event);
+            LogRecord::from_event(event, person_update)
+        })
+        .collect();
     Ok(AppendBatch { events, quarantined })
+}
+
+/// Whether the person processor needs the event: it changes person or group properties,
+/// merges ids, or names a group type not registered yet.
+fn changes_persons(state: &AppState, event: &switchyard_event::Event) -> bool {
+    matches!(event.kind, EventType::Identify | EventType::Alias | EventType::Group)
+        || !event.traits.is_empty()
+        || !event.traits_set_once.is_empty()
+        || event.properties.contains_key("$unset")
+        || event.groups.keys().any(|group_type| !state.control.knows_group_type(event.project_id, group_type))
 }
 
 async fn append(state: &AppState, family: Family, batch: AppendBatch) -> Result<(), IntakeError> {

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use switchyard_event::Event;
-use switchyard_store::EventLog;
+use switchyard_store::{EventLog, Selection};
 use tokio::sync::watch;
 
 use crate::api::{authorize, ApiError};
@@ -41,8 +41,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 }
 
 async fn process_batch(state: &AppState) -> anyhow::Result<usize> {
-    let entries = state.log.read(CONSUMER, BATCH).await?;
-    let Some(last) = entries.last().map(|e| e.seq) else { return Ok(0) };
+    let batch = state.log.read(CONSUMER, BATCH, Selection::PersonUpdates).await?;
+    let Some(position) = batch.position else { return Ok(0) };
+    let entries = batch.entries;
     let mut events = Vec::with_capacity(entries.len());
     for entry in &entries {
         match serde_json::from_str::<Event>(&entry.body) {
@@ -55,7 +56,7 @@ async fn process_batch(state: &AppState) -> anyhow::Result<usize> {
     for project_id in changed {
         state.flags.reload(&state.control, project_id)?;
     }
-    state.log.commit(CONSUMER, last).await?;
+    state.log.commit(CONSUMER, position).await?;
     Ok(entries.len())
 }
 

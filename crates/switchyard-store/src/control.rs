@@ -89,6 +89,8 @@ pub struct ControlStore {
     pub(crate) conn: Mutex<Connection>,
     /// (kind, stored form) → (project id, key id)
     keys: RwLock<HashMap<(KeyKind, String), (i64, i64)>>,
+    /// (project id, group type) pairs registered, so intake can tell new group types cheaply.
+    group_types: RwLock<std::collections::HashSet<(i64, String)>>,
 }
 
 /// A resolved key: its project and its own id (recorded in audit logs).
@@ -194,7 +196,9 @@ impl ControlStore {
                 }
             }
         }
-        Ok(ControlStore { conn: Mutex::new(conn), keys: RwLock::new(keys) })
+        let store = ControlStore { conn: Mutex::new(conn), keys: RwLock::new(keys), group_types: RwLock::default() };
+        store.refresh_group_types()?;
+        Ok(store)
     }
 
     /// On first start (no project yet) creates the default project with the explicit keys or
@@ -246,6 +250,19 @@ impl ControlStore {
                 Ok(Some(NewProjectKeys { project_id, ..keys }))
             }
         }
+    }
+
+    /// Whether a group type is registered for the project.
+    pub fn knows_group_type(&self, project_id: i64, group_type: &str) -> bool {
+        self.group_types.read().expect("group types lock").contains(&(project_id, group_type.to_owned()))
+    }
+
+    pub(crate) fn refresh_group_types(&self) -> Result<(), ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare("SELECT project_id, group_type FROM group_types")?;
+        let all = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        *self.group_types.write().expect("group types lock") = all;
+        Ok(())
     }
 
     pub fn project_ids(&self) -> Result<Vec<i64>, ControlError> {

@@ -248,7 +248,7 @@ impl ControlStore {
              ON CONFLICT (project_id, group_type_index) DO UPDATE SET group_type = excluded.group_type",
             params![project_id, index, name],
         )?;
-        Ok(())
+        self.refresh_group_types()
     }
 
     /// Cohorts as PostHog's local evaluation serves them: `{"<id>": property group}`.

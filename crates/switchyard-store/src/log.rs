@@ -52,10 +52,12 @@ pub struct LogRecord {
     pub timestamp: String,
     pub received_at: String,
     pub body: String,
+    /// Whether the person processor needs this event (see [`Selection::PersonUpdates`]).
+    pub person_update: bool,
 }
 
 impl LogRecord {
-    pub fn from_event(event: Event) -> Self {
+    pub fn from_event(event: Event, person_update: bool) -> Self {
         let body = serde_json::to_string(&event).expect("events serialize");
         LogRecord {
             id: event.id,
@@ -67,6 +69,7 @@ impl LogRecord {
             timestamp: event.timestamp,
             received_at: event.received_at,
             body,
+            person_update,
         }
     }
 }
@@ -106,6 +109,23 @@ pub struct AppendReceipt {
     pub last_seq: Option<i64>,
     /// How many events the committing transaction held, this batch's and others'.
     pub transaction_events: usize,
+}
+
+/// Which logged events a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    /// Only events marked as changing persons or groups at append (a JetStream or Kafka log
+    /// would put them on their own subject or topic).
+    PersonUpdates,
+}
+
+/// What a consumer read: the entries, and the position to commit once they are processed
+/// (past entries the selection skipped).
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    pub entries: Vec<LogEntry>,
+    pub position: Option<i64>,
 }
 
 /// A logged event, read back.
@@ -153,8 +173,8 @@ impl From<rusqlite::Error> for LogError {
 pub trait EventLog: Send + Sync {
     /// Appends a batch; resolves only once it is durable.
     fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<AppendReceipt, LogError>>;
-    /// Reads up to `max` entries after `consumer`'s committed cursor.
-    fn read<'a>(&'a self, consumer: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<LogEntry>, LogError>>;
+    /// Reads up to `max` selected entries after `consumer`'s committed cursor.
+    fn read<'a>(&'a self, consumer: &'a str, max: usize, selection: Selection) -> BoxFuture<'a, Result<ReadBatch, LogError>>;
     /// Durably moves `consumer`'s cursor to `position` (the last seq it has processed).
     fn commit<'a>(&'a self, consumer: &'a str, position: i64) -> BoxFuture<'a, Result<(), LogError>>;
 }
@@ -234,8 +254,10 @@ CREATE TABLE IF NOT EXISTS events (
     trace_id TEXT,
     timestamp TEXT NOT NULL,
     received_at TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    person_update INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS events_person_updates ON events (seq) WHERE person_update = 1;
 CREATE INDEX IF NOT EXISTS events_trace ON events (project_id, trace_id) WHERE trace_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY,
@@ -419,19 +441,33 @@ impl EventLog for SqliteLog {
         })
     }
 
-    fn read<'a>(&'a self, consumer: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<LogEntry>, LogError>> {
+    fn read<'a>(&'a self, consumer: &'a str, max: usize, selection: Selection) -> BoxFuture<'a, Result<ReadBatch, LogError>> {
         let consumer = consumer.to_owned();
         Box::pin(self.with_reader(move |conn| {
+            // One snapshot for both queries, so nothing committed in between is skipped.
+            let conn = conn.unchecked_transaction()?;
             let position: i64 = conn
                 .query_row("SELECT position FROM cursors WHERE consumer = ?1", [&consumer], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
-            let mut stmt =
-                conn.prepare("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = stmt
+            let sql = match selection {
+                Selection::All => "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                Selection::PersonUpdates => "SELECT seq, body FROM events WHERE person_update = 1 AND seq > ?1 ORDER BY seq LIMIT ?2",
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let entries = stmt
                 .query_map(params![position, max as i64], |r| Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? }))?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let position = if selection == Selection::PersonUpdates && entries.len() < max {
+                // Everything up to the log's end was looked at: the skipped rest is done too.
+                let end: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+                end.filter(|end| *end > position)
+            } else {
+                entries.last().map(|e| e.seq)
+            };
+            drop(stmt);
+            conn.commit()?;
+            Ok(ReadBatch { entries, position })
         }))
     }
 
@@ -517,8 +553,8 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
     let mut last_seqs = Vec::with_capacity(ops.len());
     {
         let mut insert_event = tx.prepare_cached(
-            "INSERT INTO events (id, project_id, type, event, distinct_id, trace_id, timestamp, received_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO events (id, project_id, type, event, distinct_id, trace_id, timestamp, received_at, body, person_update)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let mut insert_quarantine = tx.prepare_cached(
             "INSERT INTO quarantine (project_id, protocol, received_at, code, reason, raw)
@@ -542,7 +578,8 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                             r.trace_id,
                             r.timestamp,
                             r.received_at,
-                            r.body
+                            r.body,
+                            r.person_update
                         ])?;
                         last = Some(tx.last_insert_rowid());
                     }

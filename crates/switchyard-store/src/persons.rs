@@ -116,8 +116,12 @@ impl ControlStore {
             apply_one(&tx, event, &mut known_group_types, &mut new_group_types)?;
         }
         tx.commit()?;
+        drop(conn);
         new_group_types.sort_unstable();
         new_group_types.dedup();
+        if !new_group_types.is_empty() {
+            self.refresh_group_types()?;
+        }
         Ok(new_group_types)
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use switchyard_store::{AppendBatch, EventLog, EventQuery, LogError, LogRecord, QuarantineRecord, SqliteLog, SqliteLogConfig};
+use switchyard_store::{AppendBatch, EventLog, EventQuery, LogError, LogRecord, QuarantineRecord, Selection, SqliteLog, SqliteLogConfig};
 
 fn record(i: usize) -> LogRecord {
     LogRecord {
@@ -15,6 +15,7 @@ fn record(i: usize) -> LogRecord {
         timestamp: "2026-11-25T12:00:00.000000Z".into(),
         received_at: "2026-11-25T12:00:00.000000Z".into(),
         body: format!("{{\"id\":\"id-{i}\"}}"),
+        person_update: i % 4 == 0,
     }
 }
 
@@ -59,15 +60,23 @@ async fn consumer_cursor_is_durable() {
     let path = dir.path().join("log.db");
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     log.append(AppendBatch { events: (0..10).map(record).collect(), quarantined: vec![] }).await.unwrap();
-    let first = log.read("warehouse", 4).await.unwrap();
-    assert_eq!(first.len(), 4);
-    log.commit("warehouse", first[3].seq).await.unwrap();
+    let first = log.read("warehouse", 4, Selection::All).await.unwrap();
+    assert_eq!(first.entries.len(), 4);
+    assert_eq!(first.position, Some(first.entries[3].seq));
+    log.commit("warehouse", first.position.unwrap()).await.unwrap();
     log.close().await;
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
-    let rest = log.read("warehouse", 100).await.unwrap();
-    assert_eq!(rest.len(), 6);
-    assert_eq!(rest[0].seq, first[3].seq + 1);
-    assert_eq!(log.read("other", 100).await.unwrap().len(), 10);
+    let rest = log.read("warehouse", 100, Selection::All).await.unwrap();
+    assert_eq!(rest.entries.len(), 6);
+    assert_eq!(rest.entries[0].seq, first.entries[3].seq + 1);
+    assert_eq!(log.read("other", 100, Selection::All).await.unwrap().entries.len(), 10);
+
+    // A selective consumer sees only its events and may commit past the rest.
+    let persons = log.read("persons", 100, Selection::PersonUpdates).await.unwrap();
+    let ids: Vec<String> = persons.entries.iter().map(|e| e.body.clone()).collect();
+    assert_eq!(ids, ["{\"id\":\"id-0\"}", "{\"id\":\"id-4\"}", "{\"id\":\"id-8\"}"]);
+    log.commit("persons", persons.position.unwrap()).await.unwrap();
+    assert!(log.read("persons", 100, Selection::PersonUpdates).await.unwrap().entries.is_empty());
 }
 
 #[tokio::test]
