@@ -90,7 +90,7 @@ pub struct ControlStore {
     /// (kind, stored form) → (project id, key id)
     keys: RwLock<HashMap<(KeyKind, String), (i64, i64)>>,
     /// (project id, group type) pairs registered, so intake can tell new group types cheaply.
-    group_types: RwLock<std::collections::HashSet<(i64, String)>>,
+    group_types: RwLock<HashMap<i64, std::collections::HashSet<String>>>,
 }
 
 /// A resolved key: its project and its own id (recorded in audit logs).
@@ -254,13 +254,17 @@ impl ControlStore {
 
     /// Whether a group type is registered for the project.
     pub fn knows_group_type(&self, project_id: i64, group_type: &str) -> bool {
-        self.group_types.read().expect("group types lock").contains(&(project_id, group_type.to_owned()))
+        self.group_types.read().expect("group types lock").get(&project_id).is_some_and(|types| types.contains(group_type))
     }
 
     pub(crate) fn refresh_group_types(&self) -> Result<(), ControlError> {
         let conn = self.conn.lock().expect("control lock");
         let mut stmt = conn.prepare("SELECT project_id, group_type FROM group_types")?;
-        let all = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let mut all: HashMap<i64, std::collections::HashSet<String>> = HashMap::new();
+        for row in stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+            let (project_id, group_type) = row?;
+            all.entry(project_id).or_default().insert(group_type);
+        }
         *self.group_types.write().expect("group types lock") = all;
         Ok(())
     }
