@@ -24,6 +24,31 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub limits: Limits,
     pub log: LogSettings,
+    pub upstream: UpstreamSettings,
+}
+
+/// Upstream mode: mirror the flags of an existing PostHog instead of managing them here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// Base URL of the PostHog to mirror (e.g. `https://us.posthog.com`). Unset: no mirroring.
+    pub url: Option<String>,
+    /// A personal API key (`phx_…`) with feature flag read access, or a Switchyard secret key.
+    pub personal_api_key: Option<String>,
+    /// The upstream project's token, sent as `token=` to its local evaluation API.
+    pub project_token: Option<String>,
+    /// The local project the flags are mirrored into; unset: the default (first) project.
+    pub project_id: Option<i64>,
+    /// Seconds between polls.
+    pub poll_interval_secs: u64,
+    /// Seconds before one poll gives up.
+    pub timeout_secs: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings { url: None, personal_api_key: None, project_token: None, project_id: None, poll_interval_secs: 30, timeout_secs: 10 }
+    }
 }
 
 impl Default for Config {
@@ -37,6 +62,7 @@ impl Default for Config {
             shutdown_timeout_secs: 10,
             limits: Limits::default(),
             log: LogSettings::default(),
+            upstream: UpstreamSettings::default(),
         }
     }
 }
@@ -100,9 +126,9 @@ pub enum ConfigError {
 
 /// Environment variables that are not configuration fields.
 const NOT_FIELDS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_URL"];
-const SECTIONS: &[&str] = &["limits", "log"];
+const SECTIONS: &[&str] = &["limits", "log", "upstream"];
 const STRING_FIELDS: &[&str] =
-    &["data_dir", "listen", "project_token", "write_key", "secret_key"];
+    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key"];
 
 impl Config {
     /// Loads the file (if any), then applies `SWITCHYARD_*` variables from `env`.
@@ -174,6 +200,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
             }
+        }
+        if self.upstream.url.is_some() && self.upstream.personal_api_key.is_none() {
+            return Err(ConfigError::Invalid("upstream.personal_api_key is required when upstream.url is set".into()));
+        }
+        if self.upstream.poll_interval_secs == 0 {
+            return Err(ConfigError::Invalid("upstream.poll_interval_secs must be greater than 0".into()));
         }
         Ok(())
     }

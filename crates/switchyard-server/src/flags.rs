@@ -38,6 +38,8 @@ pub struct ProjectFlags {
 #[derive(Default)]
 pub struct FlagRegistry {
     projects: RwLock<HashMap<i64, Arc<ProjectFlags>>>,
+    /// Projects whose flags are mirrored from an upstream PostHog, with the mirror's state.
+    mirrored: RwLock<HashMap<i64, Arc<crate::upstream::MirrorState>>>,
 }
 
 impl FlagRegistry {
@@ -46,11 +48,39 @@ impl FlagRegistry {
         if let Some(p) = self.projects.read().expect("flags lock").get(&project_id) {
             return Ok(p.clone());
         }
+        if self.mirror(project_id).is_some() {
+            return Err(ControlError::Corrupt("no flag snapshot from upstream yet".into()));
+        }
         self.reload(store, project_id)
+    }
+
+    /// Marks a project as mirrored from upstream: local definitions no longer apply to it.
+    pub fn set_mirrored(&self, project_id: i64, state: Arc<crate::upstream::MirrorState>) {
+        self.mirrored.write().expect("flags lock").insert(project_id, state);
+        self.projects.write().expect("flags lock").remove(&project_id);
+    }
+
+    pub fn mirror(&self, project_id: i64) -> Option<Arc<crate::upstream::MirrorState>> {
+        self.mirrored.read().expect("flags lock").get(&project_id).cloned()
+    }
+
+    /// Swaps in a snapshot (from upstream).
+    pub fn install(&self, project_id: i64, flags: ProjectFlags) {
+        self.projects.write().expect("flags lock").insert(project_id, Arc::new(flags));
+    }
+
+    /// Whether every mirrored project has a snapshot to serve.
+    pub fn mirrors_loaded(&self) -> bool {
+        let projects = self.projects.read().expect("flags lock");
+        self.mirrored.read().expect("flags lock").keys().all(|p| projects.contains_key(p))
     }
 
     /// Rebuilds the project's snapshot from the store and swaps it in.
     pub fn reload(&self, store: &ControlStore, project_id: i64) -> Result<Arc<ProjectFlags>, ControlError> {
+        if self.mirror(project_id).is_some() {
+            // Mirrored projects serve upstream's snapshot; the poller swaps new ones in.
+            return self.get(store, project_id);
+        }
         let flags = store.list_flags(project_id, false)?;
         let mapping = store.group_type_mapping(project_id)?;
         let cohorts = store.cohorts(project_id)?;
@@ -145,7 +175,18 @@ fn dependency_chain(key: &str, deps: &HashMap<String, Vec<String>>) -> Vec<Strin
 }
 
 fn build_project_flags(flags: &[StoredFlag], mapping: Map<String, Value>, cohorts: Map<String, Value>) -> Result<ProjectFlags, String> {
-    let served = served_definitions(flags);
+    build_served(served_definitions(flags), mapping, cohorts)
+}
+
+/// A snapshot from PostHog's local evaluation JSON (`{flags, group_type_mapping, cohorts}`),
+/// as an upstream PostHog serves it.
+pub fn project_flags_from_posthog(body: &Value) -> Result<ProjectFlags, String> {
+    let flags = body.get("flags").and_then(Value::as_array).ok_or("`flags` is missing or not a list")?;
+    let live: Vec<Value> = flags.iter().filter(|f| f.get("deleted") != Some(&Value::Bool(true))).cloned().collect();
+    build_served(live, object(body.get("group_type_mapping")), object(body.get("cohorts")))
+}
+
+fn build_served(served: Vec<Value>, mapping: Map<String, Value>, cohorts: Map<String, Value>) -> Result<ProjectFlags, String> {
     let definitions: Vec<FlagDefinition> = served
         .iter()
         .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("flag {}: {e}", v["key"])))
@@ -153,7 +194,10 @@ fn build_project_flags(flags: &[StoredFlag], mapping: Map<String, Value>, cohort
     let set = FlagSet::new(definitions, &mapping, &cohorts).map_err(|e| e.to_string())?;
     let body = json!({"flags": served, "group_type_mapping": mapping, "cohorts": cohorts}).to_string();
     let etag = format!("\"{:016x}\"", fnv1a(body.as_bytes()));
-    let meta = flags.iter().map(|f| (f.key.clone(), (f.id, f.version))).collect();
+    let meta = served
+        .iter()
+        .filter_map(|f| Some((f["key"].as_str()?.to_owned(), (f["id"].as_i64().unwrap_or(0), f["version"].as_i64().unwrap_or(0)))))
+        .collect();
     Ok(ProjectFlags { set, definitions_body: body, etag, meta })
 }
 
@@ -465,6 +509,9 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
         }
         response.insert("hasFeatureFlags".into(), Value::Bool(!project.set.is_empty()));
     }
+    if let Some(mirror) = state.flags.mirror(project_id) {
+        response.insert("flagsSnapshot".into(), mirror.describe());
+    }
     axum::Json(Value::Object(response)).into_response()
 }
 
@@ -490,11 +537,17 @@ pub async fn local_evaluation(State(state): State<AppState>, headers: HeaderMap,
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(project.etag.as_str()) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, project.etag.clone())]).into_response();
     }
-    (
+    let mut response = (
         [(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, project.etag.clone())],
         project.definitions_body.clone(),
     )
-        .into_response()
+        .into_response();
+    if let Some(mirror) = state.flags.mirror(key.project_id) {
+        let age = mirror.age_seconds().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        response.headers_mut().insert("x-switchyard-snapshot-age", age.parse().expect("digits"));
+        response.headers_mut().insert("x-switchyard-snapshot-stale", mirror.is_stale().to_string().parse().expect("bool"));
+    }
+    response
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,9 +716,17 @@ pub async fn list_flags(State(state): State<AppState>, Path(project): Path<Strin
     Ok(axum::Json(json!({"count": results.len(), "next": null, "previous": null, "results": results})).into_response())
 }
 
+fn refuse_mirrored(state: &AppState, project_id: i64) -> Result<(), ApiError> {
+    match state.flags.mirror(project_id) {
+        Some(_) => Err(ApiError::new(StatusCode::CONFLICT, "mirrored", "this project's flags are mirrored from the upstream PostHog: change them there")),
+        None => Ok(()),
+    }
+}
+
 pub async fn create_flag(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let actor = authorize_key(&state, &headers)?;
     let project_id = crate::api::authorize(&state, &headers, &project)?;
+    refuse_mirrored(&state, project_id)?;
     let def = with_defaults(body_object(&body)?);
     let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
     let flag_key = validate_definition(&def, &existing, None)?;
@@ -689,6 +750,7 @@ pub async fn update_flag(
 ) -> Result<Response, ApiError> {
     let actor = authorize_key(&state, &headers)?;
     let project_id = crate::api::authorize(&state, &headers, &project)?;
+    refuse_mirrored(&state, project_id)?;
     let current = state.control.get_flag(project_id, &id).map_err(control_error)?;
     if current.deleted {
         return Err(control_error(ControlError::FlagNotFound));
@@ -716,6 +778,7 @@ pub async fn update_flag(
 pub async fn delete_flag(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
     let actor = authorize_key(&state, &headers)?;
     let project_id = crate::api::authorize(&state, &headers, &project)?;
+    refuse_mirrored(&state, project_id)?;
     let current = state.control.get_flag(project_id, &id).map_err(control_error)?;
     if current.deleted {
         return Err(control_error(ControlError::FlagNotFound));
@@ -746,6 +809,7 @@ pub async fn flag_activity(State(state): State<AppState>, Path(params): Path<Has
 pub async fn import_flags(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let actor = authorize_key(&state, &headers)?;
     let project_id = crate::api::authorize(&state, &headers, &project)?;
+    refuse_mirrored(&state, project_id)?;
     let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parse_error", format!("JSON parse error - {e}")))?;
     let (flags, mapping, cohorts) = match body {
         Value::Array(flags) => (flags, Map::new(), Map::new()),

@@ -7,6 +7,7 @@ pub mod flags;
 pub mod intake;
 pub mod metrics;
 pub mod persons;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub flags: flags::FlagRegistry,
     ready: AtomicBool,
+    /// Upstream mode: the mirrored project and its mirror.
+    mirror: std::sync::OnceLock<(i64, Arc<upstream::MirrorState>)>,
 }
 
 impl std::ops::Deref for AppState {
@@ -78,7 +81,16 @@ impl AppState {
             metrics: Metrics::default(),
             flags,
             ready: AtomicBool::new(true),
+            mirror: std::sync::OnceLock::new(),
         }));
+        if state.config.upstream.url.is_some() {
+            let project_id = match state.config.upstream.project_id {
+                Some(id) => id,
+                None => *state.control.project_ids()?.first().ok_or_else(|| anyhow::anyhow!("no project to mirror flags into"))?,
+            };
+            let mirror = upstream::restore(&state, project_id, &state.config.upstream)?;
+            let _ = state.mirror.set((project_id, mirror));
+        }
         Ok((state, new_keys))
     }
 
@@ -92,8 +104,9 @@ impl AppState {
         }
     }
 
+    /// Ready: stores open, flags loaded (in upstream mode: a snapshot to serve), not stopping.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.flags.mirrors_loaded()
     }
 }
 
@@ -163,6 +176,10 @@ async fn readiness(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    if let Some((_, mirror)) = state.mirror.get() {
+        state.metrics.flags_snapshot_age.set(mirror.age_seconds().unwrap_or(-1));
+        state.metrics.flags_snapshot_stale.set(mirror.is_stale() as i64);
+    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),
@@ -228,7 +245,10 @@ pub async fn serve(
     };
     let router = app(state.clone());
     let (stop_processor, processor_stop) = tokio::sync::watch::channel(false);
-    let processor = tokio::spawn(persons::run(state.clone(), processor_stop));
+    let processor = tokio::spawn(persons::run(state.clone(), processor_stop.clone()));
+    let poller = state.mirror.get().map(|(project_id, mirror)| {
+        tokio::spawn(upstream::run(state.clone(), *project_id, state.config.upstream.clone(), mirror.clone(), processor_stop))
+    });
     let mut server = tokio::spawn(
         std::future::IntoFuture::into_future(axum::serve(listener, router).with_graceful_shutdown(graceful)),
     );
@@ -253,6 +273,9 @@ pub async fn serve(
     state.ready.store(false, Ordering::SeqCst);
     let _ = stop_processor.send(true);
     let _ = processor.await;
+    if let Some(poller) = poller {
+        let _ = poller.await;
+    }
     state.log.close().await;
     result??;
     Ok(())

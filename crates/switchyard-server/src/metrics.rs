@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -46,6 +47,12 @@ pub struct Metrics {
     pub flag_evaluations: Family<FlagLabels, Counter>,
     /// Time to evaluate one request's flags.
     pub flag_evaluation_latency: Histogram,
+    /// Age of the upstream flag snapshot being served (upstream mode), set at scrape time.
+    pub flags_snapshot_age: Gauge,
+    /// Whether the upstream snapshot is stale (1) or fresh (0).
+    pub flags_snapshot_stale: Gauge,
+    /// Failed polls of the upstream PostHog.
+    pub flags_upstream_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -67,7 +74,16 @@ impl Default for Metrics {
         registry.register("flag_evaluations", "Flag evaluations served, by flag and value", flag_evaluations.clone());
         let flag_evaluation_latency = Histogram::new(exponential_buckets(0.000_001, 2.0, 16));
         registry.register("flag_evaluation_seconds", "Time to evaluate one request's flags", flag_evaluation_latency.clone());
+        let flags_snapshot_age = Gauge::default();
+        registry.register("flags_snapshot_age_seconds", "Age of the upstream flag snapshot being served", flags_snapshot_age.clone());
+        let flags_snapshot_stale = Gauge::default();
+        registry.register("flags_snapshot_stale", "Whether the upstream flag snapshot is stale", flags_snapshot_stale.clone());
+        let flags_upstream_failures = Counter::default();
+        registry.register("flags_upstream_failures", "Failed polls of the upstream PostHog", flags_upstream_failures.clone());
         Metrics {
+            flags_snapshot_age,
+            flags_snapshot_stale,
+            flags_upstream_failures,
             flag_evaluations,
             flag_evaluation_latency,
             registry,

@@ -143,6 +143,11 @@ CREATE TABLE IF NOT EXISTS group_types (
     PRIMARY KEY (project_id, group_type_index),
     UNIQUE (project_id, group_type)
 );
+CREATE TABLE IF NOT EXISTS flag_snapshots (
+    project_id INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    fetched_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS persons (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL,

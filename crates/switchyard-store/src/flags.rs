@@ -266,6 +266,32 @@ impl ControlStore {
             .collect()
     }
 
+    /// Persists an upstream flag snapshot (PostHog local evaluation JSON).
+    pub fn save_flag_snapshot(&self, project_id: i64, body: &str, fetched_at: &str) -> Result<(), ControlError> {
+        self.conn.lock().expect("control lock").execute(
+            "INSERT INTO flag_snapshots (project_id, body, fetched_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project_id) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at",
+            params![project_id, body, fetched_at],
+        )?;
+        Ok(())
+    }
+
+    /// Records that upstream confirmed the persisted snapshot is current.
+    pub fn touch_flag_snapshot(&self, project_id: i64, fetched_at: &str) -> Result<(), ControlError> {
+        self.conn.lock().expect("control lock").execute("UPDATE flag_snapshots SET fetched_at = ?2 WHERE project_id = ?1", params![project_id, fetched_at])?;
+        Ok(())
+    }
+
+    /// The persisted upstream snapshot and when it was fetched.
+    pub fn load_flag_snapshot(&self, project_id: i64) -> Result<Option<(String, String)>, ControlError> {
+        Ok(self
+            .conn
+            .lock()
+            .expect("control lock")
+            .query_row("SELECT body, fetched_at FROM flag_snapshots WHERE project_id = ?1", [project_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
     pub fn put_cohort(&self, project_id: i64, id: i64, definition: &Value) -> Result<(), ControlError> {
         self.conn.lock().expect("control lock").execute(
             "INSERT INTO cohorts (project_id, id, definition) VALUES (?1, ?2, ?3)

@@ -163,6 +163,62 @@ function uuid() {
   return crypto.randomUUID();
 }
 
+// ------------------------------------------------------------------ feature flags
+
+const FLAG_CASES_FILE = path.join(__dirname, '..', 'flag_cases.json');
+
+/** Shared by every flag driver of one run (run.sh sets E2E_FLAG_RUN) so their answers can be compared. */
+function flagRunTag() {
+  return process.env.E2E_FLAG_RUN || hex(4);
+}
+
+/** {flags, cases} from flag_cases.json with '{run}' / '{i}' filled in (mirrors common.py flag_cases). */
+function flagCases(runTag) {
+  const spec = JSON.parse(fs.readFileSync(FLAG_CASES_FILE, 'utf8'));
+  const fill = (v, i) => {
+    if (typeof v === 'string') {
+      const s = v.split('{run}').join(runTag);
+      return i === undefined ? s : s.split('{i}').join(String(i));
+    }
+    if (Array.isArray(v)) return v.map((x) => fill(x, i));
+    if (v && typeof v === 'object') {
+      const out = {};
+      for (const [k, x] of Object.entries(v)) if (!k.startsWith('_')) out[fill(k, i)] = fill(x, i);
+      return out;
+    }
+    return v;
+  };
+  const cases = spec.cases.map((cs) => fill(cs));
+  const sweep = spec.sweep || {};
+  for (let i = 0; i < Number(sweep.count || 0); i++) {
+    cases.push({
+      id: `sweep_${i}`, distinct_id: fill(sweep.distinct_id, i), person_properties: fill(sweep.person_properties || {}, i),
+      groups: {}, group_properties: {},
+    });
+  }
+  return { flags: spec.flags, cases };
+}
+
+/** JSON-safe copy of an SDK answer; undefined becomes null (recorded separately as `undefined: true`). */
+function flagEntry(base, value) {
+  const e = Object.assign({}, base);
+  if (value === undefined) {
+    e.value = null;
+    e.undefined = true;
+  } else {
+    e.value = jsonCopy(value);
+  }
+  return e;
+}
+
+function writeFlagRecord(cfg, record) {
+  fs.mkdirSync(cfg.outDir, { recursive: true });
+  const file = path.join(cfg.outDir, `${record.sdk}.json`);
+  fs.writeFileSync(file, JSON.stringify(record, null, 2));
+  console.log(`[${record.sdk}] recorded ${record.results.length} flag evaluations -> ${file}`);
+}
+
 module.exports = {
   hex, config, newRun, newSpanId, traceContext, baseProps, catalogProps, jsonCopy, nowIso, writeRecord, withTimeout, sleep, uuid, fmtErr,
+  flagRunTag, flagCases, flagEntry, writeFlagRecord,
 };

@@ -112,3 +112,47 @@ def write_record(cfg: dict, record: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, ensure_ascii=False)
     print(f"[{record['sdk']}] recorded {len(record['events'])} events -> {path}")
+
+
+# --------------------------------------------------------------------------- feature flags
+
+FLAG_CASES_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flag_cases.json")
+
+
+def flag_run_tag() -> str:
+    """Shared by every flag driver of one run (run.sh sets E2E_FLAG_RUN) so their answers can be compared."""
+    return os.environ.get("E2E_FLAG_RUN") or hexid(4)
+
+
+def flag_cases(run_tag: str) -> tuple:
+    """(flag keys, cases) from flag_cases.json with '{run}' / '{i}' filled in (mirrors common.js flagCases)."""
+    with open(FLAG_CASES_FILE, encoding="utf-8") as f:
+        spec = json.load(f)
+
+    def fill(value, i=None):
+        if isinstance(value, str):
+            value = value.replace("{run}", run_tag)
+            return value.replace("{i}", str(i)) if i is not None else value
+        if isinstance(value, dict):
+            return {fill(k, i): fill(v, i) for k, v in value.items() if not k.startswith("_")}
+        if isinstance(value, list):
+            return [fill(v, i) for v in value]
+        return value
+
+    cases = [fill(case) for case in spec["cases"]]
+    sweep = spec.get("sweep") or {}
+    for i in range(int(sweep.get("count", 0))):
+        cases.append({
+            "id": f"sweep_{i}", "distinct_id": fill(sweep["distinct_id"], i),
+            "person_properties": fill(sweep.get("person_properties") or {}, i),
+            "groups": {}, "group_properties": {},
+        })
+    return list(spec["flags"]), cases
+
+
+def write_flag_record(cfg: dict, record: dict) -> None:
+    os.makedirs(cfg["out_dir"], exist_ok=True)
+    path = os.path.join(cfg["out_dir"], f"{record['sdk']}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, ensure_ascii=False)
+    print(f"[{record['sdk']}] recorded {len(record['results'])} flag evaluations -> {path}")

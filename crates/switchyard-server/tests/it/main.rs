@@ -6,6 +6,7 @@ mod flags;
 mod fixtures;
 mod lifecycle;
 mod persons;
+mod upstream;
 
 use std::net::SocketAddr;
 
