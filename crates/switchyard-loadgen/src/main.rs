@@ -17,6 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::json;
 
+mod flags;
+
 #[derive(Parser)]
 #[command(about = "Drive Switchyard's intake and a null endpoint; print throughput and latency")]
 struct Cli {
@@ -49,11 +51,33 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// In-process flag evaluation on one core: ns per flag for 50 realistic flags and for a
+    /// plain rollout flag.
+    FlagsEval {
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+    },
+    /// `/flags` answering 50 flags over HTTP, side by side with Unleash Edge (offline, the
+    /// same flags as a bootstrap file, its frontend API) when `--unleash-edge-bin` is given.
+    FlagsBench {
+        #[arg(long, default_value = "target/release/switchyard")]
+        server_bin: String,
+        #[arg(long)]
+        unleash_edge_bin: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::NullServer { port } => null_server(port),
+        Cmd::FlagsEval { iterations } => flags::eval_bench(iterations),
+        Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
+            flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
+        }
         Cmd::Bench { server_bin, seconds, connections, batch, only } => {
             bench(&server_bin, seconds, connections, batch, only.as_deref())
         }
@@ -100,26 +124,27 @@ fn catalog_event(i: usize) -> serde_json::Value {
     })
 }
 
-struct Scenario {
-    name: &'static str,
-    path: &'static str,
-    body: Bytes,
-    events_per_request: usize,
+pub(crate) struct Scenario {
+    pub name: &'static str,
+    pub path: &'static str,
+    pub body: Bytes,
+    pub events_per_request: usize,
+    pub headers: Vec<(&'static str, String)>,
 }
 
-struct Figures {
-    requests: u64,
-    errors: u64,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
+pub(crate) struct Figures {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     while Instant::now() < deadline {
@@ -143,7 +168,7 @@ fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
 }
 
 /// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -151,7 +176,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn peak_rss_mb(pid: u32) -> Option<f64> {
+pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -159,7 +184,7 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 }
 
 /// Drives `addr` with `connections` keep-alive connections from one thread for `seconds`.
-fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, seconds: u64) -> anyhow::Result<Figures> {
+pub(crate) fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, seconds: u64) -> anyhow::Result<Figures> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -167,6 +192,7 @@ fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, seconds: u64
         for _ in 0..connections {
             let body = scenario.body.clone();
             let path = scenario.path;
+            let headers = scenario.headers.clone();
             tasks.push(tokio::spawn(async move {
                 let mut latencies: Vec<u32> = Vec::with_capacity(100_000);
                 let mut errors = 0u64;
@@ -176,10 +202,13 @@ fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, seconds: u64
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
                 tokio::spawn(conn);
                 while Instant::now() < deadline {
-                    let request = hyper::Request::post(path)
+                    let mut request = hyper::Request::post(path)
                         .header("host", "127.0.0.1")
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()))?;
+                        .header("content-type", "application/json");
+                    for (name, value) in &headers {
+                        request = request.header(*name, value);
+                    }
+                    let request = request.body(Full::new(body.clone()))?;
                     let started = Instant::now();
                     let response = sender.send_request(request).await?;
                     let ok = response.status().is_success();
@@ -214,7 +243,7 @@ fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, seconds: u64
     })
 }
 
-struct Process(Child);
+pub(crate) struct Process(pub Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -255,8 +284,8 @@ fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize, only:
     let mut single = catalog_event(0);
     single["api_key"] = json!(TOKEN);
     let scenarios = [
-        Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body.to_string()), events_per_request: batch },
-        Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single.to_string()), events_per_request: 1 },
+        Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body.to_string()), events_per_request: batch, headers: vec![] },
+        Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single.to_string()), events_per_request: 1, headers: vec![] },
     ];
 
     println!("switchyard-loadgen: {connections} connections, {seconds} s per run, one generator thread");
