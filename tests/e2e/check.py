@@ -8,8 +8,14 @@ intact. Each assertion group counts as one pass or one fail; failures print
 the expected/actual values and, from the recording proxy's log, the HTTP
 exchange that carried the event.
 
+Feature flags: for the flags-* drivers (drivers/flags_*.py|js) it derives the expected
+values from the imported definitions (--flag-definitions, evaluated with PostHog's rules),
+checks every deterministic answer, and checks that remote and local evaluation, the two
+server SDKs and OFREP agree on the hash-dependent ones; it also checks the definitions
+endpoints (ETag/304) and the posthog-js remote config.
+
 usage: check.py --api URL --secret KEY --out DIR [--proxy-log FILE] [--counts FILE]
-                [--wait SECONDS] SDK [SDK ...]
+                [--wait SECONDS] [--token TOKEN --flag-definitions FILE] [SDK ...]
 """
 
 import argparse
@@ -28,7 +34,7 @@ CONTRACT_FIELDS = ("id", "type", "event", "distinct_id", "user_id", "anonymous_i
                    "context", "timestamp", "received_at", "trace_id", "span_id", "protocol")
 TIMESTAMP_TOLERANCE = timedelta(seconds=2)   # explicit client timestamps (allows clock-skew correction)
 WINDOW_SLACK = timedelta(seconds=15)         # implicit timestamps must fall inside the driver's run
-NON_CAPTURE_PREFIXES = ("/flags", "/decide", "/array/", "/api/")
+NON_CAPTURE_PREFIXES = ("/flags", "/decide", "/array/", "/api/", "/ofrep/")
 
 
 # --------------------------------------------------------------------------- output
@@ -500,6 +506,442 @@ def check_auth(res, api):
               [f"no Authorization -> {s1} {short(b1, 200)}", f"wrong bearer -> {s2} {short(b2, 200)}"])
 
 
+# --------------------------------------------------------------------------- feature flags
+#
+# Expected values come from the definitions file run.sh imported (examples/platform-flags.json),
+# evaluated here with PostHog's matching rules for the operators it uses (exact, icontains,
+# regex; $group_key and distinct_id as properties; first matching condition wins; a condition's
+# variant override picks the variant). Anything that depends on the rollout hash (a rollout
+# below 100 %, or a variant picked by hash) is "hash": only agreement between remote and local
+# evaluation (and between the SDKs) is asserted for it.
+
+FLAG_EVAL_PATHS = ("/flags", "/decide", "/ofrep/")
+OFREP_REASONS = ("STATIC", "DEFAULT", "TARGETING_MATCH", "SPLIT", "CACHED", "DISABLED", "UNKNOWN", "STALE", "ERROR")
+
+
+def load_flag_definitions(path):
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    return {"flags": {fl["key"]: fl for fl in spec.get("flags", [])},
+            "group_type_mapping": spec.get("group_type_mapping") or {}, "raw": spec}
+
+
+def _match_property(prop, props):
+    """True/False, or None when the property is missing (PostHog: inconclusive locally)."""
+    key, op, want = prop.get("key"), prop.get("operator") or "exact", prop.get("value")
+    if key not in props:
+        return None
+    got = props[key]
+    if op == "exact":
+        values = want if isinstance(want, list) else [want]
+        return str(got).casefold() in [str(v).casefold() for v in values]
+    if op == "icontains":
+        return str(want).casefold() in str(got).casefold()
+    if op == "regex":
+        return re.search(str(want), str(got)) is not None
+    raise ValueError(f"operator {op!r} not supported by the e2e evaluator")
+
+
+def expected_flag(defs, key, case, remote):
+    """{kind: exact|hash|inconclusive|missing, value, payload, why} for one flag and one case."""
+    flag = defs["flags"].get(key)
+    if flag is None:
+        return {"kind": "missing", "value": None, "payload": None, "why": f"{key} is not defined"}
+    if not flag.get("active", True):
+        return {"kind": "exact", "value": False, "payload": None, "why": "flag inactive"}
+    filters = flag.get("filters") or {}
+    agg = filters.get("aggregation_group_type_index")
+    if agg is not None:
+        group_type = defs["group_type_mapping"].get(str(agg))
+        groups = case.get("groups") or {}
+        if group_type not in groups:
+            return {"kind": "exact", "value": False, "payload": None,
+                    "why": f"group flag on {group_type!r} and no {group_type} group passed"}
+        props = dict((case.get("group_properties") or {}).get(group_type) or {})
+        props["$group_key"] = str(groups[group_type])
+    else:
+        props = dict(case.get("person_properties") or {})
+        props.setdefault("distinct_id", case["distinct_id"])
+    variants = [v.get("key") for v in ((filters.get("multivariate") or {}).get("variants") or [])]
+    inconclusive = False
+    for i, cond in enumerate(filters.get("groups") or [], 1):
+        results = []
+        for p in cond.get("properties") or []:
+            r = _match_property(p, props)
+            if r is None and remote:
+                r = False  # the server has no value for it (fresh ids): no match
+            results.append((p, r))
+        if any(r is False for _, r in results):
+            continue
+        if any(r is None for _, r in results):
+            inconclusive = True
+            continue
+        rollout = cond.get("rollout_percentage")
+        rollout = 100 if rollout is None else rollout
+        desc = " and ".join(f"{p.get('key')} {p.get('operator', 'exact')} {p.get('value')!r}" for p, _ in results) or "everyone"
+        if rollout <= 0:
+            continue
+        if rollout < 100:
+            return {"kind": "hash", "value": None, "payload": None,
+                    "why": f"condition {i} ({desc}) matches at {rollout}% rollout: depends on the hash"}
+        if variants:
+            if cond.get("variant") in variants:
+                value = cond["variant"]
+            else:
+                return {"kind": "hash", "value": None, "payload": None,
+                        "why": f"condition {i} ({desc}) matches; the variant depends on the hash"}
+        else:
+            value = True
+        raw = (filters.get("payloads") or {}).get("true" if value is True else value)
+        payload = json.loads(raw) if isinstance(raw, str) else raw
+        return {"kind": "exact", "value": value, "payload": payload,
+                "why": f"condition {i} ({desc}) matches" + (f" -> variant {value}" if value is not True else "")}
+    if inconclusive:
+        return {"kind": "inconclusive", "value": None, "payload": None,
+                "why": "a condition needs a property the case does not pass"}
+    return {"kind": "exact", "value": False, "payload": None, "why": "no condition matches"}
+
+
+def expected_call(exp, call):
+    if call == "value":
+        return exp["value"]
+    if call == "enabled":
+        return bool(exp["value"])
+    if call == "payload":
+        return exp["payload"]
+    raise ValueError(call)
+
+
+FLAG_UA = {"flags-posthog-python": "posthog-python", "flags-posthog-node": "posthog-node", "flags-posthog-js": "Mozilla"}
+
+
+def flag_evidence(proxy_log, needle, paths=FLAG_EVAL_PATHS, limit=2, ua=None):
+    """The last exchanges on these paths whose body (or path) mentions needle, from the SDK with user agent ua."""
+    hits = [e for e in proxy_log if str(e.get("path", "")).startswith(paths)
+            and (ua is None or str((e.get("req_headers") or {}).get("user-agent", "")).startswith(ua))
+            and needle in (((e.get("req_body") or {}).get("text") or "") + str(e.get("path")))]
+    out = []
+    for e in hits[-limit:]:
+        lines = describe_exchange(e)
+        out.append("wire: " + lines[0])
+        out.extend("      " + x for x in lines[1:])
+    return out
+
+
+def check_flag_results(res, label, defs, record, proxy_log, ua=None):
+    """Deterministic expectations per (case, mode); returns {(case, mode, call, flag): value} for agreement."""
+    cases = {cs["id"]: cs for cs in record.get("cases", [])}
+    grouped, answers = {}, {}
+    for r in record.get("results", []):
+        # the sweep_<i> cases (rollout-hash agreement) are reported together
+        group = "sweep" if r["case"].startswith("sweep_") else r["case"]
+        grouped.setdefault((group, r["mode"]), []).append(r)
+        answers[(r["case"], r["mode"], r["call"], r["flag"])] = r
+    for (group, mode), rows in grouped.items():
+        missing = sorted({r["case"] for r in rows if r["case"] not in cases})
+        if missing:
+            res.check(f"{label} {mode} {group}: case inputs recorded", False, [f"no inputs recorded for {missing}"])
+            continue
+        remote = mode == "remote"
+        exps_by_case = {cid: {k: expected_flag(defs, k, cases[cid], remote) for k in defs["flags"]}
+                        for cid in {r["case"] for r in rows}}
+        d, n_exact, n_hash = [], 0, 0
+        for r in rows:
+            exps = exps_by_case[r["case"]]
+            where = f"{r['case'] + ' ' if group == 'sweep' else ''}{r['method']}({r['flag'] or ''})"
+            if "error" in r:
+                d.append(f"{where} raised {r['error']}")
+                continue
+            if r["call"] == "all":
+                got_all = r["value"] if isinstance(r["value"], dict) else None
+                if got_all is None:
+                    d.append(f"{where}: returned {short(r['value'], 200)}, expected an object")
+                    continue
+                for k, exp in exps.items():
+                    if exp["kind"] != "exact":
+                        n_hash += 1
+                        continue
+                    n_exact += 1
+                    if r["method"] == "onFeatureFlags":  # posthog-js passes only the truthy flags
+                        want, got = (exp["value"] if exp["value"] else None), got_all.get(k)
+                    else:
+                        want, got = exp["value"], got_all.get(k, "<absent>")
+                    if not same(want, got):
+                        d.append(f"{where}[{k}]: expected {want!r} ({exp['why']}), got {got!r}")
+                continue
+            exp = exps.get(r["flag"])
+            if exp is None or exp["kind"] != "exact":
+                n_hash += 1
+                # whatever the hash decides, the answer is a flag value (not None / undefined / an error)
+                variants = [v.get("key") for v in (((defs["flags"].get(r["flag"]) or {}).get("filters") or {})
+                                                   .get("multivariate") or {}).get("variants") or []]
+                ok_values = {"value": [False, True] + variants, "enabled": [False, True]}.get(r["call"])
+                if ok_values is not None and (r.get("undefined") or not any(same(r["value"], v) for v in ok_values)):
+                    d.append(f"{where}: got {'undefined' if r.get('undefined') else repr(r['value'])}, "
+                             f"expected one of {ok_values} ({exp['why'] if exp else 'unknown flag'})")
+                continue
+            n_exact += 1
+            want = expected_call(exp, r["call"])
+            if not same(want, r["value"]) or (r.get("undefined") and want is not None):
+                got = "undefined" if r.get("undefined") else repr(r["value"])
+                d.append(f"{where}: expected {want!r} ({exp['why']}), got {got}")
+        cs = cases[rows[0]["case"]]
+        n_cases = len(exps_by_case)
+        inputs = (f"distinct_id={cs['distinct_id']!r} person_properties={short(cs.get('person_properties'), 200)} "
+                  f"groups={short(cs.get('groups'), 120)} group_properties={short(cs.get('group_properties'), 120)}"
+                  + (f" (first of {n_cases} cases)" if n_cases > 1 else ""))
+        ev = flag_evidence(proxy_log, cs["distinct_id"], paths=("/flags/?", "/flags?", "/decide"), ua=ua) if remote else \
+            flag_evidence(proxy_log, "", paths=("/flags/definitions", "/api/feature_flag/local_evaluation"), limit=1, ua=ua)
+        res.check(f"{label} {mode} {group}{f' ({n_cases} distinct ids)' if n_cases > 1 else ''}: "
+                  f"{n_exact} deterministic answers match the definitions"
+                  + (f" ({n_hash} hash-dependent left to the agreement checks)" if n_hash else ""),
+                  not d, d[:12] + [f"inputs: {inputs}"] + ev)
+    return answers
+
+
+def check_agreement(res, name, left, right, defs, cases, what):
+    """left/right: {(case, call, flag): entry}. Every key in both must hold the same value."""
+    common = sorted(set(left) & set(right), key=str)
+    d, n_hash = [], 0
+    for k in common:
+        a, b = left[k], right[k]
+        case_id, call, flag = k
+        cs = cases.get(case_id)
+        if cs is not None and flag and expected_flag(defs, flag, cs, True)["kind"] == "hash":
+            n_hash += 1
+        # an absent payload is undefined in posthog-node and None in posthog-python: the same answer
+        undef = None if call == "payload" else "undefined"
+        va = "error: " + a["error"] if "error" in a else (undef if a.get("undefined") else a.get("value"))
+        vb = "error: " + b["error"] if "error" in b else (undef if b.get("undefined") else b.get("value"))
+        if not same(va, vb):
+            d.append(f"{case_id} {a.get('method')}({flag or ''}): {what[0]} {va!r}, {what[1]} {vb!r}"
+                     + (f"  [distinct_id {cs['distinct_id']}]" if cs else ""))
+    res.check(f"{name}: {len(common)} answers agree ({n_hash} of them hash-dependent)",
+              bool(common) and not d, (d[:15] or [f"nothing to compare ({len(left)} vs {len(right)} answers)"]))
+
+
+def check_flags_sdk(res, sdk, record, defs, proxy_log):
+    label = f"[{sdk}]"
+    res.check(f"{label} driver reported no SDK errors", not record.get("errors"),
+              [f"error: {e}" for e in record.get("errors", [])[:10]])
+    if sdk == "flags-openfeature":
+        return check_openfeature(res, label, record, defs, proxy_log)
+    if sdk == "flags-posthog-python":
+        loaded = (record.get("local") or {}).get("loaded_flags") or []
+        res.check(f"{label} load_feature_flags() loaded the {len(defs['flags'])} imported definitions",
+                  sorted(loaded) == sorted(defs["flags"]),
+                  [f"loaded: {loaded}"] + flag_evidence(proxy_log, "", paths=("/flags/definitions",), limit=1, ua=FLAG_UA[sdk]))
+    if sdk == "flags-posthog-node":
+        loc = record.get("local") or {}
+        res.check(f"{label} waitForLocalEvaluationReady() -> true",
+                  loc.get("ready") is True and loc.get("is_ready") is True,
+                  [f"local: {loc}"] + flag_evidence(proxy_log, "", paths=("/flags/definitions",), limit=1, ua=FLAG_UA[sdk]))
+    if sdk == "flags-posthog-js":
+        net = record.get("network") or []
+        flag_reqs = [n for n in net if re.search(r"/(flags|decide)/", n.get("url", ""))]
+        bad = [n for n in net if n.get("failure") or (n.get("status") or 0) >= 400]
+        res.check(f"{label} page requests to the server ({len(flag_reqs)} to /flags) answered 2xx",
+                  flag_reqs and not bad,
+                  [f"{n.get('method')} {n.get('url')} -> {n.get('status', n.get('failure'))}" for n in (bad or net)[:10]]
+                  + [f"console {m}" for m in record.get("console", [])[:6]])
+        res.check(f"{label} flags load on page load for the anonymous visitor (onFeatureFlags before identify)",
+                  record.get("anon_loaded") is True,
+                  ["onFeatureFlags never fired within 4 s of posthog.init(); posthog-js only requests /flags on load "
+                   "when /array/<token>/config says hasFeatureFlags != false",
+                   f"page requests: " + ", ".join(f"{n.get('method')} {n.get('url')} {n.get('status')}" for n in net[:8])])
+        last = record.get("last_callback") or {}
+        res.check(f"{label} reloadFeatureFlags() after identify/group answered through onFeatureFlags without errors",
+                  record.get("reloaded") is True and last.get("errorsLoading") is False
+                  and record.get("identified_distinct_id") == (record.get("cases") or [{}])[0].get("distinct_id"),
+                  [f"reloaded={record.get('reloaded')} last callback={short(last, 400)} "
+                   f"distinct_id={record.get('identified_distinct_id')!r}"])
+    answers = check_flag_results(res, label, defs, record, proxy_log, ua=FLAG_UA.get(sdk))
+    if sdk in ("flags-posthog-python", "flags-posthog-node"):
+        cases = {cs["id"]: cs for cs in record.get("cases", [])}
+        remote = {(k[0], k[2], k[3]): v for k, v in answers.items() if k[1] == "remote"}
+        local = {(k[0], k[2], k[3]): v for k, v in answers.items() if k[1] == "local"}
+        check_agreement(res, f"{label} remote and local evaluation", remote, local, defs, cases, ("remote", "local"))
+    return answers
+
+
+def ofrep_case(context):
+    ctx = dict(context)
+    cs = {"id": "ofrep", "distinct_id": ctx.pop("targetingKey", None), "groups": ctx.pop("groups", {}) or {},
+          "group_properties": {}}
+    cs["person_properties"] = ctx
+    return cs
+
+
+def check_openfeature(res, label, record, defs, proxy_log):
+    for r in record.get("results", []):
+        name = f"{label} {r['method']}({r['flag']!r}, {r['default']!r}, {json.dumps(r['context'])})"
+        det = r.get("details") or {}
+        ev = flag_evidence(proxy_log, str(r["context"].get("targetingKey")), paths=(f"/ofrep/v1/evaluate/flags/{r['flag']}",))
+        if "error" in r:
+            res.check(name, False, [f"raised {r['error']}"] + ev)
+            continue
+        exp = expected_flag(defs, r["flag"], ofrep_case(r["context"]), remote=True)
+        d, want_desc = [], ""
+        has_details = r["method"].endswith("Details")
+        if exp["kind"] == "missing":
+            want_desc = f"default {r['default']!r}, FLAG_NOT_FOUND"
+            if not same(det.get("value"), r["default"]):
+                d.append(f"value: expected the default {r['default']!r}, got {det.get('value')!r}")
+            if has_details and det.get("errorCode") != "FLAG_NOT_FOUND":
+                d.append(f"errorCode: expected 'FLAG_NOT_FOUND', got {det.get('errorCode')!r}")
+        elif exp["kind"] != "exact":
+            res.check(name + " answered", det.get("errorCode") is None, [f"details: {short(det)}"] + ev)
+            continue
+        elif jtype(exp["value"]) != jtype(r["default"]):
+            want_desc = f"default {r['default']!r}, TYPE_MISMATCH (flag is {jtype(exp['value'])})"
+            if not same(det.get("value"), r["default"]):
+                d.append(f"value: expected the default {r['default']!r}, got {det.get('value')!r}")
+            if has_details and det.get("errorCode") != "TYPE_MISMATCH":
+                d.append(f"errorCode: expected 'TYPE_MISMATCH' ({exp['why']}: a {jtype(exp['value'])}), got {det.get('errorCode')!r}")
+        else:
+            want_desc = f"{exp['value']!r}"
+            if not same(det.get("value"), exp["value"]):
+                d.append(f"value: expected {exp['value']!r} ({exp['why']}), got {det.get('value')!r}")
+            if has_details:
+                if det.get("errorCode") is not None:
+                    d.append(f"errorCode: expected none, got {det.get('errorCode')!r} {det.get('errorMessage')!r}")
+                if det.get("reason") not in OFREP_REASONS:
+                    d.append(f"reason: {det.get('reason')!r} is not an OpenFeature reason")
+                if r["name"] == "debugger_user_42" and det.get("reason") != "TARGETING_MATCH":
+                    want_desc += ", TARGETING_MATCH"
+                    d.append(f"reason: expected 'TARGETING_MATCH' ({exp['why']}), got {det.get('reason')!r}")
+                if exp["payload"] is not None:
+                    raw = (det.get("flagMetadata") or {}).get("payload")
+                    try:
+                        got_payload = json.loads(raw) if isinstance(raw, str) else raw
+                    except ValueError:
+                        got_payload = raw
+                    want_desc += " with its payload"
+                    if not same(got_payload, exp["payload"]):
+                        d.append(f"flagMetadata.payload: expected {json.dumps(exp['payload'])!r}, got {raw!r}")
+        res.check(f"{name} -> {want_desc}", not d, d + [f"details: {short(det)}"] + ev)
+
+    # Bulk evaluation: deterministic values, one check over every context.
+    d, n = [], 0
+    for b in record.get("bulk", []):
+        cs = ofrep_case(b["context"])
+        if "error" in b or b.get("status") != 200 or not isinstance((b.get("body") or {}).get("flags"), list):
+            d.append(f"{b['case']}: status={b.get('status')} error={b.get('error')} body={short(b.get('body') or b.get('body_text'), 300)}")
+            continue
+        got = {f.get("key"): f for f in b["body"]["flags"]}
+        for k in defs["flags"]:
+            exp = expected_flag(defs, k, cs, remote=True)
+            if k not in got:
+                d.append(f"{b['case']}: flag {k} missing from the bulk answer")
+                continue
+            if exp["kind"] != "exact":
+                continue
+            n += 1
+            if not same(got[k].get("value"), exp["value"]):
+                d.append(f"{b['case']} {k}: expected {exp['value']!r} ({exp['why']}), got {got[k].get('value')!r}")
+    res.check(f"{label} POST /ofrep/v1/evaluate/flags: {n} deterministic values over {len(record.get('bulk', []))} contexts match the definitions",
+              bool(record.get("bulk")) and not d,
+              d[:12] + flag_evidence(proxy_log, "", paths=("/ofrep/v1/evaluate/flags",), limit=1))
+    return None
+
+
+def bulk_answers(record):
+    """OFREP bulk values in the shape of posthog get_feature_flag answers: {(case, 'value', flag): entry}."""
+    out = {}
+    for b in record.get("bulk", []):
+        for f in ((b.get("body") or {}).get("flags") or []) if isinstance(b.get("body"), dict) else []:
+            out[(b["case"], "value", f.get("key"))] = {"method": "ofrep bulk", "value": f.get("value")}
+    return out
+
+
+def http_request(url, headers=None, timeout=5.0):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode("utf-8", "replace")
+    except Exception as e:
+        return None, {}, f"{type(e).__name__}: {e}"
+
+
+def check_flag_definitions(res, api, token, defs):
+    """The imported definitions as the SDKs fetch them (both endpoints), with ETag/304, plus remote config."""
+    wanted = defs["raw"]
+    endpoints = [
+        f"/flags/definitions?token={urllib.parse.quote(token)}&send_cohorts",
+        "/api/feature_flag/local_evaluation/?send_cohorts",
+    ]
+    for path in endpoints:
+        url = api.base + path
+        auth = {"Authorization": f"Bearer {api.secret}"}
+        status, headers, body = http_request(url, auth)
+        d = []
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if status != 200 or not isinstance(data, dict):
+            d.append(f"GET {path} -> {status}: {short(body, 400)}")
+        else:
+            got = {f.get("key"): f for f in data.get("flags") or []}
+            for key, fl in defs["flags"].items():
+                if key not in got:
+                    d.append(f"flag {key} missing (got {sorted(got)})")
+                    continue
+                if not same(got[key].get("filters"), fl.get("filters")):
+                    d.append(f"{key}.filters differ from the imported file: {short(got[key].get('filters'), 400)}")
+                if got[key].get("active") is not fl.get("active", True):
+                    d.append(f"{key}.active: {got[key].get('active')!r}")
+            extra = sorted(set(got) - set(defs["flags"]))
+            if extra:
+                d.append(f"unexpected flags: {extra}")
+            # group types seen in events since (e.g. Segment/RudderStack group calls) may be added
+            mapping = data.get("group_type_mapping")
+            want_map = wanted.get("group_type_mapping") or {}
+            if not isinstance(mapping, dict) or any(mapping.get(k) != v for k, v in want_map.items()):
+                d.append(f"group_type_mapping: {mapping!r} does not contain the imported {want_map!r}")
+            if not isinstance(data.get("cohorts"), dict):
+                d.append(f"cohorts: {data.get('cohorts')!r}, expected an object (send_cohorts)")
+            etag = headers.get("etag")
+            if not etag:
+                d.append("no ETag header")
+            else:
+                s2, _, b2 = http_request(url, dict(auth, **{"If-None-Match": etag}))
+                if s2 != 304:
+                    d.append(f"If-None-Match: {etag} -> {s2} (expected 304) {short(b2, 200)}")
+        s3, _, b3 = http_request(url)
+        if s3 not in (401, 403):
+            d.append(f"without Authorization -> {s3} (expected 401/403) {short(b3, 200)}")
+        res.check(f"[flags] GET {path.split('?')[0]} serves the {len(defs['flags'])} imported flags (ETag/304, secret key required)",
+                  not d, d)
+    status, _, body = http_request(f"{api.base}/array/{urllib.parse.quote(token)}/config")
+    try:
+        has = json.loads(body).get("hasFeatureFlags")
+    except (ValueError, AttributeError):
+        has = None
+    res.check("[flags] GET /array/<token>/config says hasFeatureFlags: true once flags exist (posthog-js loads flags on init only then)",
+              status == 200 and has is True,
+              [f"GET /array/{token}/config -> {status} hasFeatureFlags={has!r}", f"body: {short(body, 400)}"])
+
+
+def check_flags_cross(res, records, defs):
+    """posthog-python vs posthog-node (both modes), and OFREP bulk vs posthog-python remote."""
+    py, node, of = (records.get(k) for k in ("flags-posthog-python", "flags-posthog-node", "flags-openfeature"))
+    if py and node:
+        cases = {cs["id"]: cs for cs in py.get("cases", [])}
+        for mode in ("remote", "local"):
+            a = {(r["case"], r["call"], r["flag"]): r for r in py.get("results", []) if r["mode"] == mode}
+            b = {(r["case"], r["call"], r["flag"]): r for r in node.get("results", []) if r["mode"] == mode}
+            check_agreement(res, f"[flags] posthog-python and posthog-node, {mode} evaluation", a, b, defs, cases,
+                            ("posthog-python", "posthog-node"))
+    if py and of:
+        cases = {cs["id"]: cs for cs in py.get("cases", [])}
+        a = {(r["case"], r["call"], r["flag"]): r for r in py.get("results", []) if r["mode"] == "remote" and r["call"] == "value"}
+        check_agreement(res, "[flags] OFREP bulk values and posthog-python get_feature_flag", a, bulk_answers(of), defs, cases,
+                        ("posthog-python", "OFREP"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--api", required=True)
@@ -508,13 +950,17 @@ def main():
     ap.add_argument("--proxy-log")
     ap.add_argument("--counts")
     ap.add_argument("--wait", type=float, default=15.0)
-    ap.add_argument("sdks", nargs="+")
+    ap.add_argument("--token", help="project token (flag checks)")
+    ap.add_argument("--flag-definitions", help="the flag definitions run.sh imported (flag checks)")
+    ap.add_argument("sdks", nargs="*")
     args = ap.parse_args()
 
     res = Results()
     api = Api(args.api, args.secret)
     proxy_log = load_proxy_log(args.proxy_log)
     check_auth(res, api)
+    defs = load_flag_definitions(args.flag_definitions) if args.flag_definitions else None
+    flag_records = {}
     for sdk in args.sdks:
         path = os.path.join(args.out, f"{sdk}.json")
         if not res.check(f"[{sdk}] driver record exists", os.path.exists(path), [f"missing {path} (driver failed?)"]):
@@ -522,10 +968,25 @@ def main():
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
         try:
-            check_sdk(res, api, sdk, record, proxy_log, args.wait)
+            if sdk.startswith("flags-"):
+                if defs is None:
+                    res.check(f"[{sdk}] flag definitions given (--flag-definitions)", False)
+                    continue
+                flag_records[sdk] = record
+                check_flags_sdk(res, sdk, record, defs, proxy_log)
+            else:
+                check_sdk(res, api, sdk, record, proxy_log, args.wait)
         except Exception as e:  # a checker bug must not hide the other SDKs' results
             import traceback
             res.check(f"[{sdk}] checker ran without crashing", False, traceback.format_exc().splitlines())
+    if defs is not None:
+        try:
+            if args.token:
+                check_flag_definitions(res, api, args.token, defs)
+            check_flags_cross(res, flag_records, defs)
+        except Exception:
+            import traceback
+            res.check("[flags] checker ran without crashing", False, traceback.format_exc().splitlines())
     check_proxy(res, load_proxy_log(args.proxy_log))
 
     print(f"check.py totals: passed={res.passed} failed={res.failed}")
@@ -533,7 +994,6 @@ def main():
         with open(args.counts, "w") as f:
             f.write(f"{res.passed} {res.failed}\n")
     return 0 if res.failed == 0 else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,12 +2,16 @@
 # End-to-end test: the official PostHog, RudderStack and Segment SDKs (Python,
 # Node.js, and posthog-js in headless Chromium) send catalog events to a
 # freshly started Switchyard; check.py then reads them back through the
-# events API and asserts they arrived intact.
+# events API and asserts they arrived intact. The flags-* drivers evaluate the
+# feature flags of examples/platform-flags.json (imported through the
+# management API) with posthog-python, posthog-node (remote and local
+# evaluation), posthog-js and OpenFeature's OFREP provider.
 #
 # usage: bash tests/e2e/run.sh            (from any directory)
 # env:   SWITCHYARD_BIN  server binary (default target/release/switchyard, relative to the repo root)
 #        E2E_SDKS        space-separated subset of: posthog-python rudder-python posthog-node
-#                        rudder-node segment-node posthog-js   (default: all)
+#                        rudder-node segment-node posthog-js flags-posthog-python
+#                        flags-posthog-node flags-posthog-js flags-openfeature   (default: all)
 #        E2E_PROXY=0     SDKs talk to the server directly instead of through the recording proxy
 #        E2E_KEEP=1      keep the temp dir (logs, records, data) even when everything passed
 #        E2E_WAIT        seconds check.py polls for events (default 15)
@@ -23,7 +27,9 @@ PYTHON="${PYTHON:-python3}"
 PROJECT_TOKEN="phc_e2e_token"
 WRITE_KEY="e2e_write_key"
 SECRET_KEY="phs_e2e_secret"
+FLAG_DEFINITIONS="$ROOT/examples/platform-flags.json"
 ALL_SDKS="posthog-python rudder-python posthog-node rudder-node segment-node posthog-js"
+ALL_SDKS+=" flags-posthog-python flags-posthog-node flags-posthog-js flags-openfeature"
 SDKS="${E2E_SDKS:-$ALL_SDKS}"
 
 PASSED=0
@@ -82,7 +88,7 @@ free_port() {
 
 # ---------------------------------------------------------------- dependencies
 
-if [[ " $SDKS " == *" posthog-js "* && ! -x /usr/bin/chromium ]]; then
+if [[ " $SDKS " == *" posthog-js "* || " $SDKS " == *" flags-posthog-js "* ]] && [[ ! -x /usr/bin/chromium ]]; then
   log "installing Debian chromium"
   if timeout 600 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq chromium >/dev/null; then
     pass "chromium installed"
@@ -192,10 +198,26 @@ if [[ "${E2E_PROXY:-1}" != "0" ]]; then
   fi
 fi
 
+# ---------------------------------------------------------------- feature flag definitions
+
+# Import the platform flags (PostHog local-evaluation format) through the
+# management API; the flags-* drivers evaluate them, check.py derives the
+# expected values from the same file.
+import_url="$SERVER_URL/api/projects/@current/feature_flags/import/"
+import_code="$(curl -s -m 15 -o "$WORK/flags-import.json" -w '%{http_code}' -X POST \
+  -H "Authorization: Bearer $SECRET_KEY" -H 'Content-Type: application/json' \
+  --data-binary @"$FLAG_DEFINITIONS" "$import_url" || true)"
+if [[ "$import_code" == 2?? ]]; then
+  pass "flag definitions imported: POST /api/projects/@current/feature_flags/import/ -> $import_code $(head -c 200 "$WORK/flags-import.json")"
+else
+  fail "POST $import_url with examples/platform-flags.json -> ${import_code:-no answer} $(head -c 500 "$WORK/flags-import.json" 2>/dev/null)"
+fi
+
 # ---------------------------------------------------------------- SDK drivers
 
 export E2E_CAPTURE_URL="$CAPTURE_URL" E2E_API_URL="$SERVER_URL" E2E_PROJECT_TOKEN="$PROJECT_TOKEN" \
-  E2E_WRITE_KEY="$WRITE_KEY" E2E_SECRET_KEY="$SECRET_KEY" E2E_OUT="$WORK/out"
+  E2E_WRITE_KEY="$WRITE_KEY" E2E_SECRET_KEY="$SECRET_KEY" E2E_OUT="$WORK/out" \
+  E2E_FLAG_RUN="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
 
 driver_cmd() { # sdk -> CMD array
   case "$1" in
@@ -205,6 +227,10 @@ driver_cmd() { # sdk -> CMD array
     rudder-node) CMD=(node "$HERE/drivers/rudder_node.js") ;;
     segment-node) CMD=(node "$HERE/drivers/segment_node.js") ;;
     posthog-js) CMD=(node "$HERE/drivers/browser.js") ;;
+    flags-posthog-python) CMD=("$PYTHON" "$HERE/drivers/flags_posthog_python.py") ;;
+    flags-posthog-node) CMD=(node "$HERE/drivers/flags_posthog_node.js") ;;
+    flags-posthog-js) CMD=(node "$HERE/drivers/flags_browser.js") ;;
+    flags-openfeature) CMD=(node "$HERE/drivers/flags_openfeature.js") ;;
     *) return 1 ;;
   esac
 }
@@ -217,8 +243,12 @@ for sdk in $SDKS; do
   dlog="$WORK/driver-$sdk.log"
   start=$SECONDS
   if timeout -k 5 120 "${CMD[@]}" >"$dlog" 2>&1; then
-    pass "driver $sdk sent its events and shut down cleanly ($((SECONDS - start)) s)"
-    grep -E '^\[posthog-js\]' "$dlog" | sed 's/^/     /' || true
+    if [[ "$sdk" == flags-* ]]; then
+      pass "driver $sdk evaluated its flags and shut down cleanly ($((SECONDS - start)) s)"
+    else
+      pass "driver $sdk sent its events and shut down cleanly ($((SECONDS - start)) s)"
+    fi
+    grep -E '^\[(flags-)?posthog-js\]' "$dlog" | sed 's/^/     /' || true
   else
     code=$?
     if [[ $code -eq 124 || $code -eq 137 ]]; then
@@ -236,12 +266,13 @@ done
 
 # ---------------------------------------------------------------- checks through the events API
 
-log "checking events through $SERVER_URL/api/projects/@current/events/"
+log "checking events through $SERVER_URL/api/projects/@current/events/ and the flag answers against $FLAG_DEFINITIONS"
 PROXY_ARGS=()
 [[ -n "$PROXY_PID" ]] && PROXY_ARGS=(--proxy-log "$WORK/proxy.jsonl")
 # shellcheck disable=SC2086 # SDKS is a word list
 timeout -k 5 300 "$PYTHON" "$HERE/check.py" --api "$SERVER_URL" --secret "$SECRET_KEY" --out "$WORK/out" \
-  --counts "$WORK/check-counts" --wait "${E2E_WAIT:-15}" "${PROXY_ARGS[@]}" $SDKS || true
+  --counts "$WORK/check-counts" --wait "${E2E_WAIT:-15}" --token "$PROJECT_TOKEN" \
+  --flag-definitions "$FLAG_DEFINITIONS" "${PROXY_ARGS[@]}" $SDKS || true
 if [[ -s "$WORK/check-counts" ]]; then
   read -r cp cf <"$WORK/check-counts"
   PASSED=$((PASSED + cp))

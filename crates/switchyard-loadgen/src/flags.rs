@@ -188,7 +188,7 @@ pub fn http_bench(server_bin: &str, unleash_bin: Option<&str>, seconds: u64, con
             Command::new(bin)
                 .args(["--port", &edge_port.to_string(), "--interface", "127.0.0.1", "offline", "--bootstrap-file"])
                 .arg(&bootstrap)
-                .args(["--tokens", token, "--client-tokens", token, "--frontend-tokens", token])
+                .args(["--client-tokens", token, "--frontend-tokens", token])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -22,6 +22,8 @@ use switchyard_store::{ControlError, ControlStore, KeyKind, StoredFlag};
 
 use crate::api::{authorize_key, ApiError};
 use crate::metrics::FlagLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use crate::AppState;
 
 /// One project's compiled flags and what local evaluation serves.
@@ -30,19 +32,67 @@ pub struct ProjectFlags {
     /// `{flags, group_type_mapping, cohorts}` as PostHog's local evaluation API answers.
     pub definitions_body: String,
     pub etag: String,
-    /// Flag key → (id, version, description), for response metadata.
+    /// Flag key → (id, version), for response metadata.
     meta: HashMap<String, (i64, i64)>,
+    /// Flag key → its evaluation counters, resolved once so evaluation neither hashes labels
+    /// nor allocates them.
+    counters: HashMap<String, FlagCounters>,
+}
+
+struct FlagCounters {
+    off: Counter,
+    on: Counter,
+    variants: HashMap<String, Counter>,
+}
+
+impl ProjectFlags {
+    fn attach_counters(&mut self, family: &Family<FlagLabels, Counter>) {
+        let counter = |flag: &str, variant: &str| family.get_or_create(&FlagLabels { flag: flag.to_owned(), variant: variant.to_owned() }).clone();
+        self.counters = self
+            .set
+            .definitions()
+            .map(|d| {
+                let variants = d.filters.multivariate.iter().flat_map(|m| &m.variants).map(|v| (v.key.clone(), counter(&d.key, &v.key))).collect();
+                (d.key.clone(), FlagCounters { off: counter(&d.key, "false"), on: counter(&d.key, "true"), variants })
+            })
+            .collect();
+    }
+
+    fn count(&self, key: &str, value: &FlagValue, family: &Family<FlagLabels, Counter>) {
+        let known = self.counters.get(key).and_then(|c| match value {
+            FlagValue::Bool(false) => Some(&c.off),
+            FlagValue::Bool(true) => Some(&c.on),
+            FlagValue::Variant(v) => c.variants.get(v),
+        });
+        match known {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                let variant = match value {
+                    FlagValue::Bool(b) => b.to_string(),
+                    FlagValue::Variant(v) => v.clone(),
+                };
+                family.get_or_create(&FlagLabels { flag: key.to_owned(), variant }).inc();
+            }
+        }
+    }
 }
 
 /// Every project's current snapshot.
-#[derive(Default)]
 pub struct FlagRegistry {
+    /// `switchyard_flag_evaluations_total`, shared with the metrics registry.
+    evaluations: Family<FlagLabels, Counter>,
     projects: RwLock<HashMap<i64, Arc<ProjectFlags>>>,
     /// Projects whose flags are mirrored from an upstream PostHog, with the mirror's state.
     mirrored: RwLock<HashMap<i64, Arc<crate::upstream::MirrorState>>>,
 }
 
 impl FlagRegistry {
+    pub fn new(evaluations: Family<FlagLabels, Counter>) -> Self {
+        FlagRegistry { evaluations, projects: RwLock::default(), mirrored: RwLock::default() }
+    }
+
     /// The project's snapshot, built from the store on first use.
     pub fn get(&self, store: &ControlStore, project_id: i64) -> Result<Arc<ProjectFlags>, ControlError> {
         if let Some(p) = self.projects.read().expect("flags lock").get(&project_id) {
@@ -65,7 +115,8 @@ impl FlagRegistry {
     }
 
     /// Swaps in a snapshot (from upstream).
-    pub fn install(&self, project_id: i64, flags: ProjectFlags) {
+    pub fn install(&self, project_id: i64, mut flags: ProjectFlags) {
+        flags.attach_counters(&self.evaluations);
         self.projects.write().expect("flags lock").insert(project_id, Arc::new(flags));
     }
 
@@ -84,7 +135,9 @@ impl FlagRegistry {
         let flags = store.list_flags(project_id, false)?;
         let mapping = store.group_type_mapping(project_id)?;
         let cohorts = store.cohorts(project_id)?;
-        let built = Arc::new(build_project_flags(&flags, mapping, cohorts).map_err(ControlError::Corrupt)?);
+        let mut built = build_project_flags(&flags, mapping, cohorts).map_err(ControlError::Corrupt)?;
+        built.attach_counters(&self.evaluations);
+        let built = Arc::new(built);
         self.projects.write().expect("flags lock").insert(project_id, built.clone());
         Ok(built)
     }
@@ -198,7 +251,7 @@ fn build_served(served: Vec<Value>, mapping: Map<String, Value>, cohorts: Map<St
         .iter()
         .filter_map(|f| Some((f["key"].as_str()?.to_owned(), (f["id"].as_i64().unwrap_or(0), f["version"].as_i64().unwrap_or(0)))))
         .collect();
-    Ok(ProjectFlags { set, definitions_body: body, etag, meta })
+    Ok(ProjectFlags { set, definitions_body: body, etag, meta, counters: HashMap::new() })
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -366,9 +419,9 @@ fn with_group_keys(groups: &Map<String, Value>, group_properties: &mut Map<Strin
 /// Stored person and group properties under the request's: properties sent with a flags
 /// request take precedence over stored ones, key by key.
 fn merge_stored_properties(state: &AppState, project_id: i64, req: &mut FlagsRequest) {
-    match state.control.person(project_id, &req.distinct_id) {
-        Ok(Some(person)) => {
-            let mut merged = person.properties;
+    match state.control.person_properties(project_id, &req.distinct_id) {
+        Ok(Some(stored)) => {
+            let mut merged = stored;
             merged.extend(std::mem::take(&mut req.person_properties));
             req.person_properties = merged;
         }
@@ -409,26 +462,74 @@ fn evaluate(state: &AppState, project: &ProjectFlags, req: &FlagsRequest) -> Vec
     };
     state.metrics.flag_evaluation_latency.observe(started.elapsed().as_secs_f64());
     for (key, e) in &results {
-        let variant = match &e.value {
-            FlagValue::Bool(b) => b.to_string(),
-            FlagValue::Variant(v) => v.clone(),
-        };
-        state.metrics.flag_evaluations.get_or_create(&FlagLabels { flag: key.clone(), variant }).inc();
+        project.count(key, &e.value, &state.metrics.flag_evaluations);
     }
     results
 }
 
-fn flag_details(project: &ProjectFlags, key: &str, e: &Evaluation) -> Value {
-    let (id, version) = project.meta.get(key).copied().unwrap_or((0, 0));
-    let description = project.set.definition(key).map(|d| d.name.clone()).filter(|n| !n.is_empty());
-    json!({
-        "key": key,
-        "enabled": e.value.is_enabled(),
-        "variant": e.value.variant(),
-        "reason": {"code": e.reason.code(), "condition_index": e.condition_index, "description": e.description()},
-        "metadata": {"id": id, "version": version, "description": description, "payload": e.payload},
-    })
+/// One flag in a v2 answer, serialized straight from borrowed data.
+#[derive(serde::Serialize)]
+struct FlagDetails<'a> {
+    key: &'a str,
+    enabled: bool,
+    variant: Option<&'a str>,
+    reason: ReasonDetails,
+    metadata: FlagMetadata<'a>,
 }
+
+#[derive(serde::Serialize)]
+struct ReasonDetails {
+    code: &'static str,
+    condition_index: Option<usize>,
+    description: String,
+}
+
+#[derive(serde::Serialize)]
+struct FlagMetadata<'a> {
+    id: i64,
+    version: i64,
+    description: Option<&'a str>,
+    payload: Option<&'a Value>,
+}
+
+/// `{"flags": {key: details, …}, …}` in evaluation order.
+struct DetailedFlags<'a>(&'a ProjectFlags, &'a [(String, Evaluation)]);
+
+impl serde::Serialize for DetailedFlags<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.1.len()))?;
+        for (key, e) in self.1 {
+            map.serialize_entry(key, &flag_details(self.0, key, e))?;
+        }
+        map.end()
+    }
+}
+
+fn flag_details<'a>(project: &'a ProjectFlags, key: &'a str, e: &'a Evaluation) -> FlagDetails<'a> {
+    let (id, version) = project.meta.get(key).copied().unwrap_or((0, 0));
+    FlagDetails {
+        key,
+        enabled: e.value.is_enabled(),
+        variant: e.value.variant(),
+        reason: ReasonDetails { code: e.reason.code(), condition_index: e.condition_index, description: e.description() },
+        metadata: FlagMetadata {
+            id,
+            version,
+            description: project.set.definition(key).map(|d| d.name.as_str()).filter(|n| !n.is_empty()),
+            payload: e.payload.as_ref(),
+        },
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailedResponse<'a> {
+    flags: DetailedFlags<'a>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
 
 /// `/flags` and `/decide` (GET, HEAD, POST; versioned response shapes as PostHog's).
 pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
@@ -480,8 +581,7 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
     let mut response = Map::new();
     let detailed = if decide { version.unwrap_or(1) >= 4 } else { version.map(|v| v >= 2).unwrap_or(true) };
     if detailed {
-        let flags: Map<String, Value> = results.iter().map(|(k, e)| (k.clone(), flag_details(&project, k, e))).collect();
-        response.insert("flags".into(), Value::Object(flags));
+        // Filled below; serialized without building JSON values for the flags.
     } else if decide && version.unwrap_or(1) < 2 {
         let enabled: Vec<&str> = results.iter().filter(|(_, e)| e.value.is_enabled()).map(|(k, _)| k.as_str()).collect();
         response.insert("featureFlags".into(), json!(enabled));
@@ -500,17 +600,20 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
     response.insert("requestId".into(), Value::String(uuid::Uuid::now_v7().to_string()));
     response.insert("evaluatedAt".into(), json!(chrono::Utc::now().timestamp_millis()));
     if config {
-        if let Value::Object(config) = crate::intake::remote_config_value(&req.token) {
+        if let Value::Object(config) = crate::intake::remote_config_value(&req.token, !project.set.is_empty()) {
             for (k, v) in config {
                 if k != "token" {
                     response.insert(k, v);
                 }
             }
         }
-        response.insert("hasFeatureFlags".into(), Value::Bool(!project.set.is_empty()));
     }
     if let Some(mirror) = state.flags.mirror(project_id) {
         response.insert("flagsSnapshot".into(), mirror.describe());
+    }
+    if detailed {
+        let body = DetailedResponse { flags: DetailedFlags(&project, &results), rest: response };
+        return axum::Json(body).into_response();
     }
     axum::Json(Value::Object(response)).into_response()
 }
@@ -561,21 +664,25 @@ fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: &str)
     (status, axum::Json(body)).into_response()
 }
 
-fn ofrep_reason(e: &Evaluation, multivariate: bool) -> &'static str {
+/// OpenFeature's reason: a variant picked by the hash split is `SPLIT`; a condition's fixed
+/// variant or a boolean match is `TARGETING_MATCH`.
+fn ofrep_reason(e: &Evaluation, split: bool) -> &'static str {
     match e.reason {
         Reason::Disabled => "DISABLED",
-        Reason::ConditionMatch if multivariate && e.value.variant().is_some() => "SPLIT",
+        Reason::ConditionMatch if split && e.value.variant().is_some() => "SPLIT",
         Reason::ConditionMatch | Reason::HoldoutConditionValue | Reason::SuperConditionValue => "TARGETING_MATCH",
         _ => "DEFAULT",
     }
 }
 
 fn ofrep_result(project: &ProjectFlags, key: &str, e: &Evaluation) -> Value {
-    let multivariate = project
-        .set
-        .definition(key)
-        .and_then(|d| d.filters.multivariate.as_ref())
-        .is_some_and(|m| !m.variants.is_empty());
+    let definition = project.set.definition(key);
+    let multivariate = definition.and_then(|d| d.filters.multivariate.as_ref()).is_some_and(|m| !m.variants.is_empty());
+    let fixed_variant = definition
+        .zip(e.condition_index)
+        .and_then(|(d, i)| d.filters.groups.get(i))
+        .is_some_and(|c| c.variant.is_some());
+    let split = multivariate && !fixed_variant;
     let variant = match &e.value {
         FlagValue::Variant(v) => v.clone(),
         FlagValue::Bool(b) => b.to_string(),
@@ -588,7 +695,7 @@ fn ofrep_result(project: &ProjectFlags, key: &str, e: &Evaluation) -> Value {
             other => Value::String(other.to_string()),
         };
     }
-    json!({"key": key, "value": e.value.to_json(), "reason": ofrep_reason(e, multivariate), "variant": variant, "metadata": metadata})
+    json!({"key": key, "value": e.value.to_json(), "reason": ofrep_reason(e, split), "variant": variant, "metadata": metadata})
 }
 
 struct OfrepRequest {
@@ -723,6 +830,18 @@ fn refuse_mirrored(state: &AppState, project_id: i64) -> Result<(), ApiError> {
     }
 }
 
+/// The caller's key, the project and the live flag a change targets.
+fn live_flag_for_change(state: &AppState, headers: &HeaderMap, project: &str, id: &str) -> Result<(switchyard_store::KeyRef, i64, StoredFlag), ApiError> {
+    let actor = authorize_key(state, headers)?;
+    let project_id = crate::api::authorize(state, headers, project)?;
+    refuse_mirrored(state, project_id)?;
+    let current = state.control.get_flag(project_id, id).map_err(control_error)?;
+    if current.deleted {
+        return Err(control_error(ControlError::FlagNotFound));
+    }
+    Ok((actor, project_id, current))
+}
+
 pub async fn create_flag(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let actor = authorize_key(&state, &headers)?;
     let project_id = crate::api::authorize(&state, &headers, &project)?;
@@ -748,13 +867,7 @@ pub async fn update_flag(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let actor = authorize_key(&state, &headers)?;
-    let project_id = crate::api::authorize(&state, &headers, &project)?;
-    refuse_mirrored(&state, project_id)?;
-    let current = state.control.get_flag(project_id, &id).map_err(control_error)?;
-    if current.deleted {
-        return Err(control_error(ControlError::FlagNotFound));
-    }
+    let (actor, project_id, current) = live_flag_for_change(&state, &headers, &project, &id)?;
     let mut patch = body_object(&body)?;
     let expected_version = match patch.remove("version") {
         None | Some(Value::Null) => None,
@@ -776,13 +889,7 @@ pub async fn update_flag(
 }
 
 pub async fn delete_flag(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let actor = authorize_key(&state, &headers)?;
-    let project_id = crate::api::authorize(&state, &headers, &project)?;
-    refuse_mirrored(&state, project_id)?;
-    let current = state.control.get_flag(project_id, &id).map_err(control_error)?;
-    if current.deleted {
-        return Err(control_error(ControlError::FlagNotFound));
-    }
+    let (actor, project_id, current) = live_flag_for_change(&state, &headers, &project, &id)?;
     let def = current.definition.clone();
     state
         .control

@@ -280,7 +280,7 @@ pub async fn posthog_remote_config(
         )
             .into_response();
     }
-    axum::Json(remote_config_value(&token)).into_response()
+    axum::Json(remote_config_value(&token, project_has_flags(&state, &token))).into_response()
 }
 
 /// `GET /array/{token}/config.js`: the same config as a script, as posthog-js loads it.
@@ -291,7 +291,7 @@ pub async fn posthog_remote_config_js(
     if state.control.lookup(KeyKind::ProjectToken, &token).is_none() {
         return (StatusCode::NOT_FOUND, "// unknown project token").into_response();
     }
-    let config = json!({"config": remote_config_value(&token), "siteApps": []});
+    let config = json!({"config": remote_config_value(&token, project_has_flags(&state, &token)), "siteApps": []});
     let script = format!(
         "(function() {{ window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {{}}; \
          window._POSTHOG_REMOTE_CONFIG[{token}] = {config}; }})();",
@@ -300,11 +300,20 @@ pub async fn posthog_remote_config_js(
     ([(header::CONTENT_TYPE, "application/javascript")], script).into_response()
 }
 
-pub fn remote_config_value(token: &str) -> Value {
+/// Whether the token's project has flags (posthog-js asks `/flags` at start only if so).
+fn project_has_flags(state: &AppState, token: &str) -> bool {
+    state
+        .control
+        .lookup(KeyKind::ProjectToken, token)
+        .and_then(|project_id| state.flags.get(&state.control, project_id).ok())
+        .is_some_and(|flags| !flags.set.is_empty())
+}
+
+pub fn remote_config_value(token: &str, has_flags: bool) -> Value {
     json!({
         "token": token,
         "supportedCompression": ["gzip", "gzip-js"],
-        "hasFeatureFlags": false,
+        "hasFeatureFlags": has_flags,
         "captureDeadClicks": false,
         "capturePerformance": false,
         "autocapture_opt_out": false,

@@ -62,7 +62,8 @@ impl AppState {
             write_key: config.write_key.clone(),
             secret_key: config.secret_key.clone(),
         })?;
-        let flags = flags::FlagRegistry::default();
+        let metrics = Metrics::default();
+        let flags = flags::FlagRegistry::new(metrics.flag_evaluations.clone());
         for project_id in control.project_ids()? {
             flags.reload(&control, project_id)?;
         }
@@ -78,7 +79,7 @@ impl AppState {
             config,
             log,
             control,
-            metrics: Metrics::default(),
+            metrics,
             flags,
             ready: AtomicBool::new(true),
             mirror: std::sync::OnceLock::new(),

@@ -91,6 +91,9 @@ pub struct ControlStore {
     keys: RwLock<HashMap<(KeyKind, String), (i64, i64)>>,
     /// (project id, group type) pairs registered, so intake can tell new group types cheaply.
     group_types: RwLock<HashMap<i64, std::collections::HashSet<String>>>,
+    /// Stored person properties by (project, distinct id), absent persons included; emptied
+    /// whenever the person processor commits a change, so it never serves stale properties.
+    pub(crate) person_cache: Mutex<crate::persons::PersonCache>,
 }
 
 /// A resolved key: its project and its own id (recorded in audit logs).
@@ -201,7 +204,12 @@ impl ControlStore {
                 }
             }
         }
-        let store = ControlStore { conn: Mutex::new(conn), keys: RwLock::new(keys), group_types: RwLock::default() };
+        let store = ControlStore {
+            conn: Mutex::new(conn),
+            keys: RwLock::new(keys),
+            group_types: RwLock::default(),
+            person_cache: Mutex::default(),
+        };
         store.refresh_group_types()?;
         Ok(store)
     }

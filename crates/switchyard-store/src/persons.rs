@@ -19,6 +19,14 @@ use switchyard_event::{Event, EventType};
 
 use crate::control::{ControlError, ControlStore};
 
+/// Cached person properties. `generation` moves on every committed change; a lookup that read
+/// the database under an older generation does not fill the cache.
+#[derive(Default)]
+pub(crate) struct PersonCache {
+    generation: u64,
+    entries: HashMap<(i64, String), Option<Map<String, Value>>>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Person {
     pub id: i64,
@@ -117,6 +125,10 @@ impl ControlStore {
         }
         tx.commit()?;
         drop(conn);
+        let mut cache = self.person_cache.lock().expect("cache lock");
+        cache.generation += 1;
+        cache.entries.clear();
+        drop(cache);
         new_group_types.sort_unstable();
         new_group_types.dedup();
         if !new_group_types.is_empty() {
@@ -136,16 +148,47 @@ impl ControlStore {
         Ok(Some(Person { id: row.id, distinct_ids, properties: row.properties, is_identified: row.is_identified, created_at }))
     }
 
+    /// A person's stored properties, for flag evaluation (one cached statement).
+    pub fn person_properties(&self, project_id: i64, distinct_id: &str) -> Result<Option<Map<String, Value>>, ControlError> {
+        const CACHE_ENTRIES: usize = 100_000;
+        let key = (project_id, distinct_id.to_owned());
+        let generation = {
+            let cache = self.person_cache.lock().expect("cache lock");
+            if let Some(hit) = cache.entries.get(&key) {
+                return Ok(hit.clone());
+            }
+            cache.generation
+        };
+        let found = self.person_properties_uncached(project_id, distinct_id)?;
+        let mut cache = self.person_cache.lock().expect("cache lock");
+        if cache.generation == generation {
+            if cache.entries.len() >= CACHE_ENTRIES {
+                cache.entries.clear();
+            }
+            cache.entries.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    fn person_properties_uncached(&self, project_id: i64, distinct_id: &str) -> Result<Option<Map<String, Value>>, ControlError> {
+        let conn = self.conn.lock().expect("control lock");
+        let mut stmt = conn.prepare_cached(
+            "SELECT p.properties FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+             WHERE d.project_id = ?1 AND d.distinct_id = ?2",
+        )?;
+        let text: Option<String> = stmt.query_row(params![project_id, distinct_id], |r| r.get(0)).optional()?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| ControlError::Corrupt(format!("person properties: {e}")))).transpose()
+    }
+
     /// A group's stored properties.
     pub fn group(&self, project_id: i64, group_type: &str, group_key: &str) -> Result<Option<Group>, ControlError> {
         let conn = self.conn.lock().expect("control lock");
-        let row = conn
-            .query_row(
-                "SELECT g.properties, t.group_type_index FROM groups g JOIN group_types t ON t.project_id = g.project_id AND t.group_type = g.group_type
-                 WHERE g.project_id = ?1 AND g.group_type = ?2 AND g.group_key = ?3",
-                params![project_id, group_type, group_key],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-            )
+        let mut stmt = conn.prepare_cached(
+            "SELECT g.properties, t.group_type_index FROM groups g JOIN group_types t ON t.project_id = g.project_id AND t.group_type = g.group_type
+             WHERE g.project_id = ?1 AND g.group_type = ?2 AND g.group_key = ?3",
+        )?;
+        let row = stmt
+            .query_row(params![project_id, group_type, group_key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .optional()?;
         row.map(|(text, index)| {
             Ok(Group {

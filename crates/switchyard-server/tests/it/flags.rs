@@ -180,7 +180,11 @@ async fn openfeature_remote_evaluation() {
     let single: Value = ofrep("/versioned_rag_tracking", TOKEN, ctx.clone()).await.unwrap().json().await.unwrap();
     assert_eq!(single["value"], "v2");
     assert_eq!(single["variant"], "v2");
-    assert_eq!(single["reason"], "SPLIT");
+    assert_eq!(single["reason"], "TARGETING_MATCH", "a condition's fixed variant");
+    let split: Value = ofrep("/versioned_rag_tracking", TOKEN, json!({"context": {"targetingKey": "user_1"}})).await.unwrap().json().await.unwrap();
+    if split["value"].is_string() {
+        assert_eq!(split["reason"], "SPLIT", "a variant from the hash split: {split}");
+    }
     assert_eq!(single["metadata"]["payload"], "{\"index_version\":\"v2\"}");
     let boolean: Value = ofrep("/agent_debugger_ui", TOKEN, ctx.clone()).await.unwrap().json().await.unwrap();
     assert_eq!((boolean["value"].as_bool(), boolean["reason"].as_str()), (Some(true), Some("TARGETING_MATCH")));

@@ -69,30 +69,20 @@ impl TestServer {
         self.dir
     }
 
-    pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
-        let response = self
-            .client
-            .get(format!("{}/api/projects/@current/events/?limit=10000&{query}", self.url))
-            .bearer_auth(SECRET)
-            .send()
-            .await
-            .unwrap();
+    /// The `results` of an inspection API listing (secret key), asserting a 200.
+    async fn results(&self, path: &str) -> Vec<serde_json::Value> {
+        let response = self.client.get(format!("{}{path}", self.url)).bearer_auth(SECRET).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let body: serde_json::Value = response.json().await.unwrap();
         body["results"].as_array().unwrap().clone()
     }
 
+    pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        self.results(&format!("/api/projects/@current/events/?limit=10000&{query}")).await
+    }
+
     pub async fn quarantine(&self) -> Vec<serde_json::Value> {
-        let response = self
-            .client
-            .get(format!("{}/api/projects/@current/quarantine/", self.url))
-            .bearer_auth(SECRET)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["results"].as_array().unwrap().clone()
+        self.results("/api/projects/@current/quarantine/").await
     }
 
     pub async fn metrics(&self) -> String {
