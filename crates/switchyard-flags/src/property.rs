@@ -192,21 +192,22 @@ impl PropertyMatcher {
                 } else if let Some(filter_truthy) = truthy {
                     *filter_truthy == is_truthy(value)
                 } else {
-                    let own = value_to_string(value).to_lowercase();
-                    candidates.iter().any(|c| *c == own)
+                    let own = value_text(value);
+                    candidates.iter().any(|c| lowercase_equals(&own, c))
                 };
                 matched != (op == IsNot)
             }
             (Compiled::Text(filter), _) => {
-                let own = value_to_string(value).to_ascii_lowercase();
+                let own = value_text(value);
+                let (own, filter) = (own.as_bytes(), filter.as_bytes());
                 let matched = match op {
-                    Icontains | NotIcontains => own.contains(filter.as_str()),
-                    StartsWith | NotStartsWith => own.starts_with(filter.as_str()),
-                    _ => own.ends_with(filter.as_str()),
+                    Icontains | NotIcontains => filter.is_empty() || own.windows(filter.len()).any(|w| ascii_lower_eq(w, filter)),
+                    StartsWith | NotStartsWith => own.len() >= filter.len() && ascii_lower_eq(&own[..filter.len()], filter),
+                    _ => own.len() >= filter.len() && ascii_lower_eq(&own[own.len() - filter.len()..], filter),
                 };
                 matched != op.is_negative()
             }
-            (Compiled::Regex(re), _) => re.is_match(&value_to_string(value)) != (op == NotRegex),
+            (Compiled::Regex(re), _) => re.is_match(&value_text(value)) != (op == NotRegex),
             (Compiled::Nothing, _) => false,
             _ if value.is_null() => false,
             (Compiled::Date(filter), _) => {
@@ -219,7 +220,7 @@ impl PropertyMatcher {
                 }
             }
             (Compiled::Version(filter), _) => {
-                let Some(own) = parse_semver(&value_to_string(value)) else { return false };
+                let Some(own) = parse_semver(&value_text(value)) else { return false };
                 match op {
                     SemverEq => own == *filter,
                     SemverNeq => own != *filter,
@@ -230,7 +231,7 @@ impl PropertyMatcher {
                 }
             }
             (Compiled::Range(lo, hi), _) => {
-                let Some(own) = parse_semver(&value_to_string(value)) else { return false };
+                let Some(own) = parse_semver(&value_text(value)) else { return false };
                 *lo <= own && own < *hi
             }
         }
@@ -243,6 +244,27 @@ impl PropertyMatcher {
 /// only sees the properties passed to it, calls this "inconclusive" and asks the server.)
 pub fn missing_property(operator: Operator) -> bool {
     operator.is_negative()
+}
+
+/// [`value_to_string`] without copying strings.
+fn value_text(value: &Value) -> std::borrow::Cow<'_, str> {
+    match value {
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(value_to_string(other)),
+    }
+}
+
+/// `own.to_lowercase() == lowered` without building the lower-case copy.
+fn lowercase_equals(own: &str, lowered: &str) -> bool {
+    if own.is_ascii() {
+        return own.len() == lowered.len() && ascii_lower_eq(own.as_bytes(), lowered.as_bytes());
+    }
+    own.to_lowercase() == lowered
+}
+
+/// Bytes equal after ASCII lower-casing the left side (the right side is lower case already).
+fn ascii_lower_eq(own: &[u8], lowered: &[u8]) -> bool {
+    own.len() == lowered.len() && own.iter().zip(lowered).all(|(a, b)| a.to_ascii_lowercase() == *b)
 }
 
 /// A JSON value as PostHog's matching sees it: strings as they are, everything else as compact
@@ -389,13 +411,13 @@ fn semver_part(part: &str) -> Option<u64> {
 pub fn parse_semver(text: &str) -> Option<Version> {
     let text = text.trim().trim_start_matches(['v', 'V']);
     let text = text.split('-').next()?.split('+').next()?;
-    let parts: Vec<&str> = text.split('.').collect();
-    let major = semver_part(parts.first()?)?;
-    let minor = match parts.get(1) {
+    let mut parts = text.split('.');
+    let major = semver_part(parts.next()?)?;
+    let minor = match parts.next() {
         Some(p) if !p.is_empty() => semver_part(p)?,
         _ => 0,
     };
-    let patch = match parts.get(2) {
+    let patch = match parts.next() {
         Some(p) if !p.is_empty() => semver_part(p)?,
         _ => 0,
     };
@@ -475,6 +497,12 @@ fn subtract_months(now: DateTime<Utc>, months: u32) -> Option<DateTime<Utc>> {
 /// dates.
 pub fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
     let t = text.trim();
+    if t.len() == 10 {
+        // The common `YYYY-MM-DD` first: no failed attempts at the longer forms.
+        if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+            return d.and_hms_opt(0, 0, 0).map(|d| d.and_utc());
+        }
+    }
     let t = t.strip_suffix(" UTC").or_else(|| t.strip_suffix(" utc")).map(|s| format!("{s}+00:00")).unwrap_or_else(|| t.to_owned());
     if let Ok(d) = DateTime::parse_from_rfc3339(&t) {
         return Some(d.with_timezone(&Utc));
