@@ -7,9 +7,9 @@ Writes one JSON object per line to stdout:
    "expected": {"value": true|false|"variant", "payload": ...}
              | {"inconclusive": "<why>"}}
 
-Where the SDK cannot decide locally (it would ask the server), the case is either answered by
-PostHog's documented server behaviour (a property the person does not have: positive operators
-fail, negative ones pass) or marked inconclusive and not compared.
+Where the SDK cannot decide locally for lack of context (it would ask the server), PostHog's
+documented server behaviour answers instead (see install_server_rules); what is left undecided
+(patterns the SDK will not translate, for instance) is marked inconclusive and not compared.
 
 usage: posthog_oracle.py CASES SEED
 """
@@ -21,6 +21,9 @@ import warnings
 
 warnings.simplefilter("ignore")
 
+import datetime  # noqa: E402
+
+import posthog.feature_flags as ff  # noqa: E402
 from posthog import Posthog  # noqa: E402
 from posthog.feature_flags import InconclusiveMatchError, RequiresServerEvaluation  # noqa: E402
 
@@ -256,8 +259,54 @@ def missing_property_expectation(case):
     return (f.get("operator") or "exact") in NEGATIVE_OPERATORS
 
 
+def install_server_rules():
+    """Teach the SDK's evaluator PostHog's documented server behaviour where the SDK would give
+    up ("inconclusive") for lack of context, so those cases are compared too:
+    - a property the person does not have: positive operators fail, negative ones pass;
+    - a date property that is a number: Unix seconds; any other unreadable date: no match;
+    - a property that is not a valid version: no match."""
+    missing_context = ff.UnresolvedFlagReason.MISSING_CONTEXT
+    match_value = ff._match_property_value
+    match_date = ff._match_date_property
+    match_semver = ff._match_semver_property
+
+    def server_match_property_value(prop, values, version):
+        operator = prop.get("operator") or "exact"
+        if operator in ff.PROPERTY_OPERATORS and prop.get("key") not in values:
+            return operator in NEGATIVE_OPERATORS
+        return match_value(prop, values, version)
+
+    def server_match_date(operator, value, override):
+        if isinstance(override, (int, float)) and not isinstance(override, bool):
+            target = ff._parse_date_filter(value)
+            try:
+                own = datetime.datetime.fromtimestamp(override, tz=datetime.timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                return False  # not a representable time
+            return ff._compare_dates(operator, own, target)
+        try:
+            return match_date(operator, value, override)
+        except InconclusiveMatchError as e:
+            if e.reason == missing_context:
+                return False
+            raise
+
+    def server_match_semver(operator, value, override):
+        try:
+            return match_semver(operator, value, override)
+        except InconclusiveMatchError as e:
+            if e.reason == missing_context:
+                return False
+            raise
+
+    ff._match_property_value = server_match_property_value
+    ff._match_date_property = server_match_date
+    ff._match_semver_property = server_match_semver
+
+
 def main():
     count, seed = int(sys.argv[1]), int(sys.argv[2])
+    install_server_rules()
     r = random.Random(seed)
     client = Posthog("phc_oracle", personal_api_key="phx_oracle", host="http://127.0.0.1:9",
                      sync_mode=True, disabled=False, enable_local_evaluation=False)
