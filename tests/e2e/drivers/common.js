@@ -218,7 +218,41 @@ function writeFlagRecord(cfg, record) {
   console.log(`[${record.sdk}] recorded ${record.results.length} flag evaluations -> ${file}`);
 }
 
+// Headless Chromium with the flags this machine needs, one page that records console errors,
+// page errors and every request to the capture origin into `record`.
+async function launchPage(chromium, executablePath, record, captureUrl) {
+  const browser = await withTimeout(chromium.launch({
+    executablePath,
+    headless: true,
+    timeout: 30000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-dev-shm-usage'],
+  }), 40000, 'chromium launch');
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  const captureOrigin = new URL(captureUrl).origin;
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' || msg.type() === 'warning') {
+      record.console.push(`${msg.type()}: ${msg.text()}`.slice(0, 1000));
+    }
+  });
+  page.on('pageerror', (err) => record.errors.push(`page error: ${err.message}`));
+  page.on('requestfailed', (req) => {
+    if (req.url().startsWith(captureOrigin)) {
+      record.network.push({ method: req.method(), url: req.url(), failure: req.failure() && req.failure().errorText });
+    }
+  });
+  page.on('response', (res) => {
+    if (res.url().startsWith(captureOrigin)) {
+      record.network.push({ method: res.request().method(), url: res.url(), status: res.status() });
+    }
+  });
+  return { browser, page };
+}
+
 module.exports = {
   hex, config, newRun, newSpanId, traceContext, baseProps, catalogProps, jsonCopy, nowIso, writeRecord, withTimeout, sleep, uuid, fmtErr,
-  flagRunTag, flagCases, flagEntry, writeFlagRecord,
+  flagRunTag, flagCases, flagEntry, writeFlagRecord, launchPage,
 };

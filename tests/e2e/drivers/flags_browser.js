@@ -76,34 +76,8 @@ async function main() {
   const pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
   let browser;
   try {
-    browser = await c.withTimeout(chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 30000,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        '--disable-dev-shm-usage'],
-    }), 40000, 'chromium launch');
-    const context = await browser.newContext();
-    const page = await context.newPage();
-    page.setDefaultTimeout(15000);
-    const captureOrigin = new URL(cfg.captureUrl).origin;
-    page.on('console', (msg) => {
-      if (msg.type() === 'error' || msg.type() === 'warning') {
-        record.console.push(`${msg.type()}: ${msg.text()}`.slice(0, 1000));
-      }
-    });
-    page.on('pageerror', (err) => record.errors.push(`page error: ${err.message}`));
-    page.on('requestfailed', (req) => {
-      if (req.url().startsWith(captureOrigin)) {
-        record.network.push({ method: req.method(), url: req.url(), failure: req.failure() && req.failure().errorText });
-      }
-    });
-    page.on('response', (res) => {
-      if (res.url().startsWith(captureOrigin)) {
-        record.network.push({ method: res.request().method(), url: res.url(), status: res.status() });
-      }
-    });
+    let page;
+    ({ browser, page } = await c.launchPage(chromium, CHROMIUM, record, cfg.captureUrl));
 
     await page.goto(`${pageOrigin}/`, { waitUntil: 'load', timeout: 15000 });
     const workspace = Object.entries(cs.groups)[0];
@@ -126,7 +100,7 @@ async function main() {
     record.results.push(...toResults(cs.id, out.values, out.lastCallback && out.lastCallback.variants));
     record.last_callback = out.lastCallback;
     console.log(`[${SDK}] anonymous flags loaded=${out.anon.loaded}; after identify: ${JSON.stringify(out.lastCallback && out.lastCallback.variants)}`);
-    await context.close();
+    await page.context().close();
   } finally {
     if (browser) await c.withTimeout(browser.close(), 10000, 'browser close').catch((e) => console.error(String(e)));
     pageServer.close();
