@@ -128,12 +128,7 @@ impl ControlStore {
         let at = now();
         let mut conn = self.conn.lock().expect("control lock");
         let tx = conn.transaction()?;
-        let taken: Option<i64> = tx
-            .query_row("SELECT id FROM feature_flags WHERE project_id = ?1 AND key = ?2 AND deleted = 0", params![project_id, key], |r| r.get(0))
-            .optional()?;
-        if taken.is_some() {
-            return Err(ControlError::DuplicateFlagKey(key.to_owned()));
-        }
+        ensure_key_free(&tx, project_id, key, None)?;
         tx.execute(
             "INSERT INTO feature_flags (project_id, key, definition, version, deleted, created_at, updated_at) VALUES (?1, ?2, ?3, 1, 0, ?4, ?4)",
             params![project_id, key, text, at],
@@ -181,12 +176,7 @@ impl ControlStore {
             }
         }
         if !deleted && key != before.key {
-            let taken: Option<i64> = tx
-                .query_row("SELECT id FROM feature_flags WHERE project_id = ?1 AND key = ?2 AND deleted = 0 AND id != ?3", params![project_id, key, id], |r| r.get(0))
-                .optional()?;
-            if taken.is_some() {
-                return Err(ControlError::DuplicateFlagKey(key.to_owned()));
-            }
+            ensure_key_free(&tx, project_id, key, Some(id))?;
         }
         let version = before.version + 1;
         tx.execute(
@@ -299,6 +289,21 @@ impl ControlStore {
             params![project_id, id, definition.to_string()],
         )?;
         Ok(())
+    }
+}
+
+/// A live flag key belongs to one flag of a project (`except` is the flag being changed).
+fn ensure_key_free(tx: &rusqlite::Transaction<'_>, project_id: i64, key: &str, except: Option<i64>) -> Result<(), ControlError> {
+    let taken: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM feature_flags WHERE project_id = ?1 AND key = ?2 AND deleted = 0 AND (?3 IS NULL OR id != ?3)",
+            params![project_id, key, except],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match taken {
+        Some(_) => Err(ControlError::DuplicateFlagKey(key.to_owned())),
+        None => Ok(()),
     }
 }
 

@@ -6,7 +6,6 @@
 // (falling back to page unload, which makes posthog-js flush via sendBeacon).
 
 const fs = require('fs');
-const http = require('http');
 const path = require('path');
 const { chromium } = require('playwright-core');
 const c = require('./common');
@@ -19,29 +18,6 @@ const PH_TYPES = {
   $pageview: 'page', $screen: 'screen', $identify: 'identify', $groupidentify: 'group', $create_alias: 'alias',
   $set: ['identify', 'track'],
 };
-
-function startPageServer() {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://localhost');
-    if (url.pathname === '/' || url.pathname === '/index.html') {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(fs.readFileSync(PAGE_HTML));
-      return;
-    }
-    const m = url.pathname.match(/^\/posthog-js\/([A-Za-z0-9._-]+\.js)$/);
-    if (m && fs.existsSync(path.join(POSTHOG_DIST, m[1]))) {
-      res.writeHead(200, { 'content-type': 'application/javascript; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(fs.readFileSync(path.join(POSTHOG_DIST, m[1])));
-      return;
-    }
-    res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found');
-  });
-  return new Promise((resolve, reject) => {
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
-  });
-}
 
 async function countTraceEvents(cfg, traceId) {
   const url = `${cfg.apiUrl}/api/projects/@current/events/?trace_id=${traceId}&limit=1000`;
@@ -66,7 +42,7 @@ async function main() {
     throw new Error(`posthog-js bundle not found at ${POSTHOG_DIST}/array.full.js`);
   }
 
-  const pageServer = await startPageServer();
+  const pageServer = await c.startPageServer(PAGE_HTML, POSTHOG_DIST);
   const pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
   let browser;
   try {

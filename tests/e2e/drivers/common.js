@@ -218,6 +218,34 @@ function writeFlagRecord(cfg, record) {
   console.log(`[${record.sdk}] recorded ${record.results.length} flag evaluations -> ${file}`);
 }
 
+// A loopback HTTP server for a test page and posthog-js's bundled files (`/posthog-js/<file>.js`),
+// on its own port so capture from the page is cross-origin, as on a real site.
+function startPageServer(pageHtml, posthogDist) {
+  const http = require('http');
+  const fs = require('fs');
+  const path = require('path');
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    if (url.pathname === '/' || url.pathname === '/index.html') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(fs.readFileSync(pageHtml));
+      return;
+    }
+    const m = url.pathname.match(/^\/posthog-js\/([A-Za-z0-9._-]+\.js)$/);
+    if (m && fs.existsSync(path.join(posthogDist, m[1]))) {
+      res.writeHead(200, { 'content-type': 'application/javascript; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(fs.readFileSync(path.join(posthogDist, m[1])));
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found');
+  });
+  return new Promise((resolve, reject) => {
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server));
+  });
+}
+
 // Headless Chromium with the flags this machine needs, one page that records console errors,
 // page errors and every request to the capture origin into `record`.
 async function launchPage(chromium, executablePath, record, captureUrl) {
@@ -254,5 +282,5 @@ async function launchPage(chromium, executablePath, record, captureUrl) {
 
 module.exports = {
   hex, config, newRun, newSpanId, traceContext, baseProps, catalogProps, jsonCopy, nowIso, writeRecord, withTimeout, sleep, uuid, fmtErr,
-  flagRunTag, flagCases, flagEntry, writeFlagRecord, launchPage,
+  flagRunTag, flagCases, flagEntry, writeFlagRecord, launchPage, startPageServer,
 };

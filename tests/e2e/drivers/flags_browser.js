@@ -9,7 +9,6 @@
 // expected values from examples/platform-flags.json.
 
 const fs = require('fs');
-const http = require('http');
 const path = require('path');
 const { chromium } = require('playwright-core');
 const c = require('./common');
@@ -19,29 +18,6 @@ const CASE_ID = 'user_42_acme_ws1';
 const CHROMIUM = process.env.E2E_CHROMIUM || '/usr/bin/chromium';
 const PAGE_HTML = path.join(__dirname, 'flags_page.html');
 const POSTHOG_DIST = path.join(path.dirname(require.resolve('posthog-js/package.json')), 'dist');
-
-function startPageServer() {
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://localhost');
-    if (url.pathname === '/' || url.pathname === '/index.html') {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(fs.readFileSync(PAGE_HTML));
-      return;
-    }
-    const m = url.pathname.match(/^\/posthog-js\/([A-Za-z0-9._-]+\.js)$/);
-    if (m && fs.existsSync(path.join(POSTHOG_DIST, m[1]))) {
-      res.writeHead(200, { 'content-type': 'application/javascript; charset=utf-8', 'cache-control': 'no-store' });
-      res.end(fs.readFileSync(path.join(POSTHOG_DIST, m[1])));
-      return;
-    }
-    res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found');
-  });
-  return new Promise((resolve, reject) => {
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
-  });
-}
 
 /** One recorded result per SDK read, in the schema the posthog-python/-node flag drivers use. */
 function toResults(caseId, values, variants) {
@@ -72,7 +48,7 @@ async function main() {
     throw new Error(`posthog-js bundle not found at ${POSTHOG_DIST}/array.full.js`);
   }
 
-  const pageServer = await startPageServer();
+  const pageServer = await c.startPageServer(PAGE_HTML, POSTHOG_DIST);
   const pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
   let browser;
   try {
