@@ -58,7 +58,10 @@ pub struct LogRecord {
 
 impl LogRecord {
     pub fn from_event(event: Event, person_update: bool) -> Self {
-        let body = serde_json::to_string(&event).expect("events serialize");
+        // Sized for a typical event, so serializing rarely reallocates.
+        let mut body = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut body, &event).expect("events serialize");
+        let body = String::from_utf8(body).expect("serde_json writes UTF-8");
         LogRecord {
             id: event.id,
             project_id: event.project_id,
