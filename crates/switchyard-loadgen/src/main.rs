@@ -36,6 +36,10 @@ enum Cmd {
         /// Seconds per scenario.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Rounds per scenario, each driving switchyard then the null endpoint; the median
+        /// ratio is reported (this machine is shared and noisy).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Concurrent connections.
         #[arg(long, default_value_t = 32)]
         connections: usize,
@@ -78,8 +82,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
         }
-        Cmd::Bench { server_bin, seconds, connections, batch, only } => {
-            bench(&server_bin, seconds, connections, batch, only.as_deref())
+        Cmd::Bench { server_bin, seconds, rounds, connections, batch, only } => {
+            bench(&server_bin, seconds, rounds.max(1), connections, batch, only.as_deref())
         }
     }
 }
@@ -252,7 +256,7 @@ impl Drop for Process {
     }
 }
 
-fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize, only: Option<&str>) -> anyhow::Result<()> {
+fn bench(server_bin: &str, seconds: u64, rounds: usize, connections: usize, batch: usize, only: Option<&str>) -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("switchyard-loadgen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let server_port = free_port()?;
@@ -288,33 +292,45 @@ fn bench(server_bin: &str, seconds: u64, connections: usize, batch: usize, only:
         Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single.to_string()), events_per_request: 1, headers: vec![] },
     ];
 
-    println!("switchyard-loadgen: {connections} connections, {seconds} s per run, one generator thread");
+    println!("switchyard-loadgen: {connections} connections, {seconds} s per run, {rounds} rounds, one generator thread");
     println!(
-        "{:<8} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12}",
-        "scenario", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", "CPU µs/req"
+        "{:<8} {:>5} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12}",
+        "scenario", "round", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", "CPU µs/req"
     );
     for scenario in scenarios.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
-        let mut rates = Vec::new();
-        for (target, addr, pid) in [("switchyard", server_addr, server.0.id()), ("null", null_addr, null.0.id())] {
-            let cpu_before = cpu_seconds(pid);
-            let f = drive(addr, scenario, connections, seconds)?;
-            let cpu = cpu_seconds(pid).zip(cpu_before).map(|(after, before)| after - before);
-            let rps = f.requests as f64 / f.elapsed.as_secs_f64();
-            rates.push(rps);
-            let cpu_per_request = cpu.map(|c| c * 1e6 / f.requests.max(1) as f64).unwrap_or(f64::NAN);
-            println!(
-                "{:<8} {:<11} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>12.1}",
-                scenario.name,
-                target,
-                rps,
-                rps * scenario.events_per_request as f64,
-                f.p50.as_secs_f64() * 1000.0,
-                f.p99.as_secs_f64() * 1000.0,
-                f.errors,
-                cpu_per_request
-            );
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let mut rates = Vec::new();
+            for (target, addr, pid) in [("switchyard", server_addr, server.0.id()), ("null", null_addr, null.0.id())] {
+                let cpu_before = cpu_seconds(pid);
+                let f = drive(addr, scenario, connections, seconds)?;
+                let cpu = cpu_seconds(pid).zip(cpu_before).map(|(after, before)| after - before);
+                let rps = f.requests as f64 / f.elapsed.as_secs_f64();
+                rates.push(rps);
+                let cpu_per_request = cpu.map(|c| c * 1e6 / f.requests.max(1) as f64).unwrap_or(f64::NAN);
+                println!(
+                    "{:<8} {:>5} {:<11} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>12.1}",
+                    scenario.name,
+                    round,
+                    target,
+                    rps,
+                    rps * scenario.events_per_request as f64,
+                    f.p50.as_secs_f64() * 1000.0,
+                    f.p99.as_secs_f64() * 1000.0,
+                    f.errors,
+                    cpu_per_request
+                );
+            }
+            ratios.push(rates[0] / rates[1]);
         }
-        println!("{:<8} switchyard/null request-rate ratio: {:.2}", scenario.name, rates[0] / rates[1]);
+        ratios.sort_by(f64::total_cmp);
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{:<8} switchyard/null request-rate ratio: median {:.2} (rounds: {})",
+            scenario.name,
+            ratios[ratios.len() / 2],
+            shown.join(", ")
+        );
     }
     match peak_rss_mb(server.0.id()) {
         Some(mb) => println!("switchyard peak RSS: {mb:.1} MB"),

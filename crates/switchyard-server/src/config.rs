@@ -22,6 +22,9 @@ pub struct Config {
     pub secret_key: Option<String>,
     /// Longest time in-flight requests get to finish after SIGTERM/SIGINT, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// Threads serving HTTP. Unset: one less than the CPUs, at least one; the event log's
+    /// writer thread, which commits and fsyncs, keeps the last CPU busy under load.
+    pub workers: Option<usize>,
     pub limits: Limits,
     pub log: LogSettings,
     pub upstream: UpstreamSettings,
@@ -60,6 +63,7 @@ impl Default for Config {
             write_key: None,
             secret_key: None,
             shutdown_timeout_secs: 10,
+            workers: None,
             limits: Limits::default(),
             log: LogSettings::default(),
             upstream: UpstreamSettings::default(),
@@ -201,6 +205,9 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
             }
         }
+        if self.workers == Some(0) {
+            return Err(ConfigError::Invalid("workers must be greater than 0".into()));
+        }
         if self.upstream.url.is_some() && self.upstream.personal_api_key.is_none() {
             return Err(ConfigError::Invalid("upstream.personal_api_key is required when upstream.url is set".into()));
         }
@@ -208,6 +215,13 @@ impl Config {
             return Err(ConfigError::Invalid("upstream.poll_interval_secs must be greater than 0".into()));
         }
         Ok(())
+    }
+
+    /// The HTTP worker threads to start (see [`Config::workers`]).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
+        })
     }
 }
 
@@ -257,5 +271,15 @@ mod tests {
         assert!(err.to_string().contains("max_events"), "{err}");
         let err = Config::load(None, env(&[("SWITCHYARD_LIMITS_MAX_DEPTH", "deep")])).unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
+        let err = Config::load(None, env(&[("SWITCHYARD_WORKERS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("workers must be greater than 0"), "{err}");
+    }
+
+    #[test]
+    fn workers_leave_a_cpu_to_the_log_writer_unless_set() {
+        let c = Config::load(None, env(&[("SWITCHYARD_WORKERS", "3")])).unwrap();
+        assert_eq!(c.worker_threads(), 3);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::default().worker_threads(), (cpus - 1).max(1));
     }
 }

@@ -186,7 +186,8 @@ fn run_server(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         )
         .init();
     let config = Config::load(config_path.as_deref(), std::env::vars())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(config.worker_threads()).enable_all().build()?;
     runtime.block_on(async move {
         let listen = config.listen;
         let (state, new_keys) = AppState::open(config)?;
