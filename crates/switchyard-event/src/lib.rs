@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod json;
 pub mod model;
 pub mod posthog;
 pub mod segment;

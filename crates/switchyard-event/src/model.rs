@@ -116,7 +116,33 @@ pub struct Event {
 /// Formats a time the way every stored timestamp is written: RFC 3339, UTC, microseconds.
 /// Fixed width, so stored timestamps compare correctly as strings.
 pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    }
+    // `YYYY-MM-DDTHH:MM:SS.ffffffZ`, digit by digit: chrono's formatter goes through
+    // `fmt` machinery and costs several times more, and this runs for every stored event.
+    let mut out = [0u8; 27];
+    let mut put = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    // A leap second shows as :60, as chrono writes it.
+    let nanos = t.nanosecond();
+    put(17, 2, t.second() + nanos / 1_000_000_000);
+    put(20, 6, (nanos % 1_000_000_000) / 1_000);
+    for (at, separator) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (26, b'Z')] {
+        out[at] = separator;
+    }
+    std::str::from_utf8(&out).expect("ASCII digits and separators").to_owned()
 }
 
 /// Whether a computed time can be stored: years 1 to 9999 (fixed-width RFC 3339).
@@ -193,11 +219,19 @@ pub fn extract_trace(
 pub fn id_string(value: Option<&Value>) -> Option<String> {
     let s = match value? {
         Value::Null => return None,
-        Value::String(s) => s.trim().to_owned(),
-        other => other.to_string(),
+        Value::String(s) => s.trim(),
+        other => return clean_id(&other.to_string()),
     };
+    clean_id(s)
+}
+
+fn clean_id(s: &str) -> Option<String> {
     if s.is_empty() {
         return None;
+    }
+    // The common case (no NUL, at most 200 bytes, so at most 200 characters): one copy.
+    if s.len() <= 200 && !s.contains('\0') {
+        return Some(s.to_owned());
     }
     let s = s.replace('\0', "\u{FFFD}");
     Some(s.chars().take(200).collect())
@@ -217,6 +251,48 @@ pub fn new_event_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_stringified_as_posthog_does() {
+        use serde_json::json;
+        assert_eq!(id_string(Some(&json!("  user_1 "))).as_deref(), Some("user_1"));
+        assert_eq!(id_string(Some(&json!(42))).as_deref(), Some("42"));
+        assert_eq!(id_string(Some(&json!("a\u{0}b"))).as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(id_string(Some(&json!("é".repeat(300)))), Some("é".repeat(200)));
+        assert_eq!(id_string(Some(&json!("x".repeat(200)))), Some("x".repeat(200)));
+        assert_eq!(id_string(Some(&json!("   "))), None);
+        assert_eq!(id_string(Some(&json!(null))), None);
+        assert_eq!(id_string(None), None);
+    }
+
+    #[test]
+    fn format_time_writes_what_chrono_writes() {
+        let chrono_form = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut times: Vec<DateTime<Utc>> = [
+            "2026-11-25T12:08:21.824965Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2024-02-29T23:59:59.000001Z",
+            "1970-01-01T00:00:00.0000009Z",
+        ]
+        .iter()
+        .map(|s| parse_time(s).unwrap())
+        .collect();
+        times.push(DateTime::from_timestamp(0, 0).unwrap());
+        times.push(Utc::now());
+        // A leap second (nanoseconds past 1e9).
+        times.push(chrono::NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_micro_opt(23, 59, 59, 1_500_000).unwrap().and_utc());
+        let mut seconds = 1_000_000_000_i64;
+        for _ in 0..2000 {
+            seconds = seconds.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407).rem_euclid(253_402_300_799);
+            times.push(DateTime::from_timestamp(seconds, (seconds % 1_000_000_000) as u32).unwrap());
+        }
+        for t in times {
+            assert_eq!(format_time(t), chrono_form(t), "{t:?}");
+        }
+        let far = DateTime::from_timestamp(253_402_300_800 + 86_400, 0).unwrap();
+        assert_eq!(format_time(far), chrono_form(far), "years past 9999 fall back to chrono");
+    }
 
     #[test]
     fn generated_ids_are_distinct_uuid_v7_carrying_the_current_time() {

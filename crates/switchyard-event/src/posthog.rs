@@ -40,7 +40,7 @@ pub fn parse_capture_request(
     query_sent_at_ms: Option<i64>,
 ) -> Result<CaptureRequest, Rejection> {
     let value: Value =
-        serde_json::from_slice(json).map_err(|e| Rejection::parsing(format!("invalid JSON: {e}")))?;
+        crate::json::parse(json).map_err(|e| Rejection::parsing(format!("invalid JSON: {e}")))?;
     let (events, batch_token, sent_at, historical, single) = match value {
         Value::Array(events) => (events, None, None, false, false),
         Value::Object(mut map) if map.contains_key("batch") => {

@@ -29,7 +29,7 @@ pub fn parse_segment_request(
     json: &[u8],
     route_type: Option<EventType>,
 ) -> Result<SegmentRequest, Rejection> {
-    let value: Value = serde_json::from_slice(json)
+    let value: Value = crate::json::parse(json)
         .map_err(|e| Rejection::new(400, "invalid_json", format!("invalid json: {e}")))?;
     let Value::Object(mut map) = value else {
         return Err(Rejection::new(400, "invalid_json", "invalid json: expected a JSON object"));

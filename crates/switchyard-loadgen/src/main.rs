@@ -18,6 +18,7 @@ use hyper::body::Bytes;
 use serde_json::json;
 
 mod flags;
+mod intake;
 
 #[derive(Parser)]
 #[command(about = "Drive Switchyard's intake and a null endpoint; print throughput and latency")]
@@ -55,6 +56,12 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// In-process intake work on one core: ns per event to parse, normalize and serialize
+    /// PostHog capture bodies (a single event, a batch of 50).
+    IntakeEval {
+        #[arg(long, default_value_t = 200_000)]
+        iterations: usize,
+    },
     /// In-process flag evaluation on one core: ns per flag for 50 realistic flags and for a
     /// plain rollout flag.
     FlagsEval {
@@ -79,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::NullServer { port } => null_server(port),
         Cmd::FlagsEval { iterations } => flags::eval_bench(iterations),
+        Cmd::IntakeEval { iterations } => intake::eval_bench(iterations),
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
         }
@@ -101,9 +109,9 @@ fn null_server(port: u16) -> anyhow::Result<()> {
     })
 }
 
-const TOKEN: &str = "phc_loadgen";
+pub(crate) const TOKEN: &str = "phc_loadgen";
 
-fn catalog_event(i: usize) -> serde_json::Value {
+pub(crate) fn catalog_event(i: usize) -> serde_json::Value {
     json!({
         "event": "agent_execution",
         "distinct_id": format!("user_{}", i % 100),

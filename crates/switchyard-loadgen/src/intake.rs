@@ -1,0 +1,71 @@
+//! In-process intake work per event, one thread: parsing a PostHog capture body, normalizing
+//! its events and serializing them as they are stored. No HTTP, no log: the handler's own CPU
+//! cost, for comparing changes to it (system allocator; the server uses mimalloc).
+
+use std::time::{Duration, Instant};
+
+use switchyard_event::{posthog, EventLimits, RequestMeta};
+
+use crate::{catalog_event, TOKEN};
+
+struct Phases {
+    parse: Duration,
+    normalize: Duration,
+    serialize: Duration,
+    events: usize,
+}
+
+fn run(body: &[u8], iterations: usize) -> Phases {
+    let limits = EventLimits::default();
+    let mut phases = Phases { parse: Duration::ZERO, normalize: Duration::ZERO, serialize: Duration::ZERO, events: 0 };
+    let mut stored_bytes = 0;
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let request = posthog::parse_capture_request(body, None).expect("the benchmark body parses");
+        let parsed = Instant::now();
+        let meta = RequestMeta { project_id: 1, received_at: chrono::Utc::now(), traceparent: None };
+        let ctx = posthog::PosthogContext {
+            meta: &meta,
+            sent_at: request.sent_at,
+            historical_migration: request.historical_migration,
+            engage: false,
+            limits: &limits,
+        };
+        let normalized = posthog::normalize(request.events, &ctx);
+        let normalized_at = Instant::now();
+        phases.events += normalized.accepted.len();
+        for event in &normalized.accepted {
+            let mut stored = Vec::with_capacity(1024);
+            serde_json::to_writer(&mut stored, event).expect("events serialize");
+            stored_bytes += stored.len();
+        }
+        let serialized = Instant::now();
+        phases.parse += parsed - started;
+        phases.normalize += normalized_at - parsed;
+        phases.serialize += serialized - normalized_at;
+    }
+    assert!(stored_bytes > 0);
+    phases
+}
+
+fn report(name: &str, body: &[u8], iterations: usize) {
+    run(body, iterations / 10 + 1);
+    let p = run(body, iterations);
+    let per_event = |d: Duration| d.as_nanos() as f64 / p.events as f64;
+    let (parse, normalize, serialize) = (per_event(p.parse), per_event(p.normalize), per_event(p.serialize));
+    println!(
+        "  {name:<13} parse {parse:>6.0}  normalize {normalize:>6.0}  serialize {serialize:>6.0}  total {:>6.0} ns per event",
+        parse + normalize + serialize
+    );
+}
+
+pub fn eval_bench(iterations: usize) -> anyhow::Result<()> {
+    let mut single = catalog_event(0);
+    single["api_key"] = serde_json::json!(TOKEN);
+    let batch = serde_json::json!({"api_key": TOKEN, "batch": (0..50).map(catalog_event).collect::<Vec<_>>(),
+                                   "sent_at": "2026-11-25T12:08:21.829969+00:00"});
+    println!("in-process intake work, one thread (catalog `agent_execution` events, 15 properties):");
+    report("single event", single.to_string().as_bytes(), iterations);
+    report("batch of 50", batch.to_string().as_bytes(), iterations / 50 + 1);
+    Ok(())
+}
