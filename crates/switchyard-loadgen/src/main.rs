@@ -47,6 +47,11 @@ enum Cmd {
         /// Events per batch in the batch scenario.
         #[arg(long, default_value_t = 50)]
         batch: usize,
+        /// Concurrent agent runs (distinct trace ids) the events of a batch belong to. Each
+        /// distinct trace id is a separate place in the trace index, so more traces per
+        /// batch mean more index pages written per commit.
+        #[arg(long, default_value_t = 1)]
+        traces: usize,
         /// Run only this scenario (`batch` or `single`).
         #[arg(long)]
         only: Option<String>,
@@ -90,8 +95,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
         }
-        Cmd::Bench { server_bin, seconds, rounds, connections, batch, only } => {
-            bench(&server_bin, seconds, rounds.max(1), connections, batch, only.as_deref())
+        Cmd::Bench { server_bin, seconds, rounds, connections, batch, traces, only } => {
+            bench(&server_bin, seconds, rounds.max(1), connections, batch, traces, only.as_deref())
         }
     }
 }
@@ -111,12 +116,19 @@ fn null_server(port: u16) -> anyhow::Result<()> {
 
 pub(crate) const TOKEN: &str = "phc_loadgen";
 
-pub(crate) fn catalog_event(i: usize) -> serde_json::Value {
+/// The trace id of the `trace`-th concurrent agent run: 32 hex digits, spread over the key space
+/// as real trace ids are.
+fn trace_id(trace: usize) -> String {
+    format!("{:032x}", (trace as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+}
+
+/// The `i`-th event of a request whose events belong to `traces` concurrent agent runs.
+pub(crate) fn catalog_event(i: usize, traces: usize) -> serde_json::Value {
     json!({
         "event": "agent_execution",
         "distinct_id": format!("user_{}", i % 100),
         "properties": {
-            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "trace_id": trace_id(i % traces.max(1)),
             "workspace_id": "ws_1",
             "organization_id": "org_1",
             "agent_id": "ag_1",
@@ -264,7 +276,15 @@ impl Drop for Process {
     }
 }
 
-fn bench(server_bin: &str, seconds: u64, rounds: usize, connections: usize, batch: usize, only: Option<&str>) -> anyhow::Result<()> {
+fn bench(
+    server_bin: &str,
+    seconds: u64,
+    rounds: usize,
+    connections: usize,
+    batch: usize,
+    traces: usize,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("switchyard-loadgen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let server_port = free_port()?;
@@ -291,16 +311,19 @@ fn bench(server_bin: &str, seconds: u64, rounds: usize, connections: usize, batc
     wait_ready(server_addr, "/_readiness")?;
     wait_ready(null_addr, "/")?;
 
-    let batch_body = json!({"api_key": TOKEN, "batch": (0..batch).map(catalog_event).collect::<Vec<_>>(),
+    let batch_body = json!({"api_key": TOKEN, "batch": (0..batch).map(|i| catalog_event(i, traces)).collect::<Vec<_>>(),
                             "sent_at": "2026-11-25T12:08:21.829969+00:00"});
-    let mut single = catalog_event(0);
+    let mut single = catalog_event(0, traces);
     single["api_key"] = json!(TOKEN);
     let scenarios = [
         Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body.to_string()), events_per_request: batch, headers: vec![] },
         Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single.to_string()), events_per_request: 1, headers: vec![] },
     ];
 
-    println!("switchyard-loadgen: {connections} connections, {seconds} s per run, {rounds} rounds, one generator thread");
+    println!(
+        "switchyard-loadgen: {connections} connections, {seconds} s per run, {rounds} rounds, \
+         {traces} trace id(s) per batch, one generator thread"
+    );
     println!(
         "{:<8} {:>5} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12}",
         "scenario", "round", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", "CPU µs/req"
