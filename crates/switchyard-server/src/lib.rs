@@ -73,6 +73,7 @@ impl AppState {
                 queue_capacity: config.log.queue_capacity,
                 max_txn_events: config.log.max_txn_events,
                 max_size_bytes: config.log.max_size_bytes,
+                ..SqliteLogConfig::default()
             },
         )?;
         let state = AppState(Arc::new(Shared {

@@ -224,18 +224,27 @@ pub struct SqliteLogConfig {
     pub max_txn_events: usize,
     /// Largest size of the log file; appends beyond it fail with `Full`.
     pub max_size_bytes: Option<u64>,
+    /// WAL length in frames (pages) at which the WAL is started over (see `checkpoint_loop`).
+    pub restart_wal_frames: i64,
 }
 
 impl Default for SqliteLogConfig {
     fn default() -> Self {
-        SqliteLogConfig { queue_capacity: 4096, max_txn_events: 20_000, max_size_bytes: None }
+        SqliteLogConfig { queue_capacity: 4096, max_txn_events: 20_000, max_size_bytes: None, restart_wal_frames: RESTART_WAL_FRAMES }
     }
 }
 
 enum WriteOp {
     Append(AppendBatch, oneshot::Sender<Result<AppendReceipt, LogError>>),
     Commit(String, i64, oneshot::Sender<Result<(), LogError>>),
+    /// From the checkpoint thread: the WAL is long and mostly copied back; checkpoint the
+    /// rest between two groups, so the next transaction starts the WAL over.
+    RestartWal,
 }
+
+/// Default WAL length (in frames, i.e. pages) at which the writer is asked to restart the WAL:
+/// 256 MiB with 16 KiB pages.
+const RESTART_WAL_FRAMES: i64 = 16_384;
 
 /// The embedded event log: one SQLite database in WAL mode with group commit.
 pub struct SqliteLog {
@@ -304,16 +313,21 @@ impl SqliteLog {
             readers.push(open_connection(path)?);
         }
         // Checkpoints (copying the WAL back into the database) run on their own thread and
-        // connection, PASSIVE, so group commits never wait for them. The writer checkpoints
-        // itself only if the WAL grows past this many pages (the background one fell behind).
-        conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+        // connection, PASSIVE, so group commits do not wait for them (see `checkpoint_loop`).
+        // SQLite's own checkpoint after a commit is only a backstop, far past the point where
+        // the background thread asks the writer to restart the WAL.
+        let restart_wal_frames = config.restart_wal_frames.max(1);
+        conn.pragma_update(None, "wal_autocheckpoint", 4 * restart_wal_frames)?;
+        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let checkpoint_conn = open_connection(path)?;
         let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel::<()>();
-        let checkpointer = std::thread::Builder::new()
-            .name("event-log-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, checkpoint_stop))
-            .map_err(|e| LogError::Storage(e.to_string()))?;
-        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let checkpointer = {
+            let writer = sender.clone();
+            std::thread::Builder::new()
+                .name("event-log-checkpoint".into())
+                .spawn(move || checkpoint_loop(checkpoint_conn, checkpoint_stop, writer, restart_wal_frames))
+                .map_err(|e| LogError::Storage(e.to_string()))?
+        };
         let max_txn_events = config.max_txn_events.max(1);
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
@@ -500,6 +514,7 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
                 Err(_) => break,
             }
         }
+        let restart_wal = ops.iter().any(|op| matches!(op, WriteOp::RestartWal));
         let result = write_group(&mut conn, &ops);
         match result {
             Ok(last_seqs) => {
@@ -511,6 +526,7 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
                         WriteOp::Commit(_, _, reply) => {
                             let _ = reply.send(Ok(()));
                         }
+                        WriteOp::RestartWal => {}
                     }
                 }
             }
@@ -524,8 +540,16 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
                         WriteOp::Commit(_, _, reply) => {
                             let _ = reply.send(Err(error.clone()));
                         }
+                        WriteOp::RestartWal => {}
                     }
                 }
+            }
+        }
+        if restart_wal {
+            // Only the frames written since the checkpoint thread's last pass are left to copy;
+            // RESTART waits for readers of older snapshots, so the next write starts the WAL over.
+            if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(%error, "WAL restart checkpoint failed");
             }
         }
     }
@@ -535,10 +559,26 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
     }
 }
 
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(200)) {
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "background WAL checkpoint failed");
+/// Copies the WAL back into the database every 100 ms, PASSIVE: it never blocks the writer.
+/// Under steady writes a PASSIVE pass can never finish the WAL (new frames keep coming), and
+/// SQLite only starts the WAL over once it is wholly copied; so when the WAL has grown past
+/// `restart_wal_frames`, the writer is asked to copy the little that is left between two
+/// groups (a short pause, instead of SQLite's own checkpoint after a commit copying everything
+/// since the last pass).
+fn checkpoint_loop(
+    conn: Connection,
+    stop: std::sync::mpsc::Receiver<()>,
+    writer: mpsc::Sender<WriteOp>,
+    restart_wal_frames: i64,
+) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(100)) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) if frames >= restart_wal_frames => {
+                // A full queue means the writer is busy anyway; the next pass asks again.
+                let _ = writer.try_send(WriteOp::RestartWal);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
         }
     }
 }
@@ -547,6 +587,7 @@ fn op_len(op: &WriteOp) -> usize {
     match op {
         WriteOp::Append(batch, _) => batch.len(),
         WriteOp::Commit(..) => 1,
+        WriteOp::RestartWal => 0,
     }
 }
 
@@ -602,6 +643,7 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                     upsert_cursor.execute(params![consumer, position])?;
                     last_seqs.push(None);
                 }
+                WriteOp::RestartWal => last_seqs.push(None),
             }
         }
     }

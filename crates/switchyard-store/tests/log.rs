@@ -138,3 +138,47 @@ async fn over_capacity_appends_fail_fast_and_the_rest_are_kept() {
     ok.sort();
     assert_eq!(stored, ok, "exactly the acknowledged appends are stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_under_steady_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    // 1,024 frames of 16 KiB: the WAL is asked to start over past 16 MiB; SQLite's own
+    // checkpoint after a commit (the backstop) would wait for 64 MiB.
+    let config = SqliteLogConfig { restart_wal_frames: 1024, ..Default::default() };
+    let log = Arc::new(SqliteLog::open(&path, config).unwrap());
+    let body = "x".repeat(2000);
+    let target_bytes = 200usize << 20;
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (log, body, written) = (log.clone(), body.clone(), written.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let mut i = 0;
+                // Steady writes, never a pause in which a PASSIVE checkpoint could finish the WAL.
+                while written.load(std::sync::atomic::Ordering::Relaxed) * body.len() < target_bytes
+                    && started.elapsed() < std::time::Duration::from_secs(60)
+                {
+                    let events = (0..20)
+                        .map(|k| LogRecord { body: body.clone(), ..record(w * 10_000_000 + i * 20 + k) })
+                        .collect();
+                    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+                    written.fetch_add(20, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let written = written.load(std::sync::atomic::Ordering::Relaxed);
+    let wal = std::fs::metadata(dir.path().join("log.db-wal")).unwrap().len();
+    let data = (written * body.len()) as u64;
+    assert!(data > 128 << 20, "too little written to tell: {data} bytes");
+    assert!(wal < 48 << 20, "the WAL grew to {wal} bytes while {data} bytes were written");
+    let stored = log.query_events(EventQuery { project_id: 1, limit: 10_000_000, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.len(), written, "every acknowledged event is stored");
+    log.close().await;
+}
