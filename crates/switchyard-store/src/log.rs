@@ -238,9 +238,18 @@ enum WriteOp {
     Append(AppendBatch, oneshot::Sender<Result<AppendReceipt, LogError>>),
     Commit(String, i64, oneshot::Sender<Result<(), LogError>>),
     /// From the checkpoint thread: the WAL is long and mostly copied back; checkpoint the
-    /// rest between two groups, so the next transaction starts the WAL over.
-    RestartWal,
+    /// rest between two groups, so the next transaction starts the WAL over. The checkpoint
+    /// thread waits for the answer, so the two checkpoints never collide.
+    RestartWal(std::sync::mpsc::Sender<()>),
+    /// From the checkpoint thread: add the events logged since the last time to the trace index.
+    IndexTraces,
 }
+
+/// The trace index's position in the log, kept among the consumer cursors.
+const TRACE_INDEX_CURSOR: &str = "$trace_index";
+/// Most events one trace-index pass takes: a pause of a few milliseconds between two groups.
+/// A writer that is behind runs another pass after each group until it has caught up.
+const TRACE_INDEX_BATCH: i64 = 5_000;
 
 /// Default WAL length (in frames, i.e. pages) at which the writer is asked to restart the WAL:
 /// 256 MiB with 16 KiB pages.
@@ -270,7 +279,14 @@ CREATE TABLE IF NOT EXISTS events (
     person_update INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_person_updates ON events (seq) WHERE person_update = 1;
-CREATE INDEX IF NOT EXISTS events_trace ON events (project_id, trace_id) WHERE trace_id IS NOT NULL;
+-- Trace lookups: filled behind the log by the writer (see `index_traces`), not per commit.
+DROP INDEX IF EXISTS events_trace;
+CREATE TABLE IF NOT EXISTS trace_index (
+    project_id INTEGER NOT NULL,
+    trace_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (project_id, trace_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL,
@@ -385,6 +401,15 @@ impl SqliteLog {
         self.with_reader(move |conn| {
             let mut sql = String::from("SELECT seq, body FROM events WHERE project_id = ?1");
             let mut args: Vec<rusqlite::types::Value> = vec![q.project_id.into()];
+            if let Some(trace_id) = q.trace_id {
+                // The trace index up to its position, and the events logged after it.
+                args.push(trace_id.into());
+                sql.push_str(&format!(
+                    " AND trace_id = ?2 AND seq IN (SELECT seq FROM trace_index WHERE project_id = ?1 AND trace_id = ?2
+                       UNION ALL SELECT seq FROM events WHERE trace_id = ?2 AND seq >
+                         coalesce((SELECT position FROM cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0))"
+                ));
+            }
             let mut push = |clause: &str, value: rusqlite::types::Value| {
                 args.push(value);
                 sql.push_str(&format!(" AND {clause} ?{}", args.len()));
@@ -394,9 +419,6 @@ impl SqliteLog {
             }
             if let Some(v) = q.distinct_id {
                 push("distinct_id =", v.into());
-            }
-            if let Some(v) = q.trace_id {
-                push("trace_id =", v.into());
             }
             if let Some(v) = q.after {
                 push("timestamp >", v.into());
@@ -502,6 +524,7 @@ impl EventLog for SqliteLog {
 }
 
 fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_txn_events: usize) {
+    let mut index_behind = false;
     while let Some(first) = receiver.blocking_recv() {
         let mut ops = vec![first];
         let mut events = op_len(&ops[0]);
@@ -514,7 +537,14 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
                 Err(_) => break,
             }
         }
-        let restart_wal = ops.iter().any(|op| matches!(op, WriteOp::RestartWal));
+        let restart_wal: Vec<std::sync::mpsc::Sender<()>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::RestartWal(done) => Some(done.clone()),
+                _ => None,
+            })
+            .collect();
+        let index = ops.iter().any(|op| matches!(op, WriteOp::IndexTraces));
         let result = write_group(&mut conn, &ops);
         match result {
             Ok(last_seqs) => {
@@ -526,7 +556,7 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
                         WriteOp::Commit(_, _, reply) => {
                             let _ = reply.send(Ok(()));
                         }
-                        WriteOp::RestartWal => {}
+                        WriteOp::RestartWal(_) | WriteOp::IndexTraces => {}
                     }
                 }
             }
@@ -540,16 +570,28 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
                         WriteOp::Commit(_, _, reply) => {
                             let _ = reply.send(Err(error.clone()));
                         }
-                        WriteOp::RestartWal => {}
+                        WriteOp::RestartWal(_) | WriteOp::IndexTraces => {}
                     }
                 }
             }
         }
-        if restart_wal {
+        if index || index_behind {
+            index_behind = match index_traces(&mut conn) {
+                Ok(behind) => behind,
+                Err(error) => {
+                    tracing::warn!(%error, "trace index pass failed; the next one retries");
+                    false
+                }
+            };
+        }
+        if !restart_wal.is_empty() {
             // Only the frames written since the checkpoint thread's last pass are left to copy;
             // RESTART waits for readers of older snapshots, so the next write starts the WAL over.
             if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
                 tracing::warn!(%error, "WAL restart checkpoint failed");
+            }
+            for done in restart_wal {
+                let _ = done.send(());
             }
         }
     }
@@ -575,19 +617,54 @@ fn checkpoint_loop(
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
             Ok(frames) if frames >= restart_wal_frames => {
                 // A full queue means the writer is busy anyway; the next pass asks again.
-                let _ = writer.try_send(WriteOp::RestartWal);
+                let (done, restarted) = std::sync::mpsc::channel();
+                if writer.try_send(WriteOp::RestartWal(done)).is_ok() {
+                    let _ = restarted.recv_timeout(Duration::from_secs(10));
+                }
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
         }
+        let _ = writer.try_send(WriteOp::IndexTraces);
     }
+}
+
+/// Adds the trace ids of events logged since the last pass to `trace_index`, sorted, in one
+/// transaction with the index's new position. A B-tree index on `trace_id` updated in every
+/// group commit would write one page per distinct trace per commit (trace ids are random);
+/// a pass every 100 ms writes each touched page once. Queries read the index up to its position
+/// and scan the few events after it (`query_events`).
+/// Returns whether more events are waiting to be indexed.
+fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
+    let from: i64 = conn
+        .query_row("SELECT position FROM cursors WHERE consumer = ?1", [TRACE_INDEX_CURSOR], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let end: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+    let Some(end) = end.filter(|end| *end > from) else { return Ok(false) };
+    let upto = end.min(from + TRACE_INDEX_BATCH);
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR IGNORE INTO trace_index (project_id, trace_id, seq)
+         SELECT project_id, trace_id, seq FROM events
+         WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
+         ORDER BY project_id, trace_id, seq",
+        params![from, upto],
+    )?;
+    tx.execute(
+        "INSERT INTO cursors (consumer, position) VALUES (?1, ?2)
+         ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
+        params![TRACE_INDEX_CURSOR, upto],
+    )?;
+    tx.commit()?;
+    Ok(upto < end)
 }
 
 fn op_len(op: &WriteOp) -> usize {
     match op {
         WriteOp::Append(batch, _) => batch.len(),
         WriteOp::Commit(..) => 1,
-        WriteOp::RestartWal => 0,
+        WriteOp::RestartWal(_) | WriteOp::IndexTraces => 0,
     }
 }
 
@@ -643,7 +720,7 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                     upsert_cursor.execute(params![consumer, position])?;
                     last_seqs.push(None);
                 }
-                WriteOp::RestartWal => last_seqs.push(None),
+                WriteOp::RestartWal(_) | WriteOp::IndexTraces => last_seqs.push(None),
             }
         }
     }

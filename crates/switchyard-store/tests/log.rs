@@ -182,3 +182,36 @@ async fn the_wal_starts_over_under_steady_writes() {
     assert_eq!(stored.len(), written, "every acknowledged event is stored");
     log.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_queries_read_the_index_and_the_events_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let traced = |i: usize, trace: u32| LogRecord { trace_id: Some(format!("{trace:032x}")), ..record(i) };
+    log.append(AppendBatch { events: (0..30).map(|i| traced(i, 7 + (i % 2) as u32)).collect(), quarantined: vec![] }).await.unwrap();
+    // The checkpoint thread asks for an index pass every 100 ms.
+    let indexed = |path: &std::path::Path| -> i64 {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row("SELECT count(*) FROM trace_index WHERE trace_id = ?1", [format!("{:032x}", 7)], |r| r.get(0)).unwrap()
+    };
+    let started = std::time::Instant::now();
+    while indexed(&path) < 15 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the trace index never caught up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Logged after the pass: found by the scan past the index's position, until the next pass.
+    log.append(AppendBatch { events: (30..40).map(|i| traced(i, 7)).collect(), quarantined: vec![] }).await.unwrap();
+    let ids = |entries: Vec<switchyard_store::LogEntry>| -> Vec<String> {
+        entries.into_iter().map(|e| serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let query = |trace: u32| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit: 1000, ..Default::default() };
+    let found = ids(log.query_events(query(7)).await.unwrap());
+    let mut want: Vec<String> = (0..30).step_by(2).chain(30..40).map(|i| format!("id-{i}")).collect();
+    want.reverse();
+    assert_eq!(found, want, "newest first, indexed and not yet indexed alike");
+    assert_eq!(ids(log.query_events(query(8)).await.unwrap()).len(), 15);
+    let other_project = EventQuery { project_id: 2, ..query(7) };
+    assert!(log.query_events(other_project).await.unwrap().is_empty(), "another project's trace stays hidden");
+    log.close().await;
+}
