@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_event::{posthog, EventLimits, RequestMeta};
 
-use crate::{catalog_event, TOKEN};
+use crate::{batch_body, single_body};
 
 struct Phases {
     parse: Duration,
@@ -60,12 +60,8 @@ fn report(name: &str, body: &[u8], iterations: usize) {
 }
 
 pub fn eval_bench(iterations: usize) -> anyhow::Result<()> {
-    let mut single = catalog_event(0, 1);
-    single["api_key"] = serde_json::json!(TOKEN);
-    let batch = serde_json::json!({"api_key": TOKEN, "batch": (0..50).map(|i| catalog_event(i, 1)).collect::<Vec<_>>(),
-                                   "sent_at": "2026-11-25T12:08:21.829969+00:00"});
     println!("in-process intake work, one thread (catalog `agent_execution` events, 15 properties):");
-    report("single event", single.to_string().as_bytes(), iterations);
-    report("batch of 50", batch.to_string().as_bytes(), iterations / 50 + 1);
+    report("single event", single_body(1).as_bytes(), iterations);
+    report("batch of 50", batch_body(50, 1).as_bytes(), iterations / 50 + 1);
     Ok(())
 }

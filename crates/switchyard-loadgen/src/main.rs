@@ -114,7 +114,7 @@ fn null_server(port: u16) -> anyhow::Result<()> {
     })
 }
 
-pub(crate) const TOKEN: &str = "phc_loadgen";
+const TOKEN: &str = "phc_loadgen";
 
 /// The trace id of the `trace`-th concurrent agent run: 32 hex digits, spread over the key space
 /// as real trace ids are.
@@ -122,8 +122,22 @@ fn trace_id(trace: usize) -> String {
     format!("{:032x}", (trace as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
 }
 
+/// A PostHog `/batch/` body of `events` catalog events over `traces` agent runs.
+pub(crate) fn batch_body(events: usize, traces: usize) -> String {
+    json!({"api_key": TOKEN, "batch": (0..events).map(|i| catalog_event(i, traces)).collect::<Vec<_>>(),
+           "sent_at": "2026-11-25T12:08:21.829969+00:00"})
+    .to_string()
+}
+
+/// A PostHog single-event body (`/i/v0/e/`) carrying its token.
+pub(crate) fn single_body(traces: usize) -> String {
+    let mut single = catalog_event(0, traces);
+    single["api_key"] = json!(TOKEN);
+    single.to_string()
+}
+
 /// The `i`-th event of a request whose events belong to `traces` concurrent agent runs.
-pub(crate) fn catalog_event(i: usize, traces: usize) -> serde_json::Value {
+fn catalog_event(i: usize, traces: usize) -> serde_json::Value {
     json!({
         "event": "agent_execution",
         "distinct_id": format!("user_{}", i % 100),
@@ -311,13 +325,9 @@ fn bench(
     wait_ready(server_addr, "/_readiness")?;
     wait_ready(null_addr, "/")?;
 
-    let batch_body = json!({"api_key": TOKEN, "batch": (0..batch).map(|i| catalog_event(i, traces)).collect::<Vec<_>>(),
-                            "sent_at": "2026-11-25T12:08:21.829969+00:00"});
-    let mut single = catalog_event(0, traces);
-    single["api_key"] = json!(TOKEN);
     let scenarios = [
-        Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body.to_string()), events_per_request: batch, headers: vec![] },
-        Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single.to_string()), events_per_request: 1, headers: vec![] },
+        Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body(batch, traces)), events_per_request: batch, headers: vec![] },
+        Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single_body(traces)), events_per_request: 1, headers: vec![] },
     ];
 
     println!(

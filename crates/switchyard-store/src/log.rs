@@ -485,10 +485,7 @@ impl EventLog for SqliteLog {
         Box::pin(self.with_reader(move |conn| {
             // One snapshot for both queries, so nothing committed in between is skipped.
             let conn = conn.unchecked_transaction()?;
-            let position: i64 = conn
-                .query_row("SELECT position FROM cursors WHERE consumer = ?1", [&consumer], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
+            let position = cursor_position(&conn, &consumer)?;
             let sql = match selection {
                 Selection::All => "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 Selection::PersonUpdates => "SELECT seq, body FROM events WHERE person_update = 1 AND seq > ?1 ORDER BY seq LIMIT ?2",
@@ -629,6 +626,17 @@ fn checkpoint_loop(
     }
 }
 
+const UPSERT_CURSOR: &str = "INSERT INTO cursors (consumer, position) VALUES (?1, ?2)
+     ON CONFLICT (consumer) DO UPDATE SET position = excluded.position";
+
+/// A consumer's committed position in the log (0 before its first commit).
+fn cursor_position(conn: &Connection, consumer: &str) -> Result<i64, LogError> {
+    Ok(conn
+        .query_row("SELECT position FROM cursors WHERE consumer = ?1", [consumer], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 /// Adds the trace ids of events logged since the last pass to `trace_index`, sorted, in one
 /// transaction with the index's new position. A B-tree index on `trace_id` updated in every
 /// group commit would write one page per distinct trace per commit (trace ids are random);
@@ -636,10 +644,7 @@ fn checkpoint_loop(
 /// and scan the few events after it (`query_events`).
 /// Returns whether more events are waiting to be indexed.
 fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
-    let from: i64 = conn
-        .query_row("SELECT position FROM cursors WHERE consumer = ?1", [TRACE_INDEX_CURSOR], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+    let from = cursor_position(conn, TRACE_INDEX_CURSOR)?;
     let end: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
     let Some(end) = end.filter(|end| *end > from) else { return Ok(false) };
     let upto = end.min(from + TRACE_INDEX_BATCH);
@@ -651,11 +656,7 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
          ORDER BY project_id, trace_id, seq",
         params![from, upto],
     )?;
-    tx.execute(
-        "INSERT INTO cursors (consumer, position) VALUES (?1, ?2)
-         ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-        params![TRACE_INDEX_CURSOR, upto],
-    )?;
+    tx.execute(UPSERT_CURSOR, params![TRACE_INDEX_CURSOR, upto])?;
     tx.commit()?;
     Ok(upto < end)
 }
@@ -681,10 +682,7 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
             "INSERT INTO quarantine (project_id, protocol, received_at, code, reason, raw)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut upsert_cursor = tx.prepare_cached(
-            "INSERT INTO cursors (consumer, position) VALUES (?1, ?2)
-             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position",
-        )?;
+        let mut upsert_cursor = tx.prepare_cached(UPSERT_CURSOR)?;
         for op in ops {
             match op {
                 WriteOp::Append(batch, _) => {
