@@ -205,6 +205,33 @@ pub(crate) fn wait_ready(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     anyhow::bail!("{addr} did not become ready")
 }
 
+/// GET `path` from `addr`; the body when the answer is 200.
+pub(crate) fn fetch(addr: SocketAddr, path: &str) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(conn);
+        let request = hyper::Request::get(path).header("host", "127.0.0.1").body(Full::new(Bytes::new())).ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        String::from_utf8(body.to_vec()).ok()
+    })
+}
+
+/// Switchyard's committed log transactions and the events they held so far (the
+/// `switchyard_log_transaction_events` histogram's count and sum).
+fn log_commits(addr: SocketAddr) -> Option<(f64, f64)> {
+    let metrics = fetch(addr, "/metrics")?;
+    let value = |name: &str| -> Option<f64> {
+        metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+    };
+    Some((value("switchyard_log_transaction_events_count ")?, value("switchyard_log_transaction_events_sum ")?))
+}
+
 /// CPU seconds (user + system) a process has used so far.
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -335,8 +362,8 @@ fn bench(
          {traces} trace id(s) per batch, one generator thread"
     );
     println!(
-        "{:<8} {:>5} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12}",
-        "scenario", "round", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", "CPU µs/req"
+        "{:<8} {:>5} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12} {:>10} {:>10}",
+        "scenario", "round", "target", "req/s", "events/s", "p50 ms", "p99 ms", "errors", "CPU µs/req", "commits/s", "ev/commit"
     );
     for scenario in scenarios.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
         let mut ratios = Vec::new();
@@ -344,13 +371,23 @@ fn bench(
             let mut rates = Vec::new();
             for (target, addr, pid) in [("switchyard", server_addr, server.0.id()), ("null", null_addr, null.0.id())] {
                 let cpu_before = cpu_seconds(pid);
+                let commits_before = log_commits(addr);
                 let f = drive(addr, scenario, connections, seconds)?;
                 let cpu = cpu_seconds(pid).zip(cpu_before).map(|(after, before)| after - before);
+                // Group commit: transactions per second and events per transaction.
+                let commits = log_commits(addr).zip(commits_before).map(|((count, sum), (count0, sum0))| {
+                    let commits = count - count0;
+                    (commits / f.elapsed.as_secs_f64(), (sum - sum0) / commits.max(1.0))
+                });
+                let (commits_per_sec, events_per_commit) = match commits {
+                    Some((rate, events)) => (format!("{rate:.0}"), format!("{events:.1}")),
+                    None => ("-".to_owned(), "-".to_owned()),
+                };
                 let rps = f.requests as f64 / f.elapsed.as_secs_f64();
                 rates.push(rps);
                 let cpu_per_request = cpu.map(|c| c * 1e6 / f.requests.max(1) as f64).unwrap_or(f64::NAN);
                 println!(
-                    "{:<8} {:>5} {:<11} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>12.1}",
+                    "{:<8} {:>5} {:<11} {:>10.0} {:>10.0} {:>8.2} {:>8.2} {:>7} {:>12.1} {:>10} {:>10}",
                     scenario.name,
                     round,
                     target,
@@ -359,7 +396,9 @@ fn bench(
                     f.p50.as_secs_f64() * 1000.0,
                     f.p99.as_secs_f64() * 1000.0,
                     f.errors,
-                    cpu_per_request
+                    cpu_per_request,
+                    commits_per_sec,
+                    events_per_commit
                 );
             }
             ratios.push(rates[0] / rates[1]);

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use switchyard_event::EventLimits;
-use switchyard_store::{ControlStore, ExplicitKeys, NewProjectKeys, SqliteLog, SqliteLogConfig};
+use switchyard_store::{CommitObserver, ControlStore, ExplicitKeys, NewProjectKeys, SqliteLog, SqliteLogConfig};
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -67,12 +67,14 @@ impl AppState {
         for project_id in control.project_ids()? {
             flags.reload(&control, project_id)?;
         }
+        let transaction_events = metrics.log_transaction_events.clone();
         let log = SqliteLog::open(
             &config.data_dir.join("events.db"),
             SqliteLogConfig {
                 queue_capacity: config.log.queue_capacity,
                 max_txn_events: config.log.max_txn_events,
                 max_size_bytes: config.log.max_size_bytes,
+                on_commit: Some(CommitObserver(Arc::new(move |events| transaction_events.observe(events as f64)))),
                 ..SqliteLogConfig::default()
             },
         )?;

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub append_latency: Histogram,
     /// Events (valid and quarantined) per append.
     pub append_batch_events: Histogram,
+    /// Events (valid and quarantined) per committed log transaction: how many requests' events
+    /// group commit puts behind one fsync. Its count is the number of commits.
+    pub log_transaction_events: Histogram,
     /// Flag evaluations served, by flag and value (`true`, `false` or the variant).
     pub flag_evaluations: Family<FlagLabels, Counter>,
     /// Time to evaluate one request's flags.
@@ -70,6 +73,12 @@ impl Default for Metrics {
         registry.register("log_append_seconds", "Time until an append was durable", append_latency.clone());
         let append_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register("log_append_events", "Events per append", append_batch_events.clone());
+        let log_transaction_events = Histogram::new(exponential_buckets(1.0, 2.0, 15));
+        registry.register(
+            "log_transaction_events",
+            "Events per committed log transaction (group commit)",
+            log_transaction_events.clone(),
+        );
         let flag_evaluations = Family::<FlagLabels, Counter>::default();
         registry.register("flag_evaluations", "Flag evaluations served, by flag and value", flag_evaluations.clone());
         let flag_evaluation_latency = Histogram::new(exponential_buckets(0.000_001, 2.0, 16));
@@ -93,6 +102,7 @@ impl Default for Metrics {
             events_rejected,
             append_latency,
             append_batch_events,
+            log_transaction_events,
         }
     }
 }

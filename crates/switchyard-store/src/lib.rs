@@ -11,5 +11,5 @@ pub use flags::{AuditEntry, StoredFlag};
 pub use persons::{Group, Person};
 pub use log::{
     AppendBatch, AppendReceipt, EventLog, EventQuery, LogEntry, LogError, LogRecord,
-    QuarantineEntry, QuarantineQuery, QuarantineRecord, ReadBatch, Selection, SqliteLog, SqliteLogConfig,
+    CommitObserver, QuarantineEntry, QuarantineQuery, QuarantineRecord, ReadBatch, Selection, SqliteLog, SqliteLogConfig,
 };

@@ -215,6 +215,17 @@ pub struct QuarantineEntry {
     pub raw: String,
 }
 
+/// Called by the writer after every committed transaction with the number of events
+/// (valid and quarantined) it held: how well group commit is grouping, for metrics.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(usize) + Send + Sync>);
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
+}
+
 /// Settings of the embedded log.
 #[derive(Debug, Clone)]
 pub struct SqliteLogConfig {
@@ -226,11 +237,19 @@ pub struct SqliteLogConfig {
     pub max_size_bytes: Option<u64>,
     /// WAL length in frames (pages) at which the WAL is started over (see `checkpoint_loop`).
     pub restart_wal_frames: i64,
+    /// Told about every committed transaction that held events.
+    pub on_commit: Option<CommitObserver>,
 }
 
 impl Default for SqliteLogConfig {
     fn default() -> Self {
-        SqliteLogConfig { queue_capacity: 4096, max_txn_events: 20_000, max_size_bytes: None, restart_wal_frames: RESTART_WAL_FRAMES }
+        SqliteLogConfig {
+            queue_capacity: 4096,
+            max_txn_events: 20_000,
+            max_size_bytes: None,
+            restart_wal_frames: RESTART_WAL_FRAMES,
+            on_commit: None,
+        }
     }
 }
 
@@ -347,7 +366,7 @@ impl SqliteLog {
         let max_txn_events = config.max_txn_events.max(1);
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
-            .spawn(move || writer_loop(conn, receiver, max_txn_events))
+            .spawn(move || writer_loop(conn, receiver, max_txn_events, config.on_commit))
             .map_err(|e| LogError::Storage(e.to_string()))?;
         Ok(SqliteLog {
             sender: Mutex::new(Some(sender)),
@@ -520,7 +539,12 @@ impl EventLog for SqliteLog {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_txn_events: usize) {
+fn writer_loop(
+    mut conn: Connection,
+    mut receiver: mpsc::Receiver<WriteOp>,
+    max_txn_events: usize,
+    on_commit: Option<CommitObserver>,
+) {
     let mut index_behind = false;
     while let Some(first) = receiver.blocking_recv() {
         let mut ops = vec![first];
@@ -545,6 +569,11 @@ fn writer_loop(mut conn: Connection, mut receiver: mpsc::Receiver<WriteOp>, max_
         let result = write_group(&mut conn, &ops);
         match result {
             Ok(last_seqs) => {
+                let appended: usize =
+                    ops.iter().map(|op| if let WriteOp::Append(batch, _) = op { batch.len() } else { 0 }).sum();
+                if let (Some(observer), true) = (&on_commit, appended > 0) {
+                    (observer.0)(appended);
+                }
                 for (op, last_seq) in ops.into_iter().zip(last_seqs) {
                     match op {
                         WriteOp::Append(_, reply) => {

@@ -129,6 +129,9 @@ async fn a_batch_keeps_valid_events_and_quarantines_the_rest() {
     assert_eq!(server.quarantine().await.len(), 5);
     let metrics = server.metrics().await;
     assert!(metrics.contains("switchyard_events_quarantined_total{reason=\"missing_distinct_id\"} 2"), "{metrics}");
+    // Two requests one after the other: two commits, holding 6 + 2 events (valid and quarantined).
+    assert!(metrics.contains("switchyard_log_transaction_events_count 2\n"), "{metrics}");
+    assert!(metrics.contains("switchyard_log_transaction_events_sum 8.0\n"), "{metrics}");
 }
 
 #[tokio::test]
