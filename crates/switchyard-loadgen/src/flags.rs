@@ -173,7 +173,7 @@ pub fn http_bench(server_bin: &str, unleash_bin: Option<&str>, seconds: u64, con
         Scenario {
             name: "flags",
             path: "/flags/?v=2",
-            body: Bytes::from(json!({"token": "phc_bench", "distinct_id": "user_1", "person_properties": props}).to_string()),
+            bodies: vec![Bytes::from(json!({"token": "phc_bench", "distinct_id": "user_1", "person_properties": props}).to_string())],
             events_per_request: 50,
             headers: vec![],
         },
@@ -204,7 +204,7 @@ pub fn http_bench(server_bin: &str, unleash_bin: Option<&str>, seconds: u64, con
             Scenario {
                 name: "flags",
                 path: "/api/frontend/all",
-                body: Bytes::from(json!({"context": context}).to_string()),
+                bodies: vec![Bytes::from(json!({"context": context}).to_string())],
                 events_per_request: 50,
                 headers: vec![("authorization", token.to_owned())],
             },

@@ -52,6 +52,11 @@ enum Cmd {
         /// batch mean more index pages written per commit.
         #[arg(long, default_value_t = 1)]
         traces: usize,
+        /// Distinct request bodies the connections cycle through, each with its own trace ids:
+        /// `bodies × traces` agent runs in all, so the trace index grows as with real traffic
+        /// (default 1: every request is the same).
+        #[arg(long, default_value_t = 1)]
+        bodies: usize,
         /// Run only this scenario (`batch` or `single`).
         #[arg(long)]
         only: Option<String>,
@@ -95,8 +100,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
         }
-        Cmd::Bench { server_bin, seconds, rounds, connections, batch, traces, only } => {
-            bench(&server_bin, seconds, rounds.max(1), connections, batch, traces, only.as_deref())
+        Cmd::Bench { server_bin, seconds, rounds, connections, batch, traces, bodies, only } => {
+            let traffic = Traffic { batch, traces: traces.max(1), bodies: bodies.max(1) };
+            bench(&server_bin, seconds, rounds.max(1), connections, &traffic, only.as_deref())
         }
     }
 }
@@ -122,27 +128,44 @@ fn trace_id(trace: usize) -> String {
     format!("{:032x}", (trace as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
 }
 
+/// What the bench sends: batch size, agent runs per request, distinct request bodies.
+struct Traffic {
+    batch: usize,
+    traces: usize,
+    bodies: usize,
+}
+
 /// A PostHog `/batch/` body of `events` catalog events over `traces` agent runs.
 pub(crate) fn batch_body(events: usize, traces: usize) -> String {
-    json!({"api_key": TOKEN, "batch": (0..events).map(|i| catalog_event(i, traces)).collect::<Vec<_>>(),
+    batch_body_from(events, traces, 0)
+}
+
+/// A `/batch/` body whose agent runs are numbered from `first_trace`.
+fn batch_body_from(events: usize, traces: usize, first_trace: usize) -> String {
+    json!({"api_key": TOKEN, "batch": (0..events).map(|i| catalog_event(i, traces, first_trace)).collect::<Vec<_>>(),
            "sent_at": "2026-11-25T12:08:21.829969+00:00"})
     .to_string()
 }
 
 /// A PostHog single-event body (`/i/v0/e/`) carrying its token.
 pub(crate) fn single_body(traces: usize) -> String {
-    let mut single = catalog_event(0, traces);
+    single_body_from(traces, 0)
+}
+
+fn single_body_from(traces: usize, first_trace: usize) -> String {
+    let mut single = catalog_event(0, traces, first_trace);
     single["api_key"] = json!(TOKEN);
     single.to_string()
 }
 
-/// The `i`-th event of a request whose events belong to `traces` concurrent agent runs.
-fn catalog_event(i: usize, traces: usize) -> serde_json::Value {
+/// The `i`-th event of a request whose events belong to `traces` concurrent agent runs,
+/// numbered from `first_trace`.
+fn catalog_event(i: usize, traces: usize, first_trace: usize) -> serde_json::Value {
     json!({
         "event": "agent_execution",
         "distinct_id": format!("user_{}", i % 100),
         "properties": {
-            "trace_id": trace_id(i % traces.max(1)),
+            "trace_id": trace_id(first_trace + i % traces.max(1)),
             "workspace_id": "ws_1",
             "organization_id": "org_1",
             "agent_id": "ag_1",
@@ -165,7 +188,8 @@ fn catalog_event(i: usize, traces: usize) -> serde_json::Value {
 pub(crate) struct Scenario {
     pub name: &'static str,
     pub path: &'static str,
-    pub body: Bytes,
+    /// Request bodies; each connection cycles through them from its own starting point.
+    pub bodies: Vec<Bytes>,
     pub events_per_request: usize,
     pub headers: Vec<(&'static str, String)>,
 }
@@ -254,8 +278,9 @@ pub(crate) fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, s
     runtime.block_on(async move {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
-        for _ in 0..connections {
-            let body = scenario.body.clone();
+        for connection in 0..connections {
+            let bodies = scenario.bodies.clone();
+            let mut next_body = connection;
             let path = scenario.path;
             let headers = scenario.headers.clone();
             tasks.push(tokio::spawn(async move {
@@ -273,7 +298,8 @@ pub(crate) fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, s
                     for (name, value) in &headers {
                         request = request.header(*name, value);
                     }
-                    let request = request.body(Full::new(body.clone()))?;
+                    let request = request.body(Full::new(bodies[next_body % bodies.len()].clone()))?;
+                    next_body += 1;
                     let started = Instant::now();
                     let response = sender.send_request(request).await?;
                     let ok = response.status().is_success();
@@ -322,10 +348,10 @@ fn bench(
     seconds: u64,
     rounds: usize,
     connections: usize,
-    batch: usize,
-    traces: usize,
+    traffic: &Traffic,
     only: Option<&str>,
 ) -> anyhow::Result<()> {
+    let Traffic { batch, traces, bodies } = *traffic;
     let data_dir = std::env::temp_dir().join(format!("switchyard-loadgen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let server_port = free_port()?;
@@ -353,13 +379,26 @@ fn bench(
     wait_ready(null_addr, "/")?;
 
     let scenarios = [
-        Scenario { name: "batch", path: "/batch/", body: Bytes::from(batch_body(batch, traces)), events_per_request: batch, headers: vec![] },
-        Scenario { name: "single", path: "/i/v0/e/", body: Bytes::from(single_body(traces)), events_per_request: 1, headers: vec![] },
+        Scenario {
+            name: "batch",
+            path: "/batch/",
+            bodies: (0..bodies).map(|b| Bytes::from(batch_body_from(batch, traces, b * traces))).collect(),
+            events_per_request: batch,
+            headers: vec![],
+        },
+        Scenario {
+            name: "single",
+            path: "/i/v0/e/",
+            bodies: (0..bodies).map(|b| Bytes::from(single_body_from(traces, b * traces))).collect(),
+            events_per_request: 1,
+            headers: vec![],
+        },
     ];
 
     println!(
         "switchyard-loadgen: {connections} connections, {seconds} s per run, {rounds} rounds, \
-         {traces} trace id(s) per batch, one generator thread"
+         {traces} trace id(s) per batch, {bodies} distinct bodies ({} agent runs), one generator thread",
+        traces * bodies
     );
     println!(
         "{:<8} {:>5} {:<11} {:>10} {:>10} {:>8} {:>8} {:>7} {:>12} {:>10} {:>10}",
