@@ -215,3 +215,57 @@ async fn trace_queries_read_the_index_and_the_events_after_it() {
     assert!(log.query_events(other_project).await.unwrap().is_empty(), "another project's trace stays hidden");
     log.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_index_holds_every_traced_event_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    append_batches(&log, 0).await;
+    log.close().await;
+    // Forget the index, as if the passes had never run: after the restart the writer knows
+    // only the events it logs itself, and the passes must read the older ones back.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DELETE FROM trace_index; DELETE FROM cursors WHERE consumer = '$trace_index';").unwrap();
+    }
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    append_batches(&log, 300).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (position, end): (i64, i64) = conn
+            .query_row(
+                "SELECT coalesce((SELECT position FROM cursors WHERE consumer = '$trace_index'), 0), (SELECT max(seq) FROM events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        if position == end {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the trace index stopped at {position} of {end}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows = |sql: &str| -> Vec<(i64, String, i64)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let indexed = rows("SELECT project_id, trace_id, seq FROM trace_index ORDER BY 1, 2, 3");
+    let traced = rows("SELECT project_id, trace_id, seq FROM events WHERE trace_id IS NOT NULL ORDER BY 1, 2, 3");
+    assert_eq!(traced.len(), 600 - 600 / 7 - 1);
+    assert_eq!(indexed, traced, "every traced event indexed once, nothing else");
+    log.close().await;
+}
+
+/// Three batches of 100 events numbered from `from`: every seventh has no trace id, the others
+/// belong to five agent runs.
+async fn append_batches(log: &SqliteLog, from: usize) {
+    for b in 0..3 {
+        let events = (0..100)
+            .map(|i| from + b * 100 + i)
+            .map(|i| LogRecord { trace_id: (i % 7 != 0).then(|| format!("{:032x}", i % 5 + 1)), ..record(i) })
+            .collect();
+        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    }
+}
