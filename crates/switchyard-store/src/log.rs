@@ -267,6 +267,8 @@ enum WriteOp {
 
 /// The trace index's position in the log, kept among the consumer cursors.
 const TRACE_INDEX_CURSOR: &str = "$trace_index";
+/// The trace index is kept per block of 2^16 events of the log (see `index_traces`).
+const TRACE_BLOCK_BITS: i64 = 16;
 /// Most events one trace-index pass takes: a pause of a few milliseconds between two groups.
 /// A writer that is behind runs another pass after each group until it has caught up.
 const TRACE_INDEX_BATCH: i64 = 5_000;
@@ -303,13 +305,15 @@ CREATE TABLE IF NOT EXISTS events (
     person_update INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_person_updates ON events (seq) WHERE person_update = 1;
--- Trace lookups: filled behind the log by the writer (see `index_traces`), not per commit.
+-- Trace lookups: filled behind the log by the writer (see `index_traces`), not per commit,
+-- per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block.
 DROP INDEX IF EXISTS events_trace;
-CREATE TABLE IF NOT EXISTS trace_index (
+CREATE TABLE IF NOT EXISTS trace_blocks (
     project_id INTEGER NOT NULL,
+    block INTEGER NOT NULL,
     trace_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (project_id, trace_id, seq)
+    PRIMARY KEY (project_id, block, trace_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY,
@@ -341,8 +345,9 @@ fn open_connection(path: &Path) -> Result<Connection, LogError> {
 impl SqliteLog {
     /// Opens (creating if needed) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, config: SqliteLogConfig) -> Result<Self, LogError> {
-        let conn = open_connection(path)?;
+        let mut conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate_trace_index(&mut conn)?;
         if let Some(max) = config.max_size_bytes {
             let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
             let pages = (max as i64 / page_size).max(16);
@@ -433,10 +438,17 @@ impl SqliteLog {
             if let Some(trace_id) = q.trace_id {
                 // The trace index up to its position, and the events logged after it.
                 args.push(trace_id.into());
+                // One lookup per block, newest block first, up to the index's position.
                 sql.push_str(&format!(
-                    " AND trace_id = ?2 AND seq IN (SELECT seq FROM trace_index WHERE project_id = ?1 AND trace_id = ?2
-                       UNION ALL SELECT seq FROM events WHERE trace_id = ?2 AND seq >
-                         coalesce((SELECT position FROM cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0))"
+                    " AND trace_id = ?2 AND seq IN (
+                       WITH RECURSIVE position(seq) AS (
+                           SELECT coalesce((SELECT position FROM cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0)),
+                         blocks(block) AS (
+                           SELECT seq >> {TRACE_BLOCK_BITS} FROM position
+                           UNION ALL SELECT block - 1 FROM blocks WHERE block > 0)
+                       SELECT t.seq FROM blocks CROSS JOIN trace_blocks t
+                         ON t.project_id = ?1 AND t.block = blocks.block AND t.trace_id = ?2
+                       UNION ALL SELECT seq FROM events WHERE trace_id = ?2 AND seq > (SELECT seq FROM position))"
                 ));
             }
             let mut push = |clause: &str, value: rusqlite::types::Value| {
@@ -689,11 +701,15 @@ fn cursor_position(conn: &Connection, consumer: &str) -> Result<i64, LogError> {
         .unwrap_or(0))
 }
 
-/// Adds the trace ids of events logged since the last pass to `trace_index`, sorted, in one
+/// Adds the trace ids of events logged since the last pass to `trace_blocks`, sorted, in one
 /// transaction with the index's new position. A B-tree index on `trace_id` updated in every
 /// group commit would write one page per distinct trace per commit (trace ids are random);
-/// a pass every 100 ms writes each touched page once. Queries read the index up to its position
-/// and scan the few events after it (`query_events`).
+/// a pass every 100 ms writes each touched page once. And the index is keyed by block of the
+/// log first (`seq >> TRACE_BLOCK_BITS`): a pass inserts only into the newest block's part of
+/// the tree, a few hundred pages at most, instead of anywhere in an index of every trace ever
+/// seen (with thousands of agent runs in flight, one page per trace per pass). Queries look the
+/// trace up in each block, newest first, up to the index's position, and scan the few events
+/// after it (`query_events`): one B-tree seek per 65,536 events of the log.
 /// Returns whether more events are waiting to be indexed.
 fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     let from = cursor_position(conn, TRACE_INDEX_CURSOR)?;
@@ -702,15 +718,35 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     let upto = end.min(from + TRACE_INDEX_BATCH);
     let tx = conn.transaction()?;
     tx.execute(
-        "INSERT OR IGNORE INTO trace_index (project_id, trace_id, seq)
-         SELECT project_id, trace_id, seq FROM events
-         WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
-         ORDER BY project_id, trace_id, seq",
+        &format!(
+            "INSERT OR IGNORE INTO trace_blocks (project_id, block, trace_id, seq)
+             SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM events
+             WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
+             ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq"
+        ),
         params![from, upto],
     )?;
     tx.execute(UPSERT_CURSOR, params![TRACE_INDEX_CURSOR, upto])?;
     tx.commit()?;
     Ok(upto < end)
+}
+
+/// Databases written before the index was kept per block have a `trace_index` table keyed by
+/// `(project_id, trace_id, seq)`: its entries move into `trace_blocks`, once, at start.
+fn migrate_trace_index(conn: &mut Connection) -> Result<(), LogError> {
+    let old: bool = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'trace_index'", [], |r| r.get(0))?;
+    if old {
+        let tx = conn.transaction()?;
+        tx.execute_batch(&format!(
+            "INSERT OR IGNORE INTO trace_blocks (project_id, block, trace_id, seq)
+               SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM trace_index
+               ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq;
+             DROP TABLE trace_index;"
+        ))?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 fn op_len(op: &WriteOp) -> usize {

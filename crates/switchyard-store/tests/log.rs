@@ -193,7 +193,7 @@ async fn trace_queries_read_the_index_and_the_events_after_it() {
     // The checkpoint thread asks for an index pass every 100 ms.
     let indexed = |path: &std::path::Path| -> i64 {
         let conn = rusqlite::Connection::open(path).unwrap();
-        conn.query_row("SELECT count(*) FROM trace_index WHERE trace_id = ?1", [format!("{:032x}", 7)], |r| r.get(0)).unwrap()
+        conn.query_row("SELECT count(*) FROM trace_blocks WHERE trace_id = ?1", [format!("{:032x}", 7)], |r| r.get(0)).unwrap()
     };
     let started = std::time::Instant::now();
     while indexed(&path) < 15 {
@@ -227,7 +227,7 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
     // only the events it logs itself, and the passes must read the older ones back.
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DELETE FROM trace_index; DELETE FROM cursors WHERE consumer = '$trace_index';").unwrap();
+        conn.execute_batch("DELETE FROM trace_blocks; DELETE FROM cursors WHERE consumer = '$trace_index';").unwrap();
     }
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     append_batches(&log, 300).await;
@@ -251,7 +251,7 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
     };
-    let indexed = rows("SELECT project_id, trace_id, seq FROM trace_index ORDER BY 1, 2, 3");
+    let indexed = rows("SELECT project_id, trace_id, seq FROM trace_blocks ORDER BY 1, 2, 3");
     let traced = rows("SELECT project_id, trace_id, seq FROM events WHERE trace_id IS NOT NULL ORDER BY 1, 2, 3");
     assert_eq!(traced.len(), 600 - 600 / 7 - 1);
     assert_eq!(indexed, traced, "every traced event indexed once, nothing else");
@@ -268,4 +268,75 @@ async fn append_batches(log: &SqliteLog, from: usize) {
             .collect();
         log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_queries_find_events_in_every_block_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    // The index is kept per 65,536 events: 140,000 events span three blocks. One agent run has
+    // an event in each block; the rest belong to two busy runs.
+    let run = |i: usize| match i {
+        10 | 70_000 | 139_990 => format!("{:032x}", 42),
+        _ => format!("{:032x}", i % 2 + 1),
+    };
+    for chunk in 0..14 {
+        let events = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| LogRecord { trace_id: Some(run(i)), ..record(i) }).collect();
+        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let position: i64 = conn
+            .query_row("SELECT coalesce((SELECT position FROM cursors WHERE consumer = '$trace_index'), 0)", [], |r| r.get(0))
+            .unwrap();
+        if position == 140_000 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the trace index stopped at {position}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let blocks: i64 = conn.query_row("SELECT count(DISTINCT block) FROM trace_blocks", [], |r| r.get(0)).unwrap();
+    assert_eq!(blocks, 3);
+    let query = |trace: u32, limit: usize| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit, ..Default::default() };
+    let seqs = |entries: Vec<switchyard_store::LogEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(log.query_events(query(42, 10)).await.unwrap()), [139_991, 70_001, 11], "newest first, one per block");
+    let busy = log.query_events(query(1, 5)).await.unwrap();
+    assert_eq!(seqs(busy), [139_999, 139_997, 139_995, 139_993, 139_989]);
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_from_before_the_blocks_moves_into_them_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let events = (0..20).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 2 + 1)), ..record(i) }).collect();
+    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    log.close().await;
+    // What an earlier version left: the index in `trace_index`, keyed by trace, complete up to
+    // its position.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM trace_blocks;
+             CREATE TABLE trace_index (project_id INTEGER NOT NULL, trace_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                                       PRIMARY KEY (project_id, trace_id, seq)) WITHOUT ROWID;
+             INSERT INTO trace_index SELECT project_id, trace_id, seq FROM events;
+             INSERT INTO cursors (consumer, position) VALUES ('$trace_index', 20)
+               ON CONFLICT (consumer) DO UPDATE SET position = 20;",
+        )
+        .unwrap();
+    }
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let found = log
+        .query_events(EventQuery { project_id: 1, trace_id: Some(format!("{:032x}", 1)), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), [19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let old: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'trace_index'", [], |r| r.get(0)).unwrap();
+    assert_eq!(old, 0, "the old table is gone");
+    log.close().await;
 }
