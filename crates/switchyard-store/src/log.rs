@@ -659,8 +659,10 @@ fn writer_loop(
 /// A pass that does not reach the WAL's end (every pass under steady writes) leaves what it
 /// copied unsynced in the page cache; the checkpoint that restarts the WAL must then sync the
 /// database file with everything copied since the last restart, up to `restart_wal_frames`
-/// pages: a 60–160 ms pause of the writer. So after each pass this thread syncs the database
-/// file itself, off the writer's path, and a restart only syncs the last pass's copies (6–9 ms).
+/// pages: a 60–160 ms pause of the writer. So after each pass that does not ask for a restart
+/// this thread syncs the database file itself, off the writer's path, and a restart only syncs
+/// the last pass's copies (6–9 ms). The restart is asked for before any sync, so a slow sync
+/// never lets the WAL run past `restart_wal_frames` for longer.
 /// That sync is for speed only: the WAL keeps every frame until a checkpoint that synced the
 /// database lets it start over.
 fn checkpoint_loop(
@@ -670,20 +672,27 @@ fn checkpoint_loop(
     writer: mpsc::Sender<WriteOp>,
     restart_wal_frames: i64,
 ) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(100)) {
-        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
-        if let Err(error) = db_file.sync_data() {
-            tracing::warn!(%error, "syncing the event log's database file after a checkpoint failed");
-        }
-        match pass {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    let mut next_pass = std::time::Instant::now() + INTERVAL;
+    // Passes every 100 ms from start to start, so a slow database sync does not space them out.
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(next_pass.saturating_duration_since(std::time::Instant::now()))
+    {
+        next_pass = std::time::Instant::now() + INTERVAL;
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
             Ok(frames) if frames >= restart_wal_frames => {
+                // The writer's RESTART checkpoint copies the rest and syncs the database itself.
                 // A full queue means the writer is busy anyway; the next pass asks again.
                 let (done, restarted) = std::sync::mpsc::channel();
                 if writer.try_send(WriteOp::RestartWal(done)).is_ok() {
                     let _ = restarted.recv_timeout(Duration::from_secs(10));
                 }
             }
-            Ok(_) => {}
+            Ok(_) => {
+                if let Err(error) = db_file.sync_data() {
+                    tracing::warn!(%error, "syncing the event log's database file after a checkpoint failed");
+                }
+            }
             Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
         }
         let _ = writer.try_send(WriteOp::IndexTraces);
