@@ -190,16 +190,7 @@ async fn trace_queries_read_the_index_and_the_events_after_it() {
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     let traced = |i: usize, trace: u32| LogRecord { trace_id: Some(format!("{trace:032x}")), ..record(i) };
     log.append(AppendBatch { events: (0..30).map(|i| traced(i, 7 + (i % 2) as u32)).collect(), quarantined: vec![] }).await.unwrap();
-    // The checkpoint thread asks for an index pass every 100 ms.
-    let indexed = |path: &std::path::Path| -> i64 {
-        let conn = rusqlite::Connection::open(path).unwrap();
-        conn.query_row("SELECT count(*) FROM trace_blocks WHERE trace_id = ?1", [format!("{:032x}", 7)], |r| r.get(0)).unwrap()
-    };
-    let started = std::time::Instant::now();
-    while indexed(&path) < 15 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the trace index never caught up");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_trace_index(&path, 30).await;
     // Logged after the pass: found by the scan past the index's position, until the next pass.
     log.append(AppendBatch { events: (30..40).map(|i| traced(i, 7)).collect(), quarantined: vec![] }).await.unwrap();
     let ids = |entries: Vec<switchyard_store::LogEntry>| -> Vec<String> {
@@ -231,22 +222,8 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
     }
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     append_batches(&log, 300).await;
+    wait_for_trace_index(&path, 600).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let (position, end): (i64, i64) = conn
-            .query_row(
-                "SELECT coalesce((SELECT position FROM cursors WHERE consumer = '$trace_index'), 0), (SELECT max(seq) FROM events)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        if position == end {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the trace index stopped at {position} of {end}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let rows = |sql: &str| -> Vec<(i64, String, i64)> {
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
@@ -285,18 +262,8 @@ async fn trace_queries_find_events_in_every_block_of_the_log() {
         let events = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| LogRecord { trace_id: Some(run(i)), ..record(i) }).collect();
         log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
     }
+    wait_for_trace_index(&path, 140_000).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let position: i64 = conn
-            .query_row("SELECT coalesce((SELECT position FROM cursors WHERE consumer = '$trace_index'), 0)", [], |r| r.get(0))
-            .unwrap();
-        if position == 140_000 {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the trace index stopped at {position}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let blocks: i64 = conn.query_row("SELECT count(DISTINCT block) FROM trace_blocks", [], |r| r.get(0)).unwrap();
     assert_eq!(blocks, 3);
     let query = |trace: u32, limit: usize| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit, ..Default::default() };
@@ -339,4 +306,21 @@ async fn an_index_from_before_the_blocks_moves_into_them_at_start() {
     let old: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'trace_index'", [], |r| r.get(0)).unwrap();
     assert_eq!(old, 0, "the old table is gone");
     log.close().await;
+}
+
+/// Waits until the trace index's passes (asked for every 100 ms) have indexed the log up to
+/// `seq`.
+async fn wait_for_trace_index(path: &std::path::Path, seq: i64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let position: i64 = conn
+            .query_row("SELECT coalesce((SELECT position FROM cursors WHERE consumer = '$trace_index'), 0)", [], |r| r.get(0))
+            .unwrap();
+        if position >= seq {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the trace index stopped at {position} of {seq}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
