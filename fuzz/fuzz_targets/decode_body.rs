@@ -46,8 +46,13 @@ fuzz_target!(|data: &[u8]| {
             let out = posthog::normalize(request.events, &ctx);
             assert_eq!(out.accepted.len() + out.invalid.len(), n, "every event has one outcome");
             for event in &out.accepted {
-                serde_json::to_string(event).unwrap();
+                // Every stored event reads back as the unified event.
+                let back: switchyard_event::Event = serde_json::from_str(&event.body).unwrap();
+                assert_eq!(back.id, event.id);
                 assert_eq!(event.timestamp.len(), 27, "fixed-width timestamp {}", event.timestamp);
+            }
+            for invalid in &out.invalid {
+                serde_json::from_str::<serde_json::Value>(&invalid.raw).unwrap();
             }
         }
     }

@@ -31,7 +31,7 @@ impl<'de> DeserializeSeed<'de> for ValueSeed {
     }
 }
 
-struct ValueVisitor;
+pub(crate) struct ValueVisitor;
 
 impl<'de> Visitor<'de> for ValueVisitor {
     type Value = Value;

@@ -6,6 +6,7 @@ pub mod error;
 pub mod json;
 pub mod model;
 pub mod posthog;
+pub mod raw;
 pub mod segment;
 pub mod validate;
 
@@ -19,12 +20,58 @@ pub struct InvalidEvent {
     /// Its position in the request.
     pub index: usize,
     pub rejection: Rejection,
-    pub raw: serde_json::Value,
+    /// The event as received, as JSON text.
+    pub raw: String,
+}
+
+/// An accepted event as it is stored: the columns the log indexes, and the whole unified
+/// event ([`Event`]) as JSON text.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: String,
+    pub project_id: i64,
+    pub kind: EventType,
+    pub event: String,
+    pub distinct_id: String,
+    pub trace_id: Option<String>,
+    pub timestamp: String,
+    pub received_at: String,
+    /// The unified event, serialized.
+    pub body: String,
+    /// Whether it sets, unsets or merges person or group data: identify, alias and group
+    /// calls, `$set`, `$set_once`, `$unset`.
+    pub updates_persons: bool,
+    /// The group types it names (PostHog `$groups`).
+    pub group_types: Vec<String>,
+}
+
+impl Accepted {
+    pub fn from_event(event: Event) -> Self {
+        // Sized for a typical event, so serializing rarely reallocates.
+        let mut body = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut body, &event).expect("events serialize");
+        Accepted {
+            updates_persons: matches!(event.kind, EventType::Identify | EventType::Alias | EventType::Group)
+                || !event.traits.is_empty()
+                || !event.traits_set_once.is_empty()
+                || event.properties.contains_key("$unset"),
+            group_types: event.groups.keys().cloned().collect(),
+            body: String::from_utf8(body).expect("serde_json writes UTF-8"),
+            id: event.id,
+            project_id: event.project_id,
+            kind: event.kind,
+            event: event.event,
+            distinct_id: event.distinct_id,
+            trace_id: event.trace_id,
+            timestamp: event.timestamp,
+            received_at: event.received_at,
+        }
+    }
 }
 
 /// The events of one request after normalization.
 #[derive(Debug, Default)]
 pub struct Normalized {
-    pub accepted: Vec<Event>,
+    pub accepted: Vec<Accepted>,
     pub invalid: Vec<InvalidEvent>,
 }

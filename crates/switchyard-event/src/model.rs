@@ -225,7 +225,7 @@ pub fn id_string(value: Option<&Value>) -> Option<String> {
     clean_id(s)
 }
 
-fn clean_id(s: &str) -> Option<String> {
+pub(crate) fn clean_id(s: &str) -> Option<String> {
     if s.is_empty() {
         return None;
     }

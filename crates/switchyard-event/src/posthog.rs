@@ -1,71 +1,379 @@
 //! PostHog's capture wire format (`/e`, `/i/v0/e`, `/batch`, `/capture`, `/track`, `/engage`)
 //! into unified events. Follows PostHog's capture-rs: request shapes, token and distinct-id
 //! extraction, error codes and messages.
+//!
+//! Events stay JSON text (see [`crate::raw`]): their properties are copied into the stored
+//! event, and only the keys the mapping reads are parsed.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::error::Rejection;
-use crate::model::{
-    extract_trace, format_time, id_string, new_event_id, parse_time, storable_time, Event, EventType,
-    Protocol, RequestMeta,
-};
-use crate::validate::{check_event_name, check_raw_event, EventLimits};
-use crate::{InvalidEvent, Normalized};
+use crate::model::{clean_id, format_time, id_string, new_event_id, parse_time, parse_traceparent, storable_time, EventType};
+use crate::raw::{self, Entry, RawObject};
+use crate::validate::{check_event_name, check_measured, EventLimits};
+use crate::{Accepted, InvalidEvent, Normalized, RequestMeta};
 
-/// A decoded capture request, before authentication.
+/// A decoded capture request, before authentication. Its events borrow from the request body.
 #[derive(Debug)]
-pub struct CaptureRequest {
+pub struct CaptureRequest<'a> {
     /// The project token, from wherever PostHog accepts it.
     pub token: String,
-    pub events: Vec<Value>,
+    pub events: Vec<RawEvent<'a>>,
     pub sent_at: Option<DateTime<Utc>>,
     pub historical_migration: bool,
-    /// One event (not an array or batch): invalid input is rejected, not quarantined.
-    pub single: bool,
 }
 
-fn event_token(event: &Value) -> Option<&str> {
-    ["token", "$token", "api_key"]
-        .iter()
-        .find_map(|k| event.get(*k).and_then(Value::as_str))
-        .or_else(|| event.get("properties")?.get("token")?.as_str())
-        .filter(|t| !t.trim().is_empty())
+/// One event of a capture request, as JSON text.
+#[derive(Debug)]
+pub enum RawEvent<'a> {
+    Object(EventObject<'a>),
+    /// Not a JSON object: invalid, kept for the quarantine.
+    NotObject(Value),
+}
+
+/// An event object: its top-level entries, and its `properties` parsed one level further.
+#[derive(Debug)]
+pub struct EventObject<'a> {
+    /// Every top-level entry but `properties`.
+    top: RawObject<'a>,
+    properties: Properties<'a>,
+}
+
+#[derive(Debug)]
+enum Properties<'a> {
+    Absent,
+    Null,
+    Object(RawObject<'a>),
+    NotObject(Value),
+}
+
+/// An event object as parsed: `properties` apart, the other entries as raw text.
+struct EventParts<'a> {
+    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
+    properties: Option<Parsed<Vec<(Cow<'a, str>, &'a RawValue)>>>,
+}
+
+/// A value wanted as an object (read as `T`), or any other value.
+enum Parsed<T> {
+    Object(T),
+    Other(Value),
+}
+
+/// One element of an events array: an event object, or any other value.
+type Item<'a> = Parsed<EventParts<'a>>;
+
+/// How an object is read into `Parsed::Object`.
+trait FromMap<'de>: Sized {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+}
+
+impl<'de> FromMap<'de> for EventParts<'de> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        event_parts(map, None)
+    }
+}
+
+impl<'de> FromMap<'de> for Vec<(Cow<'de, str>, &'de RawValue)> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        raw::entries(map)
+    }
+}
+
+impl<'a> EventObject<'a> {
+    /// Scans every value (see [`raw::scan`]).
+    fn new(parts: EventParts<'a>) -> Result<Self, serde_json::Error> {
+        let properties = match parts.properties {
+            None => Properties::Absent,
+            Some(Parsed::Other(Value::Null)) => Properties::Null,
+            Some(Parsed::Other(value)) => Properties::NotObject(value),
+            Some(Parsed::Object(entries)) => Properties::Object(RawObject::scanned(entries)?),
+        };
+        Ok(EventObject { top: RawObject::scanned(parts.entries)?, properties })
+    }
+
+    fn properties(&self) -> Option<&RawObject<'a>> {
+        match &self.properties {
+            Properties::Object(p) => Some(p),
+            Properties::Absent | Properties::Null | Properties::NotObject(_) => None,
+        }
+    }
+
+    /// The token an event carries itself (`token`, `$token`, `api_key`, `properties.token`).
+    fn token(&self) -> Option<Cow<'a, str>> {
+        ["token", "$token", "api_key"]
+            .iter()
+            .find_map(|k| self.top.str(k))
+            .or_else(|| self.properties()?.str("token"))
+            .filter(|t| !t.trim().is_empty())
+    }
+
+    /// The compact JSON size and nesting depth of the whole event (the object is level 1).
+    fn measure(&self) -> (usize, usize) {
+        let top = self.top.shape();
+        let properties = match &self.properties {
+            Properties::Absent => return (top.len, top.depth),
+            Properties::Null => (4, 0),
+            Properties::Object(p) => {
+                let shape = p.shape();
+                (shape.len, shape.depth)
+            }
+            Properties::NotObject(value) => crate::validate::measure(value),
+        };
+        let comma = usize::from(!self.top.is_empty());
+        (top.len + "\"properties\":".len() + properties.0 + comma, top.depth.max(properties.1 + 1))
+    }
+
+    /// The event as JSON text, as it came (for the quarantine).
+    fn to_json(&self) -> String {
+        let properties = match &self.properties {
+            Properties::Absent => None,
+            Properties::Null => Some("null".to_owned()),
+            Properties::Object(p) => Some(p.to_json()),
+            Properties::NotObject(value) => Some(value.to_string()),
+        };
+        let mut out = Vec::with_capacity(self.top.shape().len + properties.as_ref().map_or(0, |p| p.len() + 16));
+        out.push(b'{');
+        let mut properties = properties.as_deref();
+        let mut first = true;
+        let mut separate = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        for e in self.top.entries() {
+            if e.key.as_ref() > "properties" {
+                if let Some(p) = properties.take() {
+                    separate(&mut out);
+                    out.extend_from_slice(b"\"properties\":");
+                    out.extend_from_slice(p.as_bytes());
+                }
+            }
+            separate(&mut out);
+            raw::write_key(&mut out, &e.key);
+            out.push(b':');
+            raw::write_raw(&mut out, e.raw, e.shape);
+        }
+        if let Some(p) = properties {
+            separate(&mut out);
+            out.extend_from_slice(b"\"properties\":");
+            out.extend_from_slice(p.as_bytes());
+        }
+        out.push(b'}');
+        String::from_utf8(out).expect("JSON text is UTF-8")
+    }
+}
+
+/// Reads an event object's entries; `batch` (at a request's top level) is read with `batch`.
+fn event_parts<'de, A: MapAccess<'de>>(
+    mut map: A,
+    mut batch: Option<&mut Option<Option<Vec<Item<'de>>>>>,
+) -> Result<EventParts<'de>, A::Error> {
+    let mut parts = EventParts { entries: Vec::with_capacity(map.size_hint().unwrap_or(8)), properties: None };
+    while let Some(key) = map.next_key_seed(raw::KeySeed)? {
+        match key.as_ref() {
+            // A repeated key keeps its last value.
+            "properties" => parts.properties = Some(map.next_value_seed(ParsedSeed::new())?),
+            "batch" if batch.is_some() => {
+                if let Some(batch) = batch.as_deref_mut() {
+                    *batch = Some(map.next_value_seed(BatchSeed)?);
+                }
+            }
+            _ => parts.entries.push((key, map.next_value::<&'de RawValue>()?)),
+        }
+    }
+    Ok(parts)
+}
+
+/// Any value; an object read as `T`.
+struct ParsedSeed<T>(std::marker::PhantomData<T>);
+
+impl<T> ParsedSeed<T> {
+    fn new() -> Self {
+        ParsedSeed(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: FromMap<'de>> DeserializeSeed<'de> for ParsedSeed<T> {
+    type Value = Parsed<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Parsed<T>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, T: FromMap<'de>> Visitor<'de> for ParsedSeed<T> {
+    type Value = Parsed<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Parsed<T>, A::Error> {
+        T::from_map(map).map(Parsed::Object)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Parsed<T>, A::Error> {
+        crate::json::ValueVisitor.visit_seq(seq).map(Parsed::Other)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Other(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Other(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Other(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Other(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Other(Value::String(v.to_owned())))
+    }
+    fn visit_unit<E>(self) -> Result<Parsed<T>, E> {
+        Ok(Parsed::Other(Value::Null))
+    }
+}
+
+/// An events array, or `None` for any other value.
+struct BatchSeed;
+
+impl<'de> DeserializeSeed<'de> for BatchSeed {
+    type Value = Option<Vec<Item<'de>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(BatchVisitor)
+    }
+}
+
+struct BatchVisitor;
+
+impl<'de> Visitor<'de> for BatchVisitor {
+    type Value = Option<Vec<Item<'de>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(64));
+        while let Some(item) = seq.next_element_seed(ParsedSeed::new())? {
+            items.push(item);
+        }
+        Ok(Some(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A request body: an events array, or an object (a batch if it has `batch`, else one event).
+enum Top<'a> {
+    Array(Vec<Item<'a>>),
+    Object { batch: Option<Option<Vec<Item<'a>>>>, parts: EventParts<'a> },
+    Other,
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object, an array of events or a batch")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
+        Ok(Top::Array(BatchVisitor.visit_seq(seq)?.unwrap_or_default()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Top<'de>, A::Error> {
+        let mut batch = None;
+        let parts = event_parts(map, Some(&mut batch))?;
+        Ok(Top::Object { batch, parts })
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Top<'de>, E> {
+        Ok(Top::Other)
+    }
+}
+
+fn invalid_json(e: impl fmt::Display) -> Rejection {
+    Rejection::parsing(format!("invalid JSON: {e}"))
+}
+
+fn raw_events(items: Vec<Item<'_>>) -> Result<Vec<RawEvent<'_>>, serde_json::Error> {
+    items
+        .into_iter()
+        .map(|item| match item {
+            Parsed::Object(parts) => EventObject::new(parts).map(RawEvent::Object),
+            Parsed::Other(value) => Ok(RawEvent::NotObject(value)),
+        })
+        .collect()
 }
 
 /// Parses the JSON of a capture request: an array of events (posthog-js), a batch
 /// `{batch, api_key|token, historical_migration, sent_at|sentAt}`, or one event.
-pub fn parse_capture_request(
-    json: &[u8],
-    query_sent_at_ms: Option<i64>,
-) -> Result<CaptureRequest, Rejection> {
-    let value: Value =
-        crate::json::parse(json).map_err(|e| Rejection::parsing(format!("invalid JSON: {e}")))?;
-    let (events, batch_token, sent_at, historical, single) = match value {
-        Value::Array(events) => (events, None, None, false, false),
-        Value::Object(mut map) if map.contains_key("batch") => {
-            let events = match map.remove("batch") {
-                Some(Value::Array(events)) => events,
-                _ => return Err(Rejection::parsing("`batch` must be an array of events".into())),
+pub fn parse_capture_request(json: &[u8], query_sent_at_ms: Option<i64>) -> Result<CaptureRequest<'_>, Rejection> {
+    let text = std::str::from_utf8(json).map_err(invalid_json)?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let top = deserializer.deserialize_any(TopVisitor).map_err(invalid_json)?;
+    deserializer.end().map_err(invalid_json)?;
+    let (events, batch_token, sent_at, historical) = match top {
+        Top::Array(items) => (raw_events(items).map_err(invalid_json)?, None, None, false),
+        Top::Object { batch: Some(batch), parts } => {
+            let Some(items) = batch else {
+                return Err(Rejection::parsing("`batch` must be an array of events".into()));
             };
+            let fields = EventObject::new(parts).map_err(invalid_json)?.top;
             let token = ["api_key", "token"]
                 .iter()
-                .find_map(|k| map.get(*k).and_then(Value::as_str))
+                .find_map(|k| fields.str(k))
                 .filter(|t| !t.trim().is_empty())
-                .map(str::to_owned);
-            let sent_at = ["sent_at", "sentAt"]
-                .iter()
-                .find_map(|k| map.get(*k).and_then(Value::as_str))
-                .and_then(parse_time);
-            let historical =
-                map.get("historical_migration").and_then(Value::as_bool).unwrap_or(false);
-            (events, token, sent_at, historical, false)
+                .map(Cow::into_owned);
+            let sent_at = ["sent_at", "sentAt"].iter().find_map(|k| fields.str(k)).and_then(|s| parse_time(&s));
+            let historical = fields.get("historical_migration").is_some_and(|v| v.get() == "true");
+            (raw_events(items).map_err(invalid_json)?, token, sent_at, historical)
         }
-        obj @ Value::Object(_) => (vec![obj], None, None, false, true),
-        _ => {
-            return Err(Rejection::parsing(
-                "expected a JSON object, an array of events or a batch".into(),
-            ))
+        Top::Object { batch: None, parts } => {
+            (vec![RawEvent::Object(EventObject::new(parts).map_err(invalid_json)?)], None, None, false)
+        }
+        Top::Other => {
+            return Err(Rejection::parsing("expected a JSON object, an array of events or a batch".into()))
         }
     };
     if events.is_empty() {
@@ -74,12 +382,13 @@ pub fn parse_capture_request(
     let token = match batch_token {
         Some(token) => token,
         None => {
-            let mut found: Option<&str> = None;
+            let mut found: Option<Cow<'_, str>> = None;
             for event in &events {
-                if let Some(t) = event_token(event) {
-                    match found {
+                let RawEvent::Object(event) = event else { continue };
+                if let Some(t) = event.token() {
+                    match &found {
                         None => found = Some(t),
-                        Some(prev) if prev != t => {
+                        Some(prev) if *prev != t => {
                             return Err(Rejection::new(
                                 400,
                                 "unroutable_events",
@@ -90,17 +399,15 @@ pub fn parse_capture_request(
                     }
                 }
             }
-            found
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    Rejection::new(401, "ingest_key_required", "event submitted without an api_key")
-                })?
+            found.map(Cow::into_owned).ok_or_else(|| {
+                Rejection::new(401, "ingest_key_required", "event submitted without an api_key")
+            })?
         }
     };
     let token = token.trim().to_owned();
     validate_token(&token)?;
     let sent_at = sent_at.or_else(|| query_sent_at_ms.and_then(DateTime::from_timestamp_millis));
-    Ok(CaptureRequest { token, events, sent_at, historical_migration: historical, single })
+    Ok(CaptureRequest { token, events, sent_at, historical_migration: historical })
 }
 
 /// PostHog's token checks: not empty, at most 64 ASCII characters, no NUL, not a personal key.
@@ -132,43 +439,46 @@ pub struct PosthogContext<'a> {
 }
 
 /// Normalizes every event of a request; invalid ones are returned with their reason.
-pub fn normalize(events: Vec<Value>, ctx: &PosthogContext<'_>) -> Normalized {
+pub fn normalize(events: Vec<RawEvent<'_>>, ctx: &PosthogContext<'_>) -> Normalized {
     let mut out = Normalized::default();
     out.accepted.reserve(events.len());
-    for (index, raw) in events.into_iter().enumerate() {
-        match normalize_event(raw, ctx) {
-            Ok(event) => out.accepted.push(event),
-            Err((rejection, raw)) => out.invalid.push(InvalidEvent { index, rejection, raw }),
+    let received_at = format_time(ctx.meta.received_at);
+    let sent_at = ctx.sent_at.map(format_time);
+    for (index, event) in events.into_iter().enumerate() {
+        match event {
+            RawEvent::NotObject(value) => out.invalid.push(InvalidEvent {
+                index,
+                rejection: Rejection::parsing("event is not a JSON object".into()),
+                raw: value.to_string(),
+            }),
+            RawEvent::Object(event) => match check_event(&event, ctx) {
+                Ok(checked) => out.accepted.push(build_event(event, checked, ctx, &received_at, sent_at.as_deref())),
+                Err(rejection) => out.invalid.push(InvalidEvent { index, rejection, raw: event.to_json() }),
+            },
         }
     }
     out
 }
 
-fn take_map(map: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
-    match map.remove(key) {
-        Some(Value::Object(m)) => m,
-        Some(other) => {
-            // Not an object: keep it where it was rather than lose it.
-            map.insert(key.to_owned(), other);
-            Map::new()
+/// Removes `key` from `map` if it holds an object, and returns that object's entries; any
+/// other value stays where it is rather than be lost.
+fn take_object<'a>(map: &mut RawObject<'a>, key: &str) -> Vec<Entry<'a>> {
+    match map.get(key).map(RawObject::parse) {
+        Some(Ok(Some(object))) => {
+            map.remove(key);
+            object.into_entries()
         }
-        None => Map::new(),
+        _ => Vec::new(),
     }
 }
 
-const TOP_LEVEL_KNOWN: &[&str] = &[
-    "event",
-    "uuid",
-    "distinct_id",
-    "$distinct_id",
-    "properties",
-    "timestamp",
-    "$set",
-    "$set_once",
-    "token",
-    "$token",
-    "api_key",
-];
+/// Top-level fields the mapping consumes; every other one is kept in `extra`.
+fn top_level_known(key: &str) -> bool {
+    matches!(
+        key,
+        "event" | "uuid" | "distinct_id" | "$distinct_id" | "properties" | "timestamp" | "$set" | "$set_once" | "token" | "$token" | "api_key"
+    )
+}
 
 /// What validation established about an event, before it is taken apart.
 struct Checked {
@@ -179,34 +489,18 @@ struct Checked {
     original_timestamp: Option<String>,
 }
 
-/// Normalizes one event. All checks run on the borrowed event first, so an invalid one is
-/// handed back whole (for the quarantine) and a valid one is moved, not copied, into the
-/// unified event.
-pub fn normalize_event(raw: Value, ctx: &PosthogContext<'_>) -> Result<Event, (Rejection, Value)> {
-    let checked = match check_event(&raw, ctx) {
-        Ok(checked) => checked,
-        Err(rejection) => return Err((rejection, raw)),
+fn check_event(event: &EventObject<'_>, ctx: &PosthogContext<'_>) -> Result<Checked, Rejection> {
+    let obj = &event.top;
+    let properties = match &event.properties {
+        Properties::Absent | Properties::Null => None,
+        Properties::Object(p) => Some(p),
+        Properties::NotObject(_) => return Err(Rejection::parsing("`properties` must be an object".into())),
     };
-    match raw {
-        Value::Object(obj) => Ok(build_event(obj, checked, ctx)),
-        other => Err((Rejection::parsing("event is not a JSON object".into()), other)),
-    }
-}
+    let (size, depth) = event.measure();
+    check_measured(size, depth, properties.map_or(0, RawObject::len), ctx.limits)?;
 
-fn check_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Checked, Rejection> {
-    let Some(obj) = raw.as_object() else {
-        return Err(Rejection::parsing("event is not a JSON object".into()));
-    };
-    let empty = Map::new();
-    let properties = match obj.get("properties") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(p)) => p,
-        Some(_) => return Err(Rejection::parsing("`properties` must be an object".into())),
-    };
-    check_raw_event(raw, properties.len(), ctx.limits)?;
-
-    let event_name = match obj.get("event").and_then(Value::as_str).filter(|e| !e.is_empty()) {
-        Some(name) => name.to_owned(),
+    let event_name = match obj.str("event").filter(|e| !e.is_empty()) {
+        Some(name) => name.into_owned(),
         None if ctx.engage && !obj.contains_key("event") => "$identify".to_owned(),
         None if obj.contains_key("event") => return Err(Rejection::missing_event_name()),
         None => {
@@ -219,34 +513,34 @@ fn check_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Checked, Rejecti
     };
     check_event_name(&event_name, ctx.limits)?;
 
-    let distinct_id = id_string(obj.get("distinct_id").or_else(|| obj.get("$distinct_id")))
-        .or_else(|| id_string(properties.get("distinct_id")))
+    let distinct_id = raw_id_string(obj.get("distinct_id").or_else(|| obj.get("$distinct_id")))
+        .or_else(|| raw_id_string(properties.and_then(|p| p.get("distinct_id"))))
         .ok_or_else(Rejection::missing_distinct_id)?;
 
     let id = match obj.get("uuid") {
-        None | Some(Value::Null) => new_event_id(),
-        Some(Value::String(s)) if s.is_empty() => new_event_id(),
-        Some(Value::String(s)) => uuid::Uuid::parse_str(s)
-            .map_err(|_| Rejection::new(400, "invalid_uuid", format!("event uuid {s:?} is not a UUID")))?
-            .to_string(),
-        Some(other) => {
-            return Err(Rejection::new(400, "invalid_uuid", format!("event uuid {other} is not a UUID")))
-        }
+        None => new_event_id(),
+        Some(uuid) => match raw::as_str(uuid) {
+            None if uuid.get() == "null" => new_event_id(),
+            Some(s) if s.is_empty() => new_event_id(),
+            Some(s) => uuid::Uuid::parse_str(&s)
+                .map_err(|_| Rejection::new(400, "invalid_uuid", format!("event uuid {s:?} is not a UUID")))?
+                .to_string(),
+            None => {
+                return Err(Rejection::new(400, "invalid_uuid", format!("event uuid {} is not a UUID", uuid.get())))
+            }
+        },
     };
 
-    if let Some(mode) = properties.get("$cookieless_mode") {
-        if !mode.is_boolean() {
-            return Err(Rejection::new(
-                400,
-                "invalid_cookieless_mode",
-                "$cookieless_mode must be a boolean",
-            ));
+    let property = |key: &str| properties.and_then(|p| p.get(key)).map(RawValue::get);
+    if let Some(mode) = property("$cookieless_mode") {
+        if mode != "true" && mode != "false" {
+            return Err(Rejection::new(400, "invalid_cookieless_mode", "$cookieless_mode must be a boolean"));
         }
     }
 
-    let original_timestamp = obj.get("timestamp").and_then(Value::as_str).map(str::to_owned);
-    let offset_ms = obj.get("offset").and_then(Value::as_i64);
-    let ignore_sent_at = properties.get("$ignore_sent_at").and_then(Value::as_bool).unwrap_or(false);
+    let original_timestamp = obj.str("timestamp").map(Cow::into_owned);
+    let offset_ms = obj.value("offset").and_then(|v| v.as_i64());
+    let ignore_sent_at = property("$ignore_sent_at") == Some("true");
     let timestamp = posthog_timestamp(
         ctx.meta.received_at,
         original_timestamp.as_deref(),
@@ -256,14 +550,39 @@ fn check_event(raw: &Value, ctx: &PosthogContext<'_>) -> Result<Checked, Rejecti
     Ok(Checked { event_name, distinct_id, id, timestamp, original_timestamp })
 }
 
-fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &PosthogContext<'_>) -> Event {
-    let mut properties = take_map(&mut obj, "properties");
-    // Person updates may come top-level (posthog-js, python) or inside properties (node).
-    let mut traits = take_map(&mut properties, "$set");
-    let mut traits_set_once = take_map(&mut properties, "$set_once");
-    traits.extend(take_map(&mut obj, "$set"));
-    traits_set_once.extend(take_map(&mut obj, "$set_once"));
-    let groups = take_map(&mut properties, "$groups");
+/// [`id_string`] of a raw value.
+fn raw_id_string(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?;
+    match raw::as_str(raw) {
+        Some(s) => clean_id(s.trim()),
+        None => id_string(Some(&raw::to_value(raw))),
+    }
+}
+
+/// `true`, as a raw value.
+fn raw_true() -> &'static RawValue {
+    serde_json::from_str("true").expect("`true` is JSON")
+}
+
+fn build_event(
+    event: EventObject<'_>,
+    checked: Checked,
+    ctx: &PosthogContext<'_>,
+    received_at: &str,
+    sent_at: Option<&str>,
+) -> Accepted {
+    let EventObject { top: mut obj, properties } = event;
+    let mut properties = match properties {
+        Properties::Object(p) => p,
+        Properties::Absent | Properties::Null | Properties::NotObject(_) => RawObject::default(),
+    };
+    // Person updates may come top-level (posthog-js, python) or inside properties (node);
+    // the top-level ones win.
+    let mut traits = take_object(&mut properties, "$set");
+    let mut traits_set_once = take_object(&mut properties, "$set_once");
+    traits.extend(take_object(&mut obj, "$set"));
+    traits_set_once.extend(take_object(&mut obj, "$set_once"));
+    let groups = RawObject::from_entries(take_object(&mut properties, "$groups"));
 
     let mut kind = match checked.event_name.as_str() {
         "$identify" | "$set" => EventType::Identify,
@@ -278,62 +597,122 @@ fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &PosthogConte
     let mut group_type = None;
     let mut group_id = None;
     let mut name = None;
+    let remove_id = |properties: &mut RawObject<'_>, key: &str| {
+        properties.remove(key).and_then(|e| raw_id_string(Some(e.raw)))
+    };
     match kind {
         EventType::Identify => {
-            if let Some(Value::String(anon)) = properties.remove("$anon_distinct_id") {
-                anonymous_id = Some(anon);
+            if let Some(anon) = properties.str("$anon_distinct_id") {
+                anonymous_id = Some(anon.into_owned());
+                properties.remove("$anon_distinct_id");
             }
         }
-        EventType::Alias => match properties.remove("alias") {
-            Some(alias) => previous_id = id_string(Some(&alias)),
-            None => kind = EventType::Track,
+        EventType::Alias => match properties.contains_key("alias") {
+            true => previous_id = remove_id(&mut properties, "alias"),
+            false => kind = EventType::Track,
         },
         EventType::Group => {
-            group_type = properties.remove("$group_type").and_then(|v| id_string(Some(&v)));
-            group_id = properties.remove("$group_key").and_then(|v| id_string(Some(&v)));
-            traits.extend(take_map(&mut properties, "$group_set"));
+            group_type = remove_id(&mut properties, "$group_type");
+            group_id = remove_id(&mut properties, "$group_key");
+            traits.extend(take_object(&mut properties, "$group_set"));
         }
-        EventType::Screen => {
-            name = properties.get("$screen_name").and_then(Value::as_str).map(str::to_owned);
-        }
+        EventType::Screen => name = properties.str("$screen_name").map(Cow::into_owned),
         EventType::Page | EventType::Track => {}
     }
+    let traits = RawObject::from_entries(traits);
+    let traits_set_once = RawObject::from_entries(traits_set_once);
 
-    let context = Map::new();
-    let (trace_id, span_id) = extract_trace(&properties, &context, ctx.meta.traceparent.as_deref());
+    // Trace and span ids: `properties.trace_id`/`span_id`, else the `traceparent` header.
+    let span = properties.str("span_id").map(Cow::into_owned);
+    let (trace_id, span_id) = match properties.str("trace_id") {
+        Some(trace) => (Some(trace.into_owned()), span),
+        None => match ctx.meta.traceparent.as_deref().and_then(parse_traceparent) {
+            Some((trace, header_span)) => (Some(trace), span.or(Some(header_span))),
+            None => (None, span),
+        },
+    };
 
-    let mut extra: Map<String, Value> =
-        obj.into_iter().filter(|(key, _)| !TOP_LEVEL_KNOWN.contains(&key.as_str())).collect();
+    obj.retain(|key| !top_level_known(key));
     if ctx.historical_migration {
-        extra.insert("historical_migration".into(), Value::Bool(true));
+        let raw = raw_true();
+        obj.insert(Entry { key: Cow::Borrowed("historical_migration"), raw, shape: raw::scan(raw).expect("`true` scans") });
     }
+    let extra = obj;
 
-    Event {
+    let updates_persons = matches!(kind, EventType::Identify | EventType::Alias | EventType::Group)
+        || !traits.is_empty()
+        || !traits_set_once.is_empty()
+        || properties.contains_key("$unset");
+    let group_types = groups.entries().iter().map(|e| e.key.clone().into_owned()).collect();
+    let timestamp = format_time(checked.timestamp);
+
+    // The unified event (`Event`), written field by field in its serialized order.
+    let mut out = Vec::with_capacity(properties.shape().len + traits.shape().len + extra.shape().len + 512);
+    let opt = |out: &mut Vec<u8>, name: &str, value: Option<&str>, skip_none: bool| {
+        if value.is_none() && skip_none {
+            return;
+        }
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        match value {
+            Some(v) => raw::write_str(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    };
+    out.extend_from_slice(b"{\"id\":");
+    raw::write_str(&mut out, &checked.id);
+    out.extend_from_slice(b",\"project_id\":");
+    serde_json::to_writer(&mut out, &ctx.meta.project_id).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b",\"protocol\":\"posthog\",\"type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"event\":");
+    raw::write_str(&mut out, &checked.event_name);
+    out.extend_from_slice(b",\"distinct_id\":");
+    raw::write_str(&mut out, &checked.distinct_id);
+    out.extend_from_slice(b",\"user_id\":null");
+    opt(&mut out, "anonymous_id", anonymous_id.as_deref(), false);
+    out.extend_from_slice(b",\"properties\":");
+    properties.write(&mut out);
+    out.extend_from_slice(b",\"traits\":");
+    traits.write(&mut out);
+    if !traits_set_once.is_empty() {
+        out.extend_from_slice(b",\"traits_set_once\":");
+        traits_set_once.write(&mut out);
+    }
+    out.extend_from_slice(b",\"context\":{}");
+    if !groups.is_empty() {
+        out.extend_from_slice(b",\"groups\":");
+        groups.write(&mut out);
+    }
+    opt(&mut out, "group_type", group_type.as_deref(), true);
+    opt(&mut out, "group_id", group_id.as_deref(), true);
+    opt(&mut out, "previous_id", previous_id.as_deref(), true);
+    opt(&mut out, "name", name.as_deref(), true);
+    opt(&mut out, "timestamp", Some(&timestamp), false);
+    opt(&mut out, "original_timestamp", checked.original_timestamp.as_deref(), true);
+    opt(&mut out, "sent_at", sent_at, true);
+    opt(&mut out, "received_at", Some(received_at), false);
+    opt(&mut out, "trace_id", trace_id.as_deref(), false);
+    opt(&mut out, "span_id", span_id.as_deref(), false);
+    if !extra.is_empty() {
+        out.extend_from_slice(b",\"extra\":");
+        extra.write(&mut out);
+    }
+    out.push(b'}');
+
+    Accepted {
         id: checked.id,
         project_id: ctx.meta.project_id,
-        protocol: Protocol::Posthog,
         kind,
         event: checked.event_name,
         distinct_id: checked.distinct_id,
-        user_id: None,
-        anonymous_id,
-        properties,
-        traits,
-        traits_set_once,
-        context,
-        groups,
-        group_type,
-        group_id,
-        previous_id,
-        name,
-        category: None,
-        timestamp: format_time(checked.timestamp),
-        original_timestamp: checked.original_timestamp,
-        sent_at: ctx.sent_at.map(format_time),
-        received_at: format_time(ctx.meta.received_at),
         trace_id,
-        span_id,
-        extra,
+        timestamp,
+        received_at: received_at.to_owned(),
+        body: String::from_utf8(out).expect("JSON text is UTF-8"),
+        updates_persons,
+        group_types,
     }
 }
 
@@ -368,6 +747,7 @@ pub fn posthog_timestamp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Event;
     use serde_json::json;
 
     fn meta() -> RequestMeta {
@@ -387,7 +767,23 @@ mod tests {
             engage: false,
             limits: &EventLimits::default(),
         };
-        normalize_event(raw, &ctx).map_err(|(r, _)| r)
+        let text = raw.to_string();
+        let mut deserializer = serde_json::Deserializer::from_str(&text);
+        let event = match ParsedSeed::new().deserialize(&mut deserializer).unwrap() {
+            Parsed::Object(parts) => RawEvent::Object(EventObject::new(parts).unwrap()),
+            Parsed::Other(value) => RawEvent::NotObject(value),
+        };
+        let mut out = normalize(vec![event], &ctx);
+        match out.accepted.pop() {
+            Some(accepted) => {
+                let event: Event = serde_json::from_str(&accepted.body).expect("stored bodies read back");
+                assert_eq!((accepted.id.as_str(), accepted.kind), (event.id.as_str(), event.kind));
+                assert_eq!(accepted.timestamp, event.timestamp);
+                assert_eq!(accepted.trace_id, event.trace_id);
+                Ok(event)
+            }
+            None => Err(out.invalid.pop().unwrap().rejection),
+        }
     }
 
     #[test]
@@ -461,5 +857,88 @@ mod tests {
         assert_eq!(e.group_type.as_deref(), Some("workspace"));
         assert_eq!(e.group_id.as_deref(), Some("ws_1"));
         assert_eq!(e.traits["name"], "Acme");
+    }
+
+    fn request(text: &str, historical_migration: bool) -> Normalized {
+        let meta = RequestMeta { traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()), ..meta() };
+        let request = parse_capture_request(text.as_bytes(), None).unwrap();
+        let ctx = PosthogContext {
+            meta: &meta,
+            sent_at: request.sent_at,
+            historical_migration,
+            engage: false,
+            limits: &EventLimits::default(),
+        };
+        normalize(request.events, &ctx)
+    }
+
+    #[test]
+    fn stored_body_is_the_unified_event_serialized() {
+        // Python's spacing, repeated keys (the last wins, as with `Value`), escapes, nesting,
+        // `$set` in both places (top-level wins), a `$set` that is not an object (kept).
+        let text = r#"{"api_key": "phc_x", "batch": [
+            {"event": "tool_used", "distinct_id": "u_1", "uuid": "0190b2a1-0000-7000-8000-000000000001",
+             "properties": {"tool": "web_search", "tool": "sql", "nested": {"a": [1, 2.50, {"b": null}], "z": "\u00e9\"q"},
+                            "$set": {"plan": "free", "seats": 1}, "$set_once": "not an object",
+                            "$groups": {"workspace": "ws_1"}, "span_id": "s1", "big": 1e300, "k\"ey": true},
+             "$set": {"plan": "pro"}, "timestamp": "2026-11-25T12:00:04Z", "channel": "server", "offset": 5},
+            {"event": "$pageview", "distinct_id": 7, "properties": null}
+        ], "sent_at": "2026-11-25T12:00:05Z"}"#;
+        let out = request(text, true);
+        assert!(out.invalid.is_empty(), "{:?}", out.invalid);
+        let first = &out.accepted[0];
+        let stored: Value = serde_json::from_str(&first.body).unwrap();
+        assert_eq!(
+            stored,
+            json!({
+                "id": "0190b2a1-0000-7000-8000-000000000001", "project_id": 1, "protocol": "posthog",
+                "type": "track", "event": "tool_used", "distinct_id": "u_1", "user_id": null, "anonymous_id": null,
+                "properties": {"tool": "sql", "nested": {"a": [1, 2.5, {"b": null}], "z": "é\"q"},
+                               "$set_once": "not an object", "span_id": "s1", "big": 1e300, "k\"ey": true},
+                "traits": {"plan": "pro", "seats": 1}, "context": {}, "groups": {"workspace": "ws_1"},
+                "timestamp": "2026-11-25T12:00:09.000000Z", "original_timestamp": "2026-11-25T12:00:04Z",
+                "sent_at": "2026-11-25T12:00:05.000000Z", "received_at": "2026-11-25T12:00:10.000000Z",
+                "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "s1",
+                "extra": {"channel": "server", "offset": 5, "historical_migration": true}
+            })
+        );
+        // Compact, and in `Event`'s own serialized form.
+        let event: Event = serde_json::from_str(&first.body).unwrap();
+        assert_eq!(serde_json::to_value(&event).unwrap(), stored);
+        assert!(!first.body.contains(": ") && !first.body.contains(", "), "{}", first.body);
+        assert_eq!((first.updates_persons, first.group_types.clone()), (true, vec!["workspace".to_owned()]));
+        // Canonical input comes out byte for byte as `serde_json` writes the event.
+        let second = &out.accepted[1];
+        let event: Event = serde_json::from_str(&second.body).unwrap();
+        assert_eq!(serde_json::to_string(&event).unwrap(), second.body);
+        assert_eq!((event.kind, event.distinct_id.as_str(), second.updates_persons), (EventType::Page, "7", false));
+    }
+
+    #[test]
+    fn invalid_events_are_quarantined_as_sent() {
+        let text = r#"[{"event": "a", "properties": {"token": "phc_x", "n": [1, {"m": 2}]}, "z": 1},
+                       "not an event", {"event": "b", "distinct_id": "u", "properties": [1], "token": "phc_x"}]"#;
+        let out = request(text, false);
+        assert!(out.accepted.is_empty());
+        let reasons: Vec<(usize, &str)> = out.invalid.iter().map(|i| (i.index, i.rejection.code)).collect();
+        assert_eq!(reasons, [(0, "missing_distinct_id"), (1, "request_parsing_error"), (2, "request_parsing_error")]);
+        let sent: Vec<Value> = serde_json::from_str(text).unwrap();
+        for invalid in &out.invalid {
+            assert_eq!(serde_json::from_str::<Value>(&invalid.raw).unwrap(), sent[invalid.index]);
+        }
+    }
+
+    #[test]
+    fn values_that_would_not_read_back_are_refused_with_the_request() {
+        for bad in [r#"{"event": "a", "distinct_id": "u", "api_key": "phc_x", "properties": {"n": 1e400}}"#,
+                    r#"{"event": "a", "distinct_id": "u", "api_key": "phc_x", "properties": {"s": "\ud800"}}"#,
+                    r#"{"event": "a", "distinct_id": "u", "api_key": "phc_x", "x": [-1e999]}"#] {
+            let err = parse_capture_request(bad.as_bytes(), None).unwrap_err();
+            assert_eq!(err.code, "request_parsing_error", "{bad}");
+            assert!(err.message.contains("invalid JSON"), "{}", err.message);
+        }
+        let deep = format!(r#"{{"event": "a", "distinct_id": "u", "api_key": "phc_x", "properties": {{"d": {}1{}}}}}"#, "[".repeat(40), "]".repeat(40));
+        let out = request(&deep, false);
+        assert_eq!(out.invalid[0].rejection.code, "too_deep");
     }
 }

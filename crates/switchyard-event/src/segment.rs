@@ -10,7 +10,7 @@ use crate::model::{
     Protocol, RequestMeta,
 };
 use crate::validate::{check_event_name, check_raw_event, EventLimits};
-use crate::{InvalidEvent, Normalized};
+use crate::{Accepted, InvalidEvent, Normalized};
 
 /// A decoded Segment request, before authentication.
 #[derive(Debug)]
@@ -72,8 +72,8 @@ pub fn normalize(events: Vec<Value>, ctx: &SegmentContext<'_>) -> Normalized {
     out.accepted.reserve(events.len());
     for (index, raw) in events.into_iter().enumerate() {
         match normalize_event(raw, ctx) {
-            Ok(event) => out.accepted.push(event),
-            Err((rejection, raw)) => out.invalid.push(InvalidEvent { index, rejection, raw }),
+            Ok(event) => out.accepted.push(Accepted::from_event(event)),
+            Err((rejection, raw)) => out.invalid.push(InvalidEvent { index, rejection, raw: raw.to_string() }),
         }
     }
     out

@@ -80,6 +80,12 @@ pub fn check_raw_event(
     limits: &EventLimits,
 ) -> Result<(), Rejection> {
     let (size, depth) = measure(raw);
+    check_measured(size, depth, properties_len, limits)
+}
+
+/// Checks an event's measured JSON size and depth (the event object is level 1) and its
+/// property count against the limits.
+pub fn check_measured(size: usize, depth: usize, properties_len: usize, limits: &EventLimits) -> Result<(), Rejection> {
     if size > limits.max_event_bytes {
         return Err(Rejection::new(
             413,

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use switchyard_event::decode::{decode_posthog_body, decode_segment_body, BodyHints, CaptureQuery, DecodeLimits};
 use switchyard_event::model::{format_time, RequestMeta};
-use switchyard_event::{posthog, segment, EventType, Normalized, Rejection};
+use switchyard_event::{posthog, segment, Accepted, EventType, Normalized, Rejection};
 use switchyard_store::{AppendBatch, EventLog, KeyKind, LogError, LogRecord, QuarantineRecord};
 
 use crate::metrics::{ProtocolLabels, ReasonLabels};
@@ -135,7 +135,7 @@ fn outcome(
             received_at: received_at.clone(),
             code: invalid.rejection.code.to_owned(),
             reason: format!("event {}: {}", invalid.index, invalid.rejection.message),
-            raw: invalid.raw.to_string(),
+            raw: invalid.raw,
         })
         .collect();
     let events = normalized
@@ -143,7 +143,7 @@ fn outcome(
         .into_iter()
         .map(|event| {
             let person_update = changes_persons(state, &event);
-            LogRecord::from_event(event, person_update)
+            LogRecord::from_accepted(event, person_update)
         })
         .collect();
     Ok(AppendBatch { events, quarantined })
@@ -151,12 +151,9 @@ fn outcome(
 
 /// Whether the person processor needs the event: it changes person or group properties,
 /// merges ids, or names a group type not registered yet.
-fn changes_persons(state: &AppState, event: &switchyard_event::Event) -> bool {
-    matches!(event.kind, EventType::Identify | EventType::Alias | EventType::Group)
-        || !event.traits.is_empty()
-        || !event.traits_set_once.is_empty()
-        || event.properties.contains_key("$unset")
-        || event.groups.keys().any(|group_type| !state.control.knows_group_type(event.project_id, group_type))
+fn changes_persons(state: &AppState, event: &Accepted) -> bool {
+    event.updates_persons
+        || event.group_types.iter().any(|group_type| !state.control.knows_group_type(event.project_id, group_type))
 }
 
 async fn append(state: &AppState, family: Family, batch: AppendBatch) -> Result<(), IntakeError> {
@@ -243,12 +240,12 @@ pub async fn posthog_capture(
         content_encoding: header_str(&headers, header::CONTENT_ENCODING),
         legacy_path: legacy,
     };
-    let result = decode_posthog_body(&body, &hints, decode_limits(&state))
-        .and_then(|json| posthog::parse_capture_request(&json, query.sent_at_ms));
-    let request = result.map_err(|r| {
+    let rejected = |r: Rejection| {
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: r.code }).inc();
         reject(family, r)
-    })?;
+    };
+    let json = decode_posthog_body(&body, &hints, decode_limits(&state)).map_err(rejected)?;
+    let request = posthog::parse_capture_request(&json, query.sent_at_ms).map_err(rejected)?;
     let project_id = state.control.lookup(KeyKind::ProjectToken, &request.token).ok_or_else(|| {
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "ingest_key_unknown" }).inc_by(request.events.len() as u64);
         reject(family, Rejection::new(401, "ingest_key_unknown", "api_key does not resolve to a known project"))

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use switchyard_event::Event;
+use switchyard_event::Accepted;
 use tokio::sync::{mpsc, oneshot};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,11 +58,7 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    pub fn from_event(event: Event, person_update: bool) -> Self {
-        // Sized for a typical event, so serializing rarely reallocates.
-        let mut body = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut body, &event).expect("events serialize");
-        let body = String::from_utf8(body).expect("serde_json writes UTF-8");
+    pub fn from_accepted(event: Accepted, person_update: bool) -> Self {
         LogRecord {
             id: event.id,
             project_id: event.project_id,
@@ -72,7 +68,7 @@ impl LogRecord {
             trace_id: event.trace_id,
             timestamp: event.timestamp,
             received_at: event.received_at,
-            body,
+            body: event.body,
             person_update,
         }
     }
