@@ -45,16 +45,23 @@ pub struct Accepted {
     pub group_types: Vec<String>,
 }
 
+/// Whether an event sets, unsets or merges person or group data (see
+/// [`Accepted::updates_persons`]).
+pub(crate) fn updates_persons(kind: EventType, sets_traits: bool, unsets: bool) -> bool {
+    matches!(kind, EventType::Identify | EventType::Alias | EventType::Group) || sets_traits || unsets
+}
+
 impl Accepted {
     pub fn from_event(event: Event) -> Self {
         // Sized for a typical event, so serializing rarely reallocates.
         let mut body = Vec::with_capacity(1024);
         serde_json::to_writer(&mut body, &event).expect("events serialize");
         Accepted {
-            updates_persons: matches!(event.kind, EventType::Identify | EventType::Alias | EventType::Group)
-                || !event.traits.is_empty()
-                || !event.traits_set_once.is_empty()
-                || event.properties.contains_key("$unset"),
+            updates_persons: updates_persons(
+                event.kind,
+                !event.traits.is_empty() || !event.traits_set_once.is_empty(),
+                event.properties.contains_key("$unset"),
+            ),
             group_types: event.groups.keys().cloned().collect(),
             body: String::from_utf8(body).expect("serde_json writes UTF-8"),
             id: event.id,

@@ -639,10 +639,11 @@ fn build_event(
     }
     let extra = obj;
 
-    let updates_persons = matches!(kind, EventType::Identify | EventType::Alias | EventType::Group)
-        || !traits.is_empty()
-        || !traits_set_once.is_empty()
-        || properties.contains_key("$unset");
+    let updates_persons = crate::updates_persons(
+        kind,
+        !traits.is_empty() || !traits_set_once.is_empty(),
+        properties.contains_key("$unset"),
+    );
     let group_types = groups.entries().iter().map(|e| e.key.clone().into_owned()).collect();
     let timestamp = format_time(checked.timestamp);
 
