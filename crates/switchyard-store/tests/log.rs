@@ -139,6 +139,45 @@ async fn over_capacity_appends_fail_fast_and_the_rest_are_kept() {
     assert_eq!(stored, ok, "exactly the acknowledged appends are stored");
 }
 
+/// Bytes of `path` resident in the OS page cache, from util-linux's `fincore`.
+fn resident_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("running fincore (util-linux)");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().parse().expect("fincore prints a byte count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpointed_pages_leave_the_page_cache_and_still_read_back() {
+    // In the target directory: a disk-backed file system (a tmpfs file cannot leave memory).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("log.db");
+    let config = SqliteLogConfig { cached_tail_bytes: 1 << 20, ..Default::default() };
+    let log = SqliteLog::open(&path, config).unwrap();
+    let body = "y".repeat(4000);
+    for batch in 0..100 {
+        let events = (0..50).map(|k| LogRecord { body: body.clone(), ..record(batch * 50 + k) }).collect();
+        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    }
+    // The checkpoint thread's passes (every 100 ms) copy the WAL into the file, sync it and
+    // drop all but its last MiB from the cache.
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let started = std::time::Instant::now();
+    while (size() < 16 << 20 || resident_bytes(&path) > 4 << 20) && started.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (size, resident) = (size(), resident_bytes(&path));
+    assert!(size >= 16 << 20, "the checkpoints copied too little: the file has {size} bytes");
+    assert!(resident <= 4 << 20, "{resident} of the file's {size} bytes stayed in the page cache");
+    let stored = log.query_events(EventQuery { project_id: 1, limit: 10_000, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.len(), 5000);
+    assert!(stored.iter().all(|e| e.body == body), "every event reads back from disk as written");
+    log.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_starts_over_under_steady_writes() {
     let dir = tempfile::tempdir().unwrap();
