@@ -261,17 +261,15 @@ enum WriteOp {
     /// rest between two groups, so the next transaction starts the WAL over. The checkpoint
     /// thread waits for the answer, so the two checkpoints never collide.
     RestartWal(std::sync::mpsc::Sender<()>),
-    /// From the checkpoint thread: add the events logged since the last time to the trace index.
-    IndexTraces,
 }
 
 /// The trace index's position in the log, kept among the consumer cursors.
 const TRACE_INDEX_CURSOR: &str = "$trace_index";
 /// The trace index is kept per block of 2^16 events of the log (see `index_traces`).
 const TRACE_BLOCK_BITS: i64 = 16;
-/// Most events one trace-index pass takes: a pause of a few milliseconds between two groups.
-/// A writer that is behind runs another pass after each group until it has caught up.
-const TRACE_INDEX_BATCH: i64 = 5_000;
+/// Most events one trace-index pass takes. An indexer that is behind runs passes back to back
+/// until it has caught up.
+const TRACE_INDEX_BATCH: i64 = 10_000;
 
 /// Default WAL length (in frames, i.e. pages) at which the writer is asked to restart the WAL:
 /// 256 MiB with 16 KiB pages.
@@ -281,7 +279,8 @@ const RESTART_WAL_FRAMES: i64 = 16_384;
 pub struct SqliteLog {
     sender: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    /// The checkpoint and trace index threads, each with the sender that stops it.
+    background: Mutex<Vec<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
     /// The database file, which the checkpoint thread syncs after its passes. Declared last so
@@ -305,16 +304,8 @@ CREATE TABLE IF NOT EXISTS events (
     person_update INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_person_updates ON events (seq) WHERE person_update = 1;
--- Trace lookups: filled behind the log by the writer (see `index_traces`), not per commit,
--- per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block.
+-- Trace lookups live in their own database (TRACE_INDEX_SCHEMA).
 DROP INDEX IF EXISTS events_trace;
-CREATE TABLE IF NOT EXISTS trace_blocks (
-    project_id INTEGER NOT NULL,
-    block INTEGER NOT NULL,
-    trace_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (project_id, block, trace_id, seq)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL,
@@ -329,6 +320,48 @@ CREATE TABLE IF NOT EXISTS cursors (
     position INTEGER NOT NULL
 );
 ";
+
+/// The trace index's database, beside the log's: derived from the log, filled behind it by
+/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost.
+const TRACE_INDEX_SCHEMA: &str = "
+-- Per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block.
+CREATE TABLE IF NOT EXISTS trace_blocks (
+    project_id INTEGER NOT NULL,
+    block INTEGER NOT NULL,
+    trace_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (project_id, block, trace_id, seq)
+) WITHOUT ROWID;
+-- The index's position in the log (TRACE_INDEX_CURSOR).
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+";
+
+/// Where the trace index of the log at `path` is kept: `events.db` → `events.traces.db`.
+pub fn trace_index_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("traces.db")
+}
+
+/// A reader of the log, with the trace index attached as `traces`.
+fn open_reader(path: &Path) -> Result<Connection, LogError> {
+    let conn = open_connection(path)?;
+    conn.execute("ATTACH DATABASE ?1 AS traces", [trace_index_path(path).to_string_lossy()])?;
+    Ok(conn)
+}
+
+/// The trace index thread's connection: the index's database, creating its tables, with the
+/// log attached as `log` (read only: its transactions write the index alone, so they never
+/// take the log's write lock).
+fn open_trace_indexer(path: &Path) -> Result<Connection, LogError> {
+    let conn = open_connection(&trace_index_path(path))?;
+    // Derived data: a power loss may take the last passes back, position and entries alike.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(TRACE_INDEX_SCHEMA)?;
+    conn.execute("ATTACH DATABASE ?1 AS log", [path.to_string_lossy()])?;
+    Ok(conn)
+}
 
 fn open_connection(path: &Path) -> Result<Connection, LogError> {
     let conn = Connection::open(path)?;
@@ -345,9 +378,10 @@ fn open_connection(path: &Path) -> Result<Connection, LogError> {
 impl SqliteLog {
     /// Opens (creating if needed) the log at `path` and starts its writer thread.
     pub fn open(path: &Path, config: SqliteLogConfig) -> Result<Self, LogError> {
-        let mut conn = open_connection(path)?;
+        let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
-        migrate_trace_index(&mut conn)?;
+        let mut indexer = open_trace_indexer(path)?;
+        migrate_trace_index(&mut indexer)?;
         if let Some(max) = config.max_size_bytes {
             let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
             let pages = (max as i64 / page_size).max(16);
@@ -355,7 +389,7 @@ impl SqliteLog {
         }
         let mut readers = Vec::new();
         for _ in 0..2 {
-            readers.push(open_connection(path)?);
+            readers.push(open_reader(path)?);
         }
         // Checkpoints (copying the WAL back into the database) run on their own thread and
         // connection, PASSIVE, so group commits do not wait for them (see `checkpoint_loop`).
@@ -380,6 +414,11 @@ impl SqliteLog {
                 })
                 .map_err(|e| LogError::Storage(e.to_string()))?
         };
+        let (stop_indexing, indexing_stop) = std::sync::mpsc::channel::<()>();
+        let trace_indexer = std::thread::Builder::new()
+            .name("event-log-traces".into())
+            .spawn(move || trace_index_loop(indexer, indexing_stop))
+            .map_err(|e| LogError::Storage(e.to_string()))?;
         let max_txn_events = config.max_txn_events.max(1);
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
@@ -388,7 +427,7 @@ impl SqliteLog {
         Ok(SqliteLog {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
-            checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
+            background: Mutex::new(vec![(stop_checkpoints, checkpointer), (stop_indexing, trace_indexer)]),
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
             _db_file: db_file,
@@ -401,11 +440,12 @@ impl SqliteLog {
 
     /// Stops taking appends, commits every queued one, and waits for the writer to exit.
     pub async fn close(&self) {
-        let checkpointer = self.checkpointer.lock().expect("checkpointer lock").take();
-        if let Some((stop, checkpointer)) = checkpointer {
+        let background = std::mem::take(&mut *self.background.lock().expect("background lock"));
+        for (stop, thread) in background {
             drop(stop);
-            let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        self.readers.lock().expect("readers lock").clear();
         drop(self.sender.lock().expect("sender lock").take());
         let writer = self.writer.lock().expect("writer lock").take();
         if let Some(writer) = writer {
@@ -423,7 +463,7 @@ impl SqliteLog {
             let conn = readers.lock().expect("readers lock").pop();
             let conn = match conn {
                 Some(conn) => conn,
-                None => open_connection(&path)?,
+                None => open_reader(&path)?,
             };
             let result = f(&conn);
             readers.lock().expect("readers lock").push(conn);
@@ -445,11 +485,11 @@ impl SqliteLog {
                 sql.push_str(&format!(
                     " AND trace_id = ?2 AND seq IN (
                        WITH RECURSIVE position(seq) AS (
-                           SELECT coalesce((SELECT position FROM cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0)),
+                           SELECT coalesce((SELECT position FROM traces.cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0)),
                          blocks(block) AS (
                            SELECT seq >> {TRACE_BLOCK_BITS} FROM position
                            UNION ALL SELECT block - 1 FROM blocks WHERE block > 0)
-                       SELECT t.seq FROM blocks CROSS JOIN trace_blocks t
+                       SELECT t.seq FROM blocks CROSS JOIN traces.trace_blocks t
                          ON t.project_id = ?1 AND t.block = blocks.block AND t.trace_id = ?2
                        UNION ALL SELECT seq FROM events WHERE trace_id = ?2 AND seq > (SELECT seq FROM position))"
                 ));
@@ -570,7 +610,6 @@ fn writer_loop(
     max_txn_events: usize,
     on_commit: Option<CommitObserver>,
 ) {
-    let mut index_behind = false;
     while let Some(first) = receiver.blocking_recv() {
         let mut ops = vec![first];
         let mut events = op_len(&ops[0]);
@@ -590,7 +629,6 @@ fn writer_loop(
                 _ => None,
             })
             .collect();
-        let index = ops.iter().any(|op| matches!(op, WriteOp::IndexTraces));
         let result = write_group(&mut conn, &ops);
         match result {
             Ok(last_seqs) => {
@@ -607,7 +645,7 @@ fn writer_loop(
                         WriteOp::Commit(_, _, reply) => {
                             let _ = reply.send(Ok(()));
                         }
-                        WriteOp::RestartWal(_) | WriteOp::IndexTraces => {}
+                        WriteOp::RestartWal(_) => {}
                     }
                 }
             }
@@ -621,19 +659,10 @@ fn writer_loop(
                         WriteOp::Commit(_, _, reply) => {
                             let _ = reply.send(Err(error.clone()));
                         }
-                        WriteOp::RestartWal(_) | WriteOp::IndexTraces => {}
+                        WriteOp::RestartWal(_) => {}
                     }
                 }
             }
-        }
-        if index || index_behind {
-            index_behind = match index_traces(&mut conn) {
-                Ok(behind) => behind,
-                Err(error) => {
-                    tracing::warn!(%error, "trace index pass failed; the next one retries");
-                    false
-                }
-            };
         }
         if !restart_wal.is_empty() {
             // Only the frames written since the checkpoint thread's last pass are left to copy;
@@ -701,7 +730,6 @@ fn checkpoint_loop(
             },
             Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
         }
-        let _ = writer.try_send(WriteOp::IndexTraces);
     }
 }
 
@@ -744,6 +772,26 @@ fn cursor_position(conn: &Connection, consumer: &str) -> Result<i64, LogError> {
         .unwrap_or(0))
 }
 
+/// Keeps the trace index up with the log: a pass every 100 ms, passes back to back while
+/// behind. On its own thread and in its own database, a pass never pauses the log's writer.
+fn trace_index_loop(mut conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    loop {
+        let behind = match index_traces(&mut conn) {
+            Ok(behind) => behind,
+            Err(error) => {
+                tracing::warn!(%error, "trace index pass failed; the next one retries");
+                false
+            }
+        };
+        let wait = if behind { Duration::ZERO } else { INTERVAL };
+        match stop.recv_timeout(wait) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
 /// Adds the trace ids of events logged since the last pass to `trace_blocks`, sorted, in one
 /// transaction with the index's new position. A B-tree index on `trace_id` updated in every
 /// group commit would write one page per distinct trace per commit (trace ids are random);
@@ -753,17 +801,18 @@ fn cursor_position(conn: &Connection, consumer: &str) -> Result<i64, LogError> {
 /// seen (with thousands of agent runs in flight, one page per trace per pass). Queries look the
 /// trace up in each block, newest first, up to the index's position, and scan the few events
 /// after it (`query_events`): one B-tree seek per 65,536 events of the log.
-/// Returns whether more events are waiting to be indexed.
+/// Runs on the indexer's connection (see `open_trace_indexer`): it reads the log and writes
+/// only the index. Returns whether more events are waiting to be indexed.
 fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     let from = cursor_position(conn, TRACE_INDEX_CURSOR)?;
-    let end: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+    let end: Option<i64> = conn.query_row("SELECT max(seq) FROM log.events", [], |r| r.get(0))?;
     let Some(end) = end.filter(|end| *end > from) else { return Ok(false) };
     let upto = end.min(from + TRACE_INDEX_BATCH);
     let tx = conn.transaction()?;
     tx.execute(
         &format!(
-            "INSERT OR IGNORE INTO trace_blocks (project_id, block, trace_id, seq)
-             SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM events
+            "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq)
+             SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM log.events
              WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
              ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq"
         ),
@@ -774,20 +823,44 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     Ok(upto < end)
 }
 
-/// Databases written before the index was kept per block have a `trace_index` table keyed by
-/// `(project_id, trace_id, seq)`: its entries move into `trace_blocks`, once, at start.
+/// Earlier versions kept the trace index inside the log's database: as `trace_blocks`, or
+/// before that as `trace_index` keyed by `(project_id, trace_id, seq)`. At start its entries
+/// and position move into the index's own database, once; run on the indexer's connection
+/// before the writer starts.
 fn migrate_trace_index(conn: &mut Connection) -> Result<(), LogError> {
-    let old: bool = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'trace_index'", [], |r| r.get(0))?;
-    if old {
+    let old_tables = [
+        ("trace_index", format!("SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM log.trace_index")),
+        ("trace_blocks", "SELECT project_id, block, trace_id, seq FROM log.trace_blocks".to_owned()),
+    ];
+    for (table, select) in old_tables {
+        let exists: bool = conn.query_row(
+            "SELECT count(*) FROM log.sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            continue;
+        }
+        let position: Option<i64> = conn
+            .query_row("SELECT position FROM log.cursors WHERE consumer = ?1", [TRACE_INDEX_CURSOR], |r| r.get(0))
+            .optional()?;
         let tx = conn.transaction()?;
         tx.execute_batch(&format!(
-            "INSERT OR IGNORE INTO trace_blocks (project_id, block, trace_id, seq)
-               SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM trace_index
-               ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq;
-             DROP TABLE trace_index;"
+            "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq) {select} ORDER BY 1, 2, 3, 4;"
         ))?;
+        if let Some(position) = position {
+            tx.execute(
+                "INSERT INTO main.cursors (consumer, position) VALUES (?1, ?2)
+                 ON CONFLICT (consumer) DO UPDATE SET position = max(position, excluded.position)",
+                params![TRACE_INDEX_CURSOR, position],
+            )?;
+        }
         tx.commit()?;
+        // Moved and committed: the old table and position go. Should this fail, the next
+        // start moves them again (`OR IGNORE`).
+        conn.execute_batch(&format!(
+            "DROP TABLE log.{table}; DELETE FROM log.cursors WHERE consumer = '{TRACE_INDEX_CURSOR}';"
+        ))?;
     }
     Ok(())
 }
@@ -796,7 +869,7 @@ fn op_len(op: &WriteOp) -> usize {
     match op {
         WriteOp::Append(batch, _) => batch.len(),
         WriteOp::Commit(..) => 1,
-        WriteOp::RestartWal(_) | WriteOp::IndexTraces => 0,
+        WriteOp::RestartWal(_) => 0,
     }
 }
 
@@ -849,7 +922,7 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                     upsert_cursor.execute(params![consumer, position])?;
                     last_seqs.push(None);
                 }
-                WriteOp::RestartWal(_) | WriteOp::IndexTraces => last_seqs.push(None),
+                WriteOp::RestartWal(_) => last_seqs.push(None),
             }
         }
     }

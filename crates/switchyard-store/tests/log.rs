@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use switchyard_store::log::trace_index_path;
 use switchyard_store::{AppendBatch, EventLog, EventQuery, LogError, LogRecord, QuarantineRecord, Selection, SqliteLog, SqliteLogConfig};
 
 fn record(i: usize) -> LogRecord {
@@ -253,21 +254,19 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     append_batches(&log, 0).await;
     log.close().await;
-    // Forget the index, as if the passes had never run: after the restart the writer knows
-    // only the events it logs itself, and the passes must read the older ones back.
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DELETE FROM trace_blocks; DELETE FROM cursors WHERE consumer = '$trace_index';").unwrap();
-    }
+    // Lose the index's database, as if the passes had never run: after the restart the passes
+    // must read every event back from the log.
+    std::fs::remove_file(trace_index_path(&path)).unwrap();
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     append_batches(&log, 300).await;
     wait_for_trace_index(&path, 600).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("ATTACH DATABASE ?1 AS traces", [trace_index_path(&path).to_string_lossy()]).unwrap();
     let rows = |sql: &str| -> Vec<(i64, String, i64)> {
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
     };
-    let indexed = rows("SELECT project_id, trace_id, seq FROM trace_blocks ORDER BY 1, 2, 3");
+    let indexed = rows("SELECT project_id, trace_id, seq FROM traces.trace_blocks ORDER BY 1, 2, 3");
     let traced = rows("SELECT project_id, trace_id, seq FROM events WHERE trace_id IS NOT NULL ORDER BY 1, 2, 3");
     assert_eq!(traced.len(), 600 - 600 / 7 - 1);
     assert_eq!(indexed, traced, "every traced event indexed once, nothing else");
@@ -302,7 +301,7 @@ async fn trace_queries_find_events_in_every_block_of_the_log() {
         log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
     }
     wait_for_trace_index(&path, 140_000).await;
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
     let blocks: i64 = conn.query_row("SELECT count(DISTINCT block) FROM trace_blocks", [], |r| r.get(0)).unwrap();
     assert_eq!(blocks, 3);
     let query = |trace: u32, limit: usize| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit, ..Default::default() };
@@ -314,43 +313,80 @@ async fn trace_queries_find_events_in_every_block_of_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_from_before_the_blocks_moves_into_them_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.db");
-    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
-    let events = (0..20).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 2 + 1)), ..record(i) }).collect();
-    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
-    log.close().await;
-    // What an earlier version left: the index in `trace_index`, keyed by trace, complete up to
-    // its position.
-    {
+async fn an_index_kept_in_the_log_by_earlier_versions_moves_into_its_own_database() {
+    // What earlier versions left in the log's database, complete up to their position: the
+    // index per block (`trace_blocks`), and before that per trace (`trace_index`).
+    let layouts = [
+        "CREATE TABLE trace_blocks (project_id INTEGER NOT NULL, block INTEGER NOT NULL, trace_id TEXT NOT NULL,
+                                    seq INTEGER NOT NULL, PRIMARY KEY (project_id, block, trace_id, seq)) WITHOUT ROWID;
+         INSERT INTO trace_blocks SELECT project_id, seq >> 16, trace_id, seq FROM events;",
+        "CREATE TABLE trace_index (project_id INTEGER NOT NULL, trace_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                                   PRIMARY KEY (project_id, trace_id, seq)) WITHOUT ROWID;
+         INSERT INTO trace_index SELECT project_id, trace_id, seq FROM events;",
+    ];
+    for layout in layouts {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+        let events = (0..20).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 2 + 1)), ..record(i) }).collect();
+        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+        log.close().await;
+        drop(log);
+        remove_trace_index(&path);
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(layout).unwrap();
+            conn.execute_batch("INSERT INTO cursors (consumer, position) VALUES ('$trace_index', 20);").unwrap();
+            // Traced events logged after the old index's position: the new index's passes
+            // take them from there.
+            for i in 20..24 {
+                conn.execute(
+                    "INSERT INTO events (id, project_id, type, event, distinct_id, trace_id, timestamp, received_at, body)
+                     VALUES (?1, 1, 'track', 'tool_used', 'user_1', ?2, '', '', '{}')",
+                    rusqlite::params![format!("id-{i}"), format!("{:032x}", i % 2 + 1)],
+                )
+                .unwrap();
+            }
+        }
+        let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+        wait_for_trace_index(&path, 24).await;
+        let found = log
+            .query_events(EventQuery { project_id: 1, trace_id: Some(format!("{:032x}", 1)), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), [23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "DELETE FROM trace_blocks;
-             CREATE TABLE trace_index (project_id INTEGER NOT NULL, trace_id TEXT NOT NULL, seq INTEGER NOT NULL,
-                                       PRIMARY KEY (project_id, trace_id, seq)) WITHOUT ROWID;
-             INSERT INTO trace_index SELECT project_id, trace_id, seq FROM events;
-             INSERT INTO cursors (consumer, position) VALUES ('$trace_index', 20)
-               ON CONFLICT (consumer) DO UPDATE SET position = 20;",
-        )
-        .unwrap();
+        let left: i64 = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM sqlite_master WHERE name IN ('trace_index', 'trace_blocks'))
+                      + (SELECT count(*) FROM cursors WHERE consumer = '$trace_index')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0, "the old index and its position left the log's database");
+        let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
+        let entries: i64 = index.query_row("SELECT count(*) FROM trace_blocks", [], |r| r.get(0)).unwrap();
+        assert_eq!(entries, 24, "moved entries and new ones, each once");
+        log.close().await;
     }
-    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
-    let found = log
-        .query_events(EventQuery { project_id: 1, trace_id: Some(format!("{:032x}", 1)), limit: 100, ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), [19, 17, 15, 13, 11, 9, 7, 5, 3, 1]);
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let old: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'trace_index'", [], |r| r.get(0)).unwrap();
-    assert_eq!(old, 0, "the old table is gone");
-    log.close().await;
+}
+
+/// Deletes the trace index's database (its WAL and shared memory too, if left).
+fn remove_trace_index(path: &std::path::Path) {
+    let index = trace_index_path(path);
+    std::fs::remove_file(&index).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let mut file = index.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
 }
 
 /// Waits until the trace index's passes (asked for every 100 ms) have indexed the log up to
 /// `seq`.
 async fn wait_for_trace_index(path: &std::path::Path, seq: i64) {
-    let conn = rusqlite::Connection::open(path).unwrap();
+    let conn = rusqlite::Connection::open(trace_index_path(path)).unwrap();
     let started = std::time::Instant::now();
     loop {
         let position: i64 = conn
