@@ -269,7 +269,7 @@ const TRACE_INDEX_CURSOR: &str = "$trace_index";
 const TRACE_BLOCK_BITS: i64 = 16;
 /// Most events one trace-index pass takes. An indexer that is behind runs passes back to back
 /// until it has caught up.
-const TRACE_INDEX_BATCH: i64 = 10_000;
+const TRACE_INDEX_BATCH: i64 = 5_000;
 
 /// Default WAL length (in frames, i.e. pages) at which the writer is asked to restart the WAL:
 /// 256 MiB with 16 KiB pages.
@@ -363,6 +363,17 @@ fn open_trace_indexer(path: &Path) -> Result<Connection, LogError> {
     Ok(conn)
 }
 
+/// The writer's busy handler. The writer waits only for readers: a WAL restart waits until no
+/// reader holds an older snapshot. Readers here are short (an index pass, a consumer's read, an
+/// API query: milliseconds), so it checks again every 100 µs, where SQLite's default handler
+/// sleeps 1, 2, 5, 10, 15, 20, 25… ms (a reader that ended after 3.1 ms cost 8 ms). Gives up
+/// after about 5 s, like the other connections' busy timeout.
+fn writer_busy(attempts: i32) -> bool {
+    const STEP: Duration = Duration::from_micros(100);
+    std::thread::sleep(STEP);
+    attempts < 50_000
+}
+
 fn open_connection(path: &Path) -> Result<Connection, LogError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -419,6 +430,7 @@ impl SqliteLog {
             .name("event-log-traces".into())
             .spawn(move || trace_index_loop(indexer, indexing_stop))
             .map_err(|e| LogError::Storage(e.to_string()))?;
+        conn.busy_handler(Some(writer_busy))?;
         let max_txn_events = config.max_txn_events.max(1);
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
@@ -689,12 +701,12 @@ fn writer_loop(
 /// since the last pass).
 ///
 /// A pass that does not reach the WAL's end (every pass under steady writes) leaves what it
-/// copied unsynced in the page cache; the checkpoint that restarts the WAL must then sync the
+/// copied unsynced in the page cache; the checkpoint that restarts the WAL would then sync the
 /// database file with everything copied since the last restart, up to `restart_wal_frames`
-/// pages: a 60–160 ms pause of the writer. So after each pass that does not ask for a restart
-/// this thread syncs the database file itself, off the writer's path, and a restart only syncs
-/// the last pass's copies (6–9 ms). The restart is asked for before any sync, so a slow sync
-/// never lets the WAL run past `restart_wal_frames` for longer.
+/// pages: a 60–160 ms pause of the writer. So this thread syncs the database file after each
+/// pass, off the writer's path; and once the WAL is past the limit it runs up to two more passes
+/// (each synced) until at most `RESTART_LEFT_FRAMES` are left, so the writer's restart copies
+/// and syncs only what came in meanwhile (a few milliseconds).
 /// That sync is for speed only: the WAL keeps every frame until a checkpoint that synced the
 /// database lets it start over. Once synced, the copied pages are dropped from the OS page
 /// cache, all but the file's last `cached_tail_bytes` (see `release_cached_pages`).
@@ -713,22 +725,47 @@ fn checkpoint_loop(
         stop.recv_timeout(next_pass.saturating_duration_since(std::time::Instant::now()))
     {
         next_pass = std::time::Instant::now() + INTERVAL;
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(frames) if frames >= restart_wal_frames => {
-                // The writer's RESTART checkpoint copies the rest and syncs the database itself.
-                // A full queue means the writer is busy anyway; the next pass asks again.
-                let (done, restarted) = std::sync::mpsc::channel();
-                if writer.try_send(WriteOp::RestartWal(done)).is_ok()
-                    && restarted.recv_timeout(Duration::from_secs(10)).is_ok()
-                {
-                    release_cached_pages(db_file, cached_tail_bytes);
+        let mut pass = pass_and_sync(&conn, db_file, cached_tail_bytes);
+        // Past the limit: copy and sync all but the newest frames first, off the writer's path,
+        // so that the writer's RESTART copies and syncs only what came in meanwhile.
+        for _ in 0..2 {
+            match pass {
+                Some((frames, copied)) if frames >= restart_wal_frames && frames - copied > RESTART_LEFT_FRAMES => {
+                    pass = pass_and_sync(&conn, db_file, cached_tail_bytes);
                 }
+                _ => break,
             }
-            Ok(_) => match db_file.sync_data() {
+        }
+        if let Some((frames, _)) = pass.filter(|(frames, _)| *frames >= restart_wal_frames) {
+            // The writer's RESTART checkpoint copies the rest and syncs the database itself.
+            // A full queue means the writer is busy anyway; the next pass asks again.
+            let (done, restarted) = std::sync::mpsc::channel();
+            tracing::trace!(frames, "asking the writer to restart the WAL");
+            if writer.try_send(WriteOp::RestartWal(done)).is_ok() && restarted.recv_timeout(Duration::from_secs(10)).is_ok() {
+                release_cached_pages(db_file, cached_tail_bytes);
+            }
+        }
+    }
+}
+
+/// What may be left to copy when the writer restarts the WAL: 4 MiB with 16 KiB pages.
+const RESTART_LEFT_FRAMES: i64 = 256;
+
+/// One PASSIVE checkpoint pass, then a sync of the database file and the release of its synced
+/// pages. Returns the WAL's length and how much of it is copied, in frames.
+fn pass_and_sync(conn: &Connection, db_file: &std::fs::File, cached_tail_bytes: u64) -> Option<(i64, i64)> {
+    let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)));
+    match pass {
+        Ok(frames) => {
+            match db_file.sync_data() {
                 Ok(()) => release_cached_pages(db_file, cached_tail_bytes),
                 Err(error) => tracing::warn!(%error, "syncing the event log's database file after a checkpoint failed"),
-            },
-            Err(error) => tracing::warn!(%error, "background WAL checkpoint failed"),
+            }
+            Some(frames)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "background WAL checkpoint failed");
+            None
         }
     }
 }
