@@ -47,16 +47,17 @@ pub struct RawObject<'a> {
 impl<'a> RawObject<'a> {
     /// Builds an object from entries in any order; the last of a repeated key wins.
     pub fn from_entries(mut entries: Vec<Entry<'a>>) -> Self {
-        // A stable sort keeps repeated keys in their order; keep each key's last entry.
+        // A stable sort keeps repeated keys in their order. `dedup_by` drops `later` when told
+        // to, so a repeated key's later entry is first swapped into the place that stays.
         entries.sort_by(|a, b| key_cmp(&a.key, &b.key));
-        let mut unique: Vec<Entry<'a>> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match unique.last_mut() {
-                Some(last) if key_cmp(&last.key, &entry.key).is_eq() => *last = entry,
-                _ => unique.push(entry),
+        entries.dedup_by(|later, kept| {
+            let repeated = key_cmp(&later.key, &kept.key).is_eq();
+            if repeated {
+                std::mem::swap(later, kept);
             }
-        }
-        RawObject { entries: unique }
+            repeated
+        });
+        RawObject { entries }
     }
 
     /// Parses the entries of an object's raw text and scans each value; `Ok(None)` if the
@@ -72,11 +73,11 @@ impl<'a> RawObject<'a> {
 
     /// Scans every value of parsed entries (see [`scan`]).
     pub fn scanned(entries: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<Self, serde_json::Error> {
-        let entries = entries
-            .into_iter()
-            .map(|(key, raw)| Ok(Entry { shape: scan(raw)?, key, raw }))
-            .collect::<Result<Vec<_>, serde_json::Error>>()?;
-        Ok(Self::from_entries(entries))
+        let mut scanned = Vec::with_capacity(entries.len());
+        for (key, raw) in entries {
+            scanned.push(Entry { shape: scan(raw)?, key, raw });
+        }
+        Ok(Self::from_entries(scanned))
     }
 
     pub fn len(&self) -> usize {
