@@ -55,8 +55,8 @@ enum Properties<'a> {
 
 /// An event object as parsed: `properties` apart, the other entries as raw text.
 struct EventParts<'a> {
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
-    properties: Option<Parsed<Vec<(Cow<'a, str>, &'a RawValue)>>>,
+    entries: Vec<Entry<'a>>,
+    properties: Option<Parsed<Vec<Entry<'a>>>>,
 }
 
 /// A value wanted as an object (read as `T`), or any other value.
@@ -79,7 +79,7 @@ impl<'de> FromMap<'de> for EventParts<'de> {
     }
 }
 
-impl<'de> FromMap<'de> for Vec<(Cow<'de, str>, &'de RawValue)> {
+impl<'de> FromMap<'de> for Vec<Entry<'de>> {
     fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         raw::entries(map)
     }
@@ -184,7 +184,7 @@ fn event_parts<'de, A: MapAccess<'de>>(
                     *batch = Some(map.next_value_seed(BatchSeed)?);
                 }
             }
-            _ => parts.entries.push((key, map.next_value::<&'de RawValue>()?)),
+            _ => parts.entries.push(Entry::unscanned(key, map.next_value::<&'de RawValue>()?)),
         }
     }
     Ok(parts)

@@ -37,6 +37,13 @@ pub struct Entry<'a> {
     pub shape: Shape,
 }
 
+impl<'a> Entry<'a> {
+    /// An entry whose value is not measured yet.
+    pub(crate) fn unscanned(key: Cow<'a, str>, raw: &'a RawValue) -> Self {
+        Entry { key, raw, shape: Shape { depth: 0, len: 0, spaced: false } }
+    }
+}
+
 /// A JSON object as sorted, unique `(key, raw value)` entries. A repeated key keeps its last
 /// value, as `serde_json`'s `Value` does.
 #[derive(Debug, Clone, Default)]
@@ -71,13 +78,12 @@ impl<'a> RawObject<'a> {
         Ok(Some(Self::scanned(entries)?))
     }
 
-    /// Scans every value of parsed entries (see [`scan`]).
-    pub fn scanned(entries: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<Self, serde_json::Error> {
-        let mut scanned = Vec::with_capacity(entries.len());
-        for (key, raw) in entries {
-            scanned.push(Entry { shape: scan(raw)?, key, raw });
+    /// Scans every value of parsed entries (see [`scan`]), measuring them in place.
+    pub fn scanned(mut entries: Vec<Entry<'a>>) -> Result<Self, serde_json::Error> {
+        for entry in &mut entries {
+            entry.shape = scan(entry.raw)?;
         }
-        Ok(Self::from_entries(scanned))
+        Ok(Self::from_entries(entries))
     }
 
     pub fn len(&self) -> usize {
@@ -348,7 +354,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
 pub(crate) struct EntriesVisitor;
 
 impl<'de> Visitor<'de> for EntriesVisitor {
-    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+    type Value = Vec<Entry<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -358,11 +364,12 @@ impl<'de> Visitor<'de> for EntriesVisitor {
     }
 }
 
-pub(crate) fn entries<'de, A: MapAccess<'de>>(mut map: A) -> Result<Vec<(Cow<'de, str>, &'de RawValue)>, A::Error> {
+/// An object's entries as parsed: not scanned yet (see [`RawObject::scanned`]).
+pub(crate) fn entries<'de, A: MapAccess<'de>>(mut map: A) -> Result<Vec<Entry<'de>>, A::Error> {
     let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
     while let Some(key) = map.next_key_seed(KeySeed)? {
         let raw: &'de RawValue = map.next_value()?;
-        entries.push((key, raw));
+        entries.push(Entry::unscanned(key, raw));
     }
     Ok(entries)
 }
