@@ -267,29 +267,9 @@ enum WriteOp {
 const TRACE_INDEX_CURSOR: &str = "$trace_index";
 /// The trace index is kept per block of 2^16 events of the log (see `index_traces`).
 const TRACE_BLOCK_BITS: i64 = 16;
-/// Most events one trace-index pass reads back from the log. An indexer that is behind runs
-/// passes back to back until it has caught up.
+/// Most events one trace-index pass takes. An indexer that is behind runs passes back to back
+/// until it has caught up.
 const TRACE_INDEX_BATCH: i64 = 5_000;
-/// Most traced events the writer hands the indexer per group commit; a bigger group's are
-/// read back from the log.
-const TRACE_HINT_MAX: usize = 4_096;
-/// Groups' hints that may wait for the indexer; more are dropped (and read back from the log).
-const TRACE_HINTS_QUEUED: usize = 64;
-
-/// The traced events of one committed group, from the writer to the trace indexer, so that
-/// the indexer need not read them back from the log. `first_seq..=last_seq` is every event of
-/// the group, traced or not.
-struct TraceHint {
-    first_seq: i64,
-    last_seq: i64,
-    entries: Vec<TraceEntry>,
-}
-
-struct TraceEntry {
-    project_id: i64,
-    trace_id: String,
-    seq: i64,
-}
 
 /// Default WAL length (in frames, i.e. pages) at which the writer is asked to restart the WAL:
 /// 256 MiB with 16 KiB pages.
@@ -446,16 +426,15 @@ impl SqliteLog {
                 .map_err(|e| LogError::Storage(e.to_string()))?
         };
         let (stop_indexing, indexing_stop) = std::sync::mpsc::channel::<()>();
-        let (trace_hints, hints) = std::sync::mpsc::sync_channel::<TraceHint>(TRACE_HINTS_QUEUED);
         let trace_indexer = std::thread::Builder::new()
             .name("event-log-traces".into())
-            .spawn(move || trace_index_loop(indexer, indexing_stop, hints))
+            .spawn(move || trace_index_loop(indexer, indexing_stop))
             .map_err(|e| LogError::Storage(e.to_string()))?;
         conn.busy_handler(Some(writer_busy))?;
         let max_txn_events = config.max_txn_events.max(1);
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
-            .spawn(move || writer_loop(conn, receiver, trace_hints, max_txn_events, config.on_commit))
+            .spawn(move || writer_loop(conn, receiver, max_txn_events, config.on_commit))
             .map_err(|e| LogError::Storage(e.to_string()))?;
         Ok(SqliteLog {
             sender: Mutex::new(Some(sender)),
@@ -640,7 +619,6 @@ impl EventLog for SqliteLog {
 fn writer_loop(
     mut conn: Connection,
     mut receiver: mpsc::Receiver<WriteOp>,
-    trace_hints: std::sync::mpsc::SyncSender<TraceHint>,
     max_txn_events: usize,
     on_commit: Option<CommitObserver>,
 ) {
@@ -665,11 +643,7 @@ fn writer_loop(
             .collect();
         let result = write_group(&mut conn, &ops);
         match result {
-            Ok((last_seqs, hint)) => {
-                if let Some(hint) = hint {
-                    // A full channel drops the hint: the indexer reads those events back.
-                    let _ = trace_hints.try_send(hint);
-                }
+            Ok(last_seqs) => {
                 let appended: usize =
                     ops.iter().map(|op| if let WriteOp::Append(batch, _) = op { batch.len() } else { 0 }).sum();
                 if let (Some(observer), true) = (&on_commit, appended > 0) {
@@ -837,18 +811,10 @@ fn cursor_position(conn: &Connection, consumer: &str) -> Result<i64, LogError> {
 
 /// Keeps the trace index up with the log: a pass every 100 ms, passes back to back while
 /// behind. On its own thread and in its own database, a pass never pauses the log's writer.
-fn trace_index_loop(
-    mut conn: Connection,
-    stop: std::sync::mpsc::Receiver<()>,
-    hints: std::sync::mpsc::Receiver<TraceHint>,
-) {
+fn trace_index_loop(mut conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
     const INTERVAL: Duration = Duration::from_millis(100);
-    let mut pending: Vec<TraceHint> = Vec::new();
     loop {
-        // Bounded: while the indexer catches up, the channel fills and the writer drops hints,
-        // whose events are then read back from the log.
-        pending.extend(hints.try_iter().take(TRACE_HINTS_QUEUED.saturating_sub(pending.len())));
-        let behind = match index_traces(&mut conn, &mut pending) {
+        let behind = match index_traces(&mut conn) {
             Ok(behind) => behind,
             Err(error) => {
                 tracing::warn!(%error, "trace index pass failed; the next one retries");
@@ -872,67 +838,26 @@ fn trace_index_loop(
 /// seen (with thousands of agent runs in flight, one page per trace per pass). Queries look the
 /// trace up in each block, newest first, up to the index's position, and scan the few events
 /// after it (`query_events`): one B-tree seek per 65,536 events of the log.
-///
-/// The traced events come from the writer's hints (`pending`, in log order) when they follow
-/// on from the index's position; events no hint covers (logged before this start, or whose
-/// hint was dropped) are read back from the log, at most `TRACE_INDEX_BATCH` per pass. Runs on
-/// the indexer's connection (see `open_trace_indexer`): it reads the log and writes only the
-/// index. Returns whether more is waiting to be indexed.
-fn index_traces(conn: &mut Connection, pending: &mut Vec<TraceHint>) -> Result<bool, LogError> {
+/// Runs on the indexer's connection (see `open_trace_indexer`): it reads the log and writes
+/// only the index. Returns whether more events are waiting to be indexed.
+fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     let from = cursor_position(conn, TRACE_INDEX_CURSOR)?;
-    pending.retain(|hint| hint.last_seq > from);
-    let follows = pending.first().is_some_and(|hint| hint.first_seq <= from + 1);
+    let end: Option<i64> = conn.query_row("SELECT max(seq) FROM log.events", [], |r| r.get(0))?;
+    let Some(end) = end.filter(|end| *end > from) else { return Ok(false) };
+    let upto = end.min(from + TRACE_INDEX_BATCH);
     let tx = conn.transaction()?;
-    let (upto, behind) = if follows {
-        // The hints that follow on from the position, up to the first gap.
-        let mut upto = from;
-        let mut taken = 0;
-        for hint in pending.iter() {
-            if hint.first_seq > upto + 1 {
-                break;
-            }
-            upto = upto.max(hint.last_seq);
-            taken += 1;
-        }
-        let mut entries: Vec<TraceEntry> =
-            pending.drain(..taken).flat_map(|hint| hint.entries).filter(|entry| entry.seq > from).collect();
-        entries.sort_unstable_by(|a, b| {
-            (a.project_id, a.seq >> TRACE_BLOCK_BITS, &a.trace_id, a.seq).cmp(&(
-                b.project_id,
-                b.seq >> TRACE_BLOCK_BITS,
-                &b.trace_id,
-                b.seq,
-            ))
-        });
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for entry in &entries {
-            insert.execute(params![entry.project_id, entry.seq >> TRACE_BLOCK_BITS, entry.trace_id, entry.seq])?;
-        }
-        (upto, !pending.is_empty())
-    } else {
-        // Events no hint covers: up to the first hint, or the log's end.
-        let end = match pending.first() {
-            Some(hint) => Some(hint.first_seq - 1),
-            None => tx.query_row("SELECT max(seq) FROM log.events", [], |r| r.get(0))?,
-        };
-        let Some(end) = end.filter(|end| *end > from) else { return Ok(false) };
-        let upto = end.min(from + TRACE_INDEX_BATCH);
-        tx.execute(
-            &format!(
-                "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq)
-                 SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM log.events
-                 WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
-                 ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq"
-            ),
-            params![from, upto],
-        )?;
-        (upto, upto < end || !pending.is_empty())
-    };
+    tx.execute(
+        &format!(
+            "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq)
+             SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM log.events
+             WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
+             ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq"
+        ),
+        params![from, upto],
+    )?;
     tx.execute(UPSERT_CURSOR, params![TRACE_INDEX_CURSOR, upto])?;
     tx.commit()?;
-    Ok(behind)
+    Ok(upto < end)
 }
 
 /// Earlier versions kept the trace index inside the log's database: as `trace_blocks`, or
@@ -985,12 +910,10 @@ fn op_len(op: &WriteOp) -> usize {
     }
 }
 
-/// Writes every op in one transaction; returns each op's last event seq, and the traced
-/// events for the trace index (`None` if the group logged no event, or too many to hand over).
-fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<(Vec<Option<i64>>, Option<TraceHint>), LogError> {
+/// Writes every op in one transaction; returns each op's last event seq.
+fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>>, LogError> {
     let tx = conn.transaction()?;
     let mut last_seqs = Vec::with_capacity(ops.len());
-    let mut hint = TraceHint { first_seq: 0, last_seq: 0, entries: Vec::new() };
     {
         let mut insert_event = tx.prepare_cached(
             "INSERT INTO events (id, project_id, type, event, distinct_id, trace_id, timestamp, received_at, body, person_update)
@@ -1018,15 +941,7 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<(Vec<Option<i64
                             r.body,
                             r.person_update
                         ])?;
-                        let seq = tx.last_insert_rowid();
-                        last = Some(seq);
-                        if hint.first_seq == 0 {
-                            hint.first_seq = seq;
-                        }
-                        hint.last_seq = seq;
-                        if let Some(trace_id) = r.trace_id.as_ref().filter(|_| hint.entries.len() < TRACE_HINT_MAX) {
-                            hint.entries.push(TraceEntry { project_id: r.project_id, trace_id: trace_id.clone(), seq });
-                        }
+                        last = Some(tx.last_insert_rowid());
                     }
                     for q in &batch.quarantined {
                         insert_quarantine.execute(params![
@@ -1049,6 +964,5 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<(Vec<Option<i64
         }
     }
     tx.commit()?;
-    let complete = hint.entries.len() < TRACE_HINT_MAX;
-    Ok((last_seqs, (hint.first_seq > 0 && complete).then_some(hint)))
+    Ok(last_seqs)
 }

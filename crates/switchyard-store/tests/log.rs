@@ -273,36 +273,6 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
     log.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trace_index_holds_groups_too_big_to_hand_over() {
-    // The writer hands each group's traced events to the indexer, up to 4,096 of them; the
-    // events of a bigger group are read back from the log, between handed-over groups.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.db");
-    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
-    append_batches(&log, 0).await;
-    let big = (300..5300).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 11 + 1)), ..record(i) }).collect();
-    log.append(AppendBatch { events: big, quarantined: vec![] }).await.unwrap();
-    append_batches(&log, 5300).await;
-    wait_for_trace_index(&path, 5600).await;
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("ATTACH DATABASE ?1 AS traces", [trace_index_path(&path).to_string_lossy()]).unwrap();
-    let rows = |sql: &str| -> Vec<(i64, String, i64)> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
-    };
-    let indexed = rows("SELECT project_id, trace_id, seq FROM traces.trace_blocks ORDER BY 1, 2, 3");
-    let traced = rows("SELECT project_id, trace_id, seq FROM events WHERE trace_id IS NOT NULL ORDER BY 1, 2, 3");
-    assert_eq!(traced.len(), 5000 + (0..300).chain(5300..5600).filter(|i| i % 7 != 0).count());
-    assert_eq!(indexed, traced, "every traced event indexed once, nothing else");
-    let found = log
-        .query_events(EventQuery { project_id: 1, trace_id: Some(format!("{:032x}", 11)), limit: 10_000, ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(found.len(), traced.iter().filter(|(_, trace, _)| *trace == format!("{:032x}", 11)).count());
-    log.close().await;
-}
-
 /// Three batches of 100 events numbered from `from`: every seventh has no trace id, the others
 /// belong to five agent runs.
 async fn append_batches(log: &SqliteLog, from: usize) {
