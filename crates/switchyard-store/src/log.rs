@@ -324,13 +324,15 @@ CREATE TABLE IF NOT EXISTS cursors (
 /// The trace index's database, beside the log's: derived from the log, filled behind it by
 /// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost.
 const TRACE_INDEX_SCHEMA: &str = "
--- Per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block.
-CREATE TABLE IF NOT EXISTS trace_blocks (
+-- Per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block;
+-- one row per agent run per pass: the seqs of its events as a JSON array, `first_seq` the least.
+CREATE TABLE IF NOT EXISTS trace_runs (
     project_id INTEGER NOT NULL,
     block INTEGER NOT NULL,
     trace_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (project_id, block, trace_id, seq)
+    first_seq INTEGER NOT NULL,
+    seqs TEXT NOT NULL,
+    PRIMARY KEY (project_id, block, trace_id, first_seq)
 ) WITHOUT ROWID;
 -- The index's position in the log (TRACE_INDEX_CURSOR).
 CREATE TABLE IF NOT EXISTS cursors (
@@ -501,8 +503,8 @@ impl SqliteLog {
                          blocks(block) AS (
                            SELECT seq >> {TRACE_BLOCK_BITS} FROM position
                            UNION ALL SELECT block - 1 FROM blocks WHERE block > 0)
-                       SELECT t.seq FROM blocks CROSS JOIN traces.trace_blocks t
-                         ON t.project_id = ?1 AND t.block = blocks.block AND t.trace_id = ?2
+                       SELECT j.value FROM blocks CROSS JOIN traces.trace_runs t CROSS JOIN json_each(t.seqs) j
+                         WHERE t.project_id = ?1 AND t.block = blocks.block AND t.trace_id = ?2
                        UNION ALL SELECT seq FROM events WHERE trace_id = ?2 AND seq > (SELECT seq FROM position))"
                 ));
             }
@@ -829,7 +831,7 @@ fn trace_index_loop(mut conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// Adds the trace ids of events logged since the last pass to `trace_blocks`, sorted, in one
+/// Adds the trace ids of events logged since the last pass to `trace_runs`, sorted, in one
 /// transaction with the index's new position. A B-tree index on `trace_id` updated in every
 /// group commit would write one page per distinct trace per commit (trace ids are random);
 /// a pass every 100 ms writes each touched page once. And the index is keyed by block of the
@@ -848,10 +850,11 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     let tx = conn.transaction()?;
     tx.execute(
         &format!(
-            "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq)
-             SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM log.events
+            "INSERT OR IGNORE INTO main.trace_runs (project_id, block, trace_id, first_seq, seqs)
+             SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, min(seq), json_group_array(seq) FROM log.events
              WHERE seq > ?1 AND seq <= ?2 AND trace_id IS NOT NULL
-             ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq"
+             GROUP BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id
+             ORDER BY project_id, seq >> {TRACE_BLOCK_BITS}, trace_id"
         ),
         params![from, upto],
     )?;
@@ -865,8 +868,22 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
 /// and position move into the index's own database, once; run on the indexer's connection
 /// before the writer starts.
 fn migrate_trace_index(conn: &mut Connection) -> Result<(), LogError> {
+    // This database's first layout: a row per event.
+    let per_event: bool =
+        conn.query_row("SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = 'trace_blocks'", [], |r| {
+            r.get(0)
+        })?;
+    if per_event {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO main.trace_runs (project_id, block, trace_id, first_seq, seqs)
+               SELECT project_id, block, trace_id, seq, json_array(seq) FROM main.trace_blocks ORDER BY 1, 2, 3, 4;
+             DROP TABLE main.trace_blocks;",
+        )?;
+        tx.commit()?;
+    }
     let old_tables = [
-        ("trace_index", format!("SELECT project_id, seq >> {TRACE_BLOCK_BITS}, trace_id, seq FROM log.trace_index")),
+        ("trace_index", format!("SELECT project_id, seq >> {TRACE_BLOCK_BITS} AS block, trace_id, seq FROM log.trace_index")),
         ("trace_blocks", "SELECT project_id, block, trace_id, seq FROM log.trace_blocks".to_owned()),
     ];
     for (table, select) in old_tables {
@@ -883,7 +900,8 @@ fn migrate_trace_index(conn: &mut Connection) -> Result<(), LogError> {
             .optional()?;
         let tx = conn.transaction()?;
         tx.execute_batch(&format!(
-            "INSERT OR IGNORE INTO main.trace_blocks (project_id, block, trace_id, seq) {select} ORDER BY 1, 2, 3, 4;"
+            "INSERT OR IGNORE INTO main.trace_runs (project_id, block, trace_id, first_seq, seqs)
+               SELECT project_id, block, trace_id, seq, json_array(seq) FROM ({select}) ORDER BY 1, 2, 3, 4;"
         ))?;
         if let Some(position) = position {
             tx.execute(

@@ -266,7 +266,7 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
     };
-    let indexed = rows("SELECT project_id, trace_id, seq FROM traces.trace_blocks ORDER BY 1, 2, 3");
+    let indexed = rows("SELECT t.project_id, t.trace_id, j.value FROM traces.trace_runs t, json_each(t.seqs) j ORDER BY 1, 2, 3");
     let traced = rows("SELECT project_id, trace_id, seq FROM events WHERE trace_id IS NOT NULL ORDER BY 1, 2, 3");
     assert_eq!(traced.len(), 600 - 600 / 7 - 1);
     assert_eq!(indexed, traced, "every traced event indexed once, nothing else");
@@ -302,7 +302,7 @@ async fn trace_queries_find_events_in_every_block_of_the_log() {
     }
     wait_for_trace_index(&path, 140_000).await;
     let conn = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
-    let blocks: i64 = conn.query_row("SELECT count(DISTINCT block) FROM trace_blocks", [], |r| r.get(0)).unwrap();
+    let blocks: i64 = conn.query_row("SELECT count(DISTINCT block) FROM trace_runs", [], |r| r.get(0)).unwrap();
     assert_eq!(blocks, 3);
     let query = |trace: u32, limit: usize| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit, ..Default::default() };
     let seqs = |entries: Vec<switchyard_store::LogEntry>| entries.into_iter().map(|e| e.seq).collect::<Vec<_>>();
@@ -327,12 +327,7 @@ async fn an_index_kept_in_the_log_by_earlier_versions_moves_into_its_own_databas
     for layout in layouts {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.db");
-        let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
-        let events = (0..20).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 2 + 1)), ..record(i) }).collect();
-        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
-        log.close().await;
-        drop(log);
-        remove_trace_index(&path);
+        two_runs_without_an_index(&path).await;
         {
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(layout).unwrap();
@@ -366,10 +361,60 @@ async fn an_index_kept_in_the_log_by_earlier_versions_moves_into_its_own_databas
             .unwrap();
         assert_eq!(left, 0, "the old index and its position left the log's database");
         let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
-        let entries: i64 = index.query_row("SELECT count(*) FROM trace_blocks", [], |r| r.get(0)).unwrap();
+        let entries: i64 = index.query_row("SELECT count(*) FROM trace_runs, json_each(seqs)", [], |r| r.get(0)).unwrap();
         assert_eq!(entries, 24, "moved entries and new ones, each once");
         log.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_of_one_row_per_event_becomes_one_row_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    two_runs_without_an_index(&path).await;
+    // The index's database as this project's first version of it left it: a row per event.
+    {
+        let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
+        index
+            .execute_batch(
+                "CREATE TABLE trace_blocks (project_id INTEGER NOT NULL, block INTEGER NOT NULL, trace_id TEXT NOT NULL,
+                                            seq INTEGER NOT NULL, PRIMARY KEY (project_id, block, trace_id, seq)) WITHOUT ROWID;
+                 CREATE TABLE cursors (consumer TEXT PRIMARY KEY, position INTEGER NOT NULL);
+                 INSERT INTO cursors VALUES ('$trace_index', 20);",
+            )
+            .unwrap();
+        let mut insert = index.prepare("INSERT INTO trace_blocks VALUES (1, 0, ?1, ?2)").unwrap();
+        for seq in 1..=20i64 {
+            insert.execute(rusqlite::params![format!("{:032x}", (seq - 1) % 2 + 1), seq]).unwrap();
+        }
+    }
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let found = log
+        .query_events(EventQuery { project_id: 1, trace_id: Some(format!("{:032x}", 2)), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), [20, 18, 16, 14, 12, 10, 8, 6, 4, 2]);
+    let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
+    let (old, seqs): (i64, i64) = index
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE name = 'trace_blocks'),
+                    (SELECT count(*) FROM trace_runs, json_each(seqs))",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((old, seqs), (0, 20), "the old table moved into runs, every seq once");
+    log.close().await;
+}
+
+/// A closed log of 20 events over two agent runs, its trace index deleted.
+async fn two_runs_without_an_index(path: &std::path::Path) {
+    let log = SqliteLog::open(path, SqliteLogConfig::default()).unwrap();
+    let events = (0..20).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 2 + 1)), ..record(i) }).collect();
+    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    log.close().await;
+    drop(log);
+    remove_trace_index(path);
 }
 
 /// Deletes the trace index's database (its WAL and shared memory too, if left).
