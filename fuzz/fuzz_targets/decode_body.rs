@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(out.accepted.len() + out.invalid.len(), n, "every event has one outcome");
             for event in &out.accepted {
                 // Every stored event reads back as the unified event.
-                let back: switchyard_event::Event = serde_json::from_str(&event.body).unwrap();
+                let back: switchyard_event::Event = serde_json::from_str(&event.event_json()).unwrap();
                 assert_eq!(back.id, event.id);
                 assert_eq!(event.timestamp.len(), 27, "fixed-width timestamp {}", event.timestamp);
             }

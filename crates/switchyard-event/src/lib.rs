@@ -8,6 +8,7 @@ pub mod model;
 pub mod posthog;
 pub mod raw;
 pub mod segment;
+pub mod stored;
 pub mod validate;
 
 pub use error::Rejection;
@@ -24,8 +25,8 @@ pub struct InvalidEvent {
     pub raw: String,
 }
 
-/// An accepted event as it is stored: the columns the log indexes, and the whole unified
-/// event ([`Event`]) as JSON text.
+/// An accepted event as it is stored: the columns the log indexes, and the rest of the unified
+/// event ([`Event`]) as JSON text (see [`stored`]).
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub id: String,
@@ -36,7 +37,7 @@ pub struct Accepted {
     pub trace_id: Option<String>,
     pub timestamp: String,
     pub received_at: String,
-    /// The unified event, serialized.
+    /// The unified event's JSON without the members kept as columns ([`stored::COLUMN_MEMBERS`]).
     pub body: String,
     /// Whether it sets, unsets or merges person or group data: identify, alias and group
     /// calls, `$set`, `$set_once`, `$unset`.
@@ -54,8 +55,11 @@ pub(crate) fn updates_persons(kind: EventType, sets_traits: bool, unsets: bool) 
 impl Accepted {
     pub fn from_event(event: Event) -> Self {
         // Sized for a typical event, so serializing rarely reallocates.
-        let mut body = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut body, &event).expect("events serialize");
+        let mut whole = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut whole, &event).expect("events serialize");
+        let whole: &serde_json::value::RawValue = serde_json::from_slice(&whole).expect("serialized events parse");
+        let mut members = raw::RawObject::parse(whole).expect("serialized events scan").expect("events are objects");
+        members.retain(|key| !stored::COLUMN_MEMBERS.contains(&key));
         Accepted {
             updates_persons: updates_persons(
                 event.kind,
@@ -63,7 +67,7 @@ impl Accepted {
                 event.properties.contains_key("$unset"),
             ),
             group_types: event.groups.keys().cloned().collect(),
-            body: String::from_utf8(body).expect("serde_json writes UTF-8"),
+            body: members.to_json(),
             id: event.id,
             project_id: event.project_id,
             kind: event.kind,
@@ -73,6 +77,21 @@ impl Accepted {
             timestamp: event.timestamp,
             received_at: event.received_at,
         }
+    }
+
+    /// The whole unified event's JSON, as the log reads it back.
+    pub fn event_json(&self) -> String {
+        let columns = stored::Columns {
+            id: &self.id,
+            project_id: self.project_id,
+            kind: self.kind.as_str(),
+            event: &self.event,
+            distinct_id: &self.distinct_id,
+            timestamp: &self.timestamp,
+            received_at: &self.received_at,
+            trace_id: self.trace_id.as_deref(),
+        };
+        stored::event_json(&columns, self.body.clone())
     }
 }
 

@@ -647,7 +647,7 @@ fn build_event(
     let group_types = groups.entries().iter().map(|e| e.key.clone().into_owned()).collect();
     let timestamp = format_time(checked.timestamp);
 
-    // The unified event (`Event`), written field by field in its serialized order.
+    // The unified event (`Event`) in its stored form, written field by field in its serialized order.
     let mut out = Vec::with_capacity(properties.shape().len + traits.shape().len + extra.shape().len + 512);
     let opt = |out: &mut Vec<u8>, name: &str, value: Option<&str>, skip_none: bool| {
         if value.is_none() && skip_none {
@@ -661,16 +661,8 @@ fn build_event(
             None => out.extend_from_slice(b"null"),
         }
     };
-    out.extend_from_slice(b"{\"id\":");
-    raw::write_str(&mut out, &checked.id);
-    out.extend_from_slice(b",\"project_id\":");
-    serde_json::to_writer(&mut out, &ctx.meta.project_id).expect("writing to a Vec cannot fail");
-    out.extend_from_slice(b",\"protocol\":\"posthog\",\"type\":\"");
-    out.extend_from_slice(kind.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"event\":");
-    raw::write_str(&mut out, &checked.event_name);
-    out.extend_from_slice(b",\"distinct_id\":");
-    raw::write_str(&mut out, &checked.distinct_id);
+    // The members kept as columns (`stored::COLUMN_MEMBERS`) are left out.
+    out.extend_from_slice(b"{\"protocol\":\"posthog\"");
     out.extend_from_slice(b",\"user_id\":null");
     opt(&mut out, "anonymous_id", anonymous_id.as_deref(), false);
     out.extend_from_slice(b",\"properties\":");
@@ -690,11 +682,8 @@ fn build_event(
     opt(&mut out, "group_id", group_id.as_deref(), true);
     opt(&mut out, "previous_id", previous_id.as_deref(), true);
     opt(&mut out, "name", name.as_deref(), true);
-    opt(&mut out, "timestamp", Some(&timestamp), false);
     opt(&mut out, "original_timestamp", checked.original_timestamp.as_deref(), true);
     opt(&mut out, "sent_at", sent_at, true);
-    opt(&mut out, "received_at", Some(received_at), false);
-    opt(&mut out, "trace_id", trace_id.as_deref(), false);
     opt(&mut out, "span_id", span_id.as_deref(), false);
     if !extra.is_empty() {
         out.extend_from_slice(b",\"extra\":");
@@ -777,7 +766,7 @@ mod tests {
         let mut out = normalize(vec![event], &ctx);
         match out.accepted.pop() {
             Some(accepted) => {
-                let event: Event = serde_json::from_str(&accepted.body).expect("stored bodies read back");
+                let event: Event = serde_json::from_str(&accepted.event_json()).expect("stored bodies read back");
                 assert_eq!((accepted.id.as_str(), accepted.kind), (event.id.as_str(), event.kind));
                 assert_eq!(accepted.timestamp, event.timestamp);
                 assert_eq!(accepted.trace_id, event.trace_id);
@@ -888,7 +877,7 @@ mod tests {
         let out = request(text, true);
         assert!(out.invalid.is_empty(), "{:?}", out.invalid);
         let first = &out.accepted[0];
-        let stored: Value = serde_json::from_str(&first.body).unwrap();
+        let stored: Value = serde_json::from_str(&first.event_json()).unwrap();
         assert_eq!(
             stored,
             json!({
@@ -903,15 +892,21 @@ mod tests {
                 "extra": {"channel": "server", "offset": 5, "historical_migration": true}
             })
         );
-        // Compact, and in `Event`'s own serialized form.
-        let event: Event = serde_json::from_str(&first.body).unwrap();
+        // Compact, in `Event`'s own serialized form, the column members only in the columns.
+        let event: Event = serde_json::from_str(&first.event_json()).unwrap();
         assert_eq!(serde_json::to_value(&event).unwrap(), stored);
         assert!(!first.body.contains(": ") && !first.body.contains(", "), "{}", first.body);
+        let body: Value = serde_json::from_str(&first.body).unwrap();
+        let members: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert!(members.iter().all(|m| !crate::stored::COLUMN_MEMBERS.contains(&m.as_str())), "{members:?}");
+        assert_eq!(members.len() + crate::stored::COLUMN_MEMBERS.len(), stored.as_object().unwrap().len());
         assert_eq!((first.updates_persons, first.group_types.clone()), (true, vec!["workspace".to_owned()]));
-        // Canonical input comes out byte for byte as `serde_json` writes the event.
+        // The stored form is the one `Accepted::from_event` (the Segment path's) makes.
         let second = &out.accepted[1];
-        let event: Event = serde_json::from_str(&second.body).unwrap();
-        assert_eq!(serde_json::to_string(&event).unwrap(), second.body);
+        let event: Event = serde_json::from_str(&second.event_json()).unwrap();
+        let from_event = crate::Accepted::from_event(event.clone());
+        assert_eq!(serde_json::from_str::<Value>(&from_event.body).unwrap(), serde_json::from_str::<Value>(&second.body).unwrap());
+        assert_eq!(from_event.event_json().len(), second.event_json().len());
         assert_eq!((event.kind, event.distinct_id.as_str(), second.updates_persons), (EventType::Page, "7", false));
     }
 

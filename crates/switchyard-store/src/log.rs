@@ -40,8 +40,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One event ready to be written: the indexed columns plus the JSON of the whole event.
-/// Built (and serialized) by the caller, so the writer thread only writes.
+/// One event ready to be written: the indexed columns plus the JSON of the rest of the event
+/// (see [`switchyard_event::stored`]; a body that still holds the column members is kept and
+/// read back as it is). Built (and serialized) by the caller, so the writer thread only writes.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
     pub id: String,
@@ -132,8 +133,29 @@ pub struct ReadBatch {
 #[derive(Debug, Clone)]
 pub struct LogEntry {
     pub seq: i64,
-    /// The event's JSON.
+    /// The event's JSON: its columns' members and its stored body's (see
+    /// [`switchyard_event::stored`]).
     pub body: String,
+}
+
+/// What [`log_entry`] reads.
+const ENTRY_COLUMNS: &str = "seq, id, project_id, type, event, distinct_id, timestamp, received_at, trace_id, body";
+
+/// A row of `SELECT {ENTRY_COLUMNS}`, its event put back together from columns and body.
+fn log_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
+    let (id, kind, event, distinct_id): (String, String, String, String) = (r.get(1)?, r.get(3)?, r.get(4)?, r.get(5)?);
+    let (timestamp, received_at, trace_id): (String, String, Option<String>) = (r.get(6)?, r.get(7)?, r.get(8)?);
+    let columns = switchyard_event::stored::Columns {
+        id: &id,
+        project_id: r.get(2)?,
+        kind: &kind,
+        event: &event,
+        distinct_id: &distinct_id,
+        timestamp: &timestamp,
+        received_at: &received_at,
+        trace_id: trace_id.as_deref(),
+    };
+    Ok(LogEntry { seq: r.get(0)?, body: switchyard_event::stored::event_json(&columns, r.get(9)?) })
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -490,7 +512,7 @@ impl SqliteLog {
     /// Inspection: events matching `q`, newest first.
     pub async fn query_events(&self, q: EventQuery) -> Result<Vec<LogEntry>, LogError> {
         self.with_reader(move |conn| {
-            let mut sql = String::from("SELECT seq, body FROM events WHERE project_id = ?1");
+            let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM events WHERE project_id = ?1");
             let mut args: Vec<rusqlite::types::Value> = vec![q.project_id.into()];
             if let Some(trace_id) = q.trace_id {
                 // The trace index up to its position, and the events logged after it.
@@ -530,9 +552,7 @@ impl SqliteLog {
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit));
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(args), |r| {
-                    Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? })
-                })?
+                .query_map(rusqlite::params_from_iter(args), log_entry)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -584,13 +604,14 @@ impl EventLog for SqliteLog {
             // One snapshot for both queries, so nothing committed in between is skipped.
             let conn = conn.unchecked_transaction()?;
             let position = cursor_position(&conn, &consumer)?;
-            let sql = match selection {
-                Selection::All => "SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                Selection::PersonUpdates => "SELECT seq, body FROM events WHERE person_update = 1 AND seq > ?1 ORDER BY seq LIMIT ?2",
+            let filter = match selection {
+                Selection::All => "",
+                Selection::PersonUpdates => "person_update = 1 AND",
             };
-            let mut stmt = conn.prepare_cached(sql)?;
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM events WHERE {filter} seq > ?1 ORDER BY seq LIMIT ?2");
+            let mut stmt = conn.prepare_cached(&sql)?;
             let entries = stmt
-                .query_map(params![position, max as i64], |r| Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? }))?
+                .query_map(params![position, max as i64], log_entry)?
                 .collect::<Result<Vec<_>, _>>()?;
             let position = if selection == Selection::PersonUpdates && entries.len() < max {
                 // Everything up to the log's end was looked at: the skipped rest is done too.
