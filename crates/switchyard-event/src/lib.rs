@@ -37,7 +37,8 @@ pub struct Accepted {
     pub trace_id: Option<String>,
     pub timestamp: String,
     pub received_at: String,
-    /// The unified event's JSON without the members kept as columns ([`stored::COLUMN_MEMBERS`]).
+    /// The unified event's JSON without the members kept as columns ([`stored::COLUMN_MEMBERS`])
+    /// and those at their default ([`stored::DEFAULT_MEMBERS`]).
     pub body: String,
     /// Whether it sets, unsets or merges person or group data: identify, alias and group
     /// calls, `$set`, `$set_once`, `$unset`.
@@ -58,8 +59,12 @@ impl Accepted {
         let mut whole = Vec::with_capacity(1024);
         serde_json::to_writer(&mut whole, &event).expect("events serialize");
         let whole: &serde_json::value::RawValue = serde_json::from_slice(&whole).expect("serialized events parse");
-        let mut members = raw::RawObject::parse(whole).expect("serialized events scan").expect("events are objects");
-        members.retain(|key| !stored::COLUMN_MEMBERS.contains(&key));
+        let members = raw::RawObject::parse(whole).expect("serialized events scan").expect("events are objects");
+        let stored_members = members
+            .into_entries()
+            .into_iter()
+            .filter(|m| !stored::COLUMN_MEMBERS.contains(&&*m.key) && !stored::DEFAULT_MEMBERS.contains(&(&*m.key, m.raw.get())))
+            .collect();
         Accepted {
             updates_persons: updates_persons(
                 event.kind,
@@ -67,7 +72,7 @@ impl Accepted {
                 event.properties.contains_key("$unset"),
             ),
             group_types: event.groups.keys().cloned().collect(),
-            body: members.to_json(),
+            body: raw::RawObject::from_entries(stored_members).to_json(),
             id: event.id,
             project_id: event.project_id,
             kind: event.kind,

@@ -649,42 +649,40 @@ fn build_event(
 
     // The unified event (`Event`) in its stored form, written field by field in its serialized order.
     let mut out = Vec::with_capacity(properties.shape().len + traits.shape().len + extra.shape().len + 512);
-    let opt = |out: &mut Vec<u8>, name: &str, value: Option<&str>, skip_none: bool| {
-        if value.is_none() && skip_none {
-            return;
-        }
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        match value {
-            Some(v) => raw::write_str(out, v),
-            None => out.extend_from_slice(b"null"),
+    // A string member, left out when absent.
+    let opt = |out: &mut Vec<u8>, name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            raw::write_str(out, value);
         }
     };
     // The members kept as columns (`stored::COLUMN_MEMBERS`) are left out.
     out.extend_from_slice(b"{\"protocol\":\"posthog\"");
-    out.extend_from_slice(b",\"user_id\":null");
-    opt(&mut out, "anonymous_id", anonymous_id.as_deref(), false);
+    // Members at their default (`null`, `{}`) are left out too (`stored::DEFAULT_MEMBERS`).
+    opt(&mut out, "anonymous_id", anonymous_id.as_deref());
     out.extend_from_slice(b",\"properties\":");
     properties.write(&mut out);
-    out.extend_from_slice(b",\"traits\":");
-    traits.write(&mut out);
+    if !traits.is_empty() {
+        out.extend_from_slice(b",\"traits\":");
+        traits.write(&mut out);
+    }
     if !traits_set_once.is_empty() {
         out.extend_from_slice(b",\"traits_set_once\":");
         traits_set_once.write(&mut out);
     }
-    out.extend_from_slice(b",\"context\":{}");
     if !groups.is_empty() {
         out.extend_from_slice(b",\"groups\":");
         groups.write(&mut out);
     }
-    opt(&mut out, "group_type", group_type.as_deref(), true);
-    opt(&mut out, "group_id", group_id.as_deref(), true);
-    opt(&mut out, "previous_id", previous_id.as_deref(), true);
-    opt(&mut out, "name", name.as_deref(), true);
-    opt(&mut out, "original_timestamp", checked.original_timestamp.as_deref(), true);
-    opt(&mut out, "sent_at", sent_at, true);
-    opt(&mut out, "span_id", span_id.as_deref(), false);
+    opt(&mut out, "group_type", group_type.as_deref());
+    opt(&mut out, "group_id", group_id.as_deref());
+    opt(&mut out, "previous_id", previous_id.as_deref());
+    opt(&mut out, "name", name.as_deref());
+    opt(&mut out, "original_timestamp", checked.original_timestamp.as_deref());
+    opt(&mut out, "sent_at", sent_at);
+    opt(&mut out, "span_id", span_id.as_deref());
     if !extra.is_empty() {
         out.extend_from_slice(b",\"extra\":");
         extra.write(&mut out);
@@ -899,7 +897,9 @@ mod tests {
         let body: Value = serde_json::from_str(&first.body).unwrap();
         let members: Vec<&String> = body.as_object().unwrap().keys().collect();
         assert!(members.iter().all(|m| !crate::stored::COLUMN_MEMBERS.contains(&m.as_str())), "{members:?}");
-        assert_eq!(members.len() + crate::stored::COLUMN_MEMBERS.len(), stored.as_object().unwrap().len());
+        let defaults = crate::stored::DEFAULT_MEMBERS.iter().filter(|(name, _)| !members.contains(&&name.to_string())).count();
+        assert_eq!(defaults, 3, "user_id, anonymous_id and context are at their default: {members:?}");
+        assert_eq!(members.len() + crate::stored::COLUMN_MEMBERS.len() + defaults, stored.as_object().unwrap().len());
         assert_eq!((first.updates_persons, first.group_types.clone()), (true, vec!["workspace".to_owned()]));
         // The stored form is the one `Accepted::from_event` (the Segment path's) makes.
         let second = &out.accepted[1];

@@ -449,7 +449,8 @@ async fn wait_for_trace_index(path: &std::path::Path, seq: i64) {
 async fn events_stored_without_their_column_members_read_back_whole() {
     let dir = tempfile::tempdir().unwrap();
     let log = SqliteLog::open(&dir.path().join("log.db"), SqliteLogConfig::default()).unwrap();
-    // As the normalizers write them: the members kept in columns are left out of the body.
+    // As the normalizers write them: the members kept in columns, and most at their default,
+    // are left out of the body.
     let stored = |i: usize| LogRecord {
         event: "tool \"used\"".into(),
         trace_id: (i % 2 == 0).then(|| format!("{:032x}", i + 1)),
@@ -461,7 +462,8 @@ async fn events_stored_without_their_column_members_read_back_whole() {
     let whole = |r: &LogRecord| {
         serde_json::json!({"id": r.id, "project_id": r.project_id, "type": r.kind, "event": r.event,
             "distinct_id": r.distinct_id, "timestamp": r.timestamp, "received_at": r.received_at, "trace_id": r.trace_id,
-            "protocol": "posthog", "user_id": null, "properties": serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["properties"]})
+            "protocol": "posthog", "user_id": null, "anonymous_id": null, "traits": {}, "context": {}, "span_id": null,
+            "properties": serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["properties"]})
     };
     let parse = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
     let read = log.read("warehouse", 10, Selection::All).await.unwrap();
