@@ -143,17 +143,23 @@ const ENTRY_COLUMNS: &str = "seq, id, project_id, type, event, distinct_id, time
 
 /// A row of `SELECT {ENTRY_COLUMNS}`, its event put back together from columns and body.
 fn log_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
-    let (id, kind, event, distinct_id): (String, String, String, String) = (r.get(1)?, r.get(3)?, r.get(4)?, r.get(5)?);
-    let (timestamp, received_at, trace_id): (String, String, Option<String>) = (r.get(6)?, r.get(7)?, r.get(8)?);
+    // The columns are borrowed from the row: only the event's JSON is allocated.
+    let text = |i: usize| -> rusqlite::Result<&str> {
+        r.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+    };
+    let trace_id = match r.get_ref(8)? {
+        rusqlite::types::ValueRef::Null => None,
+        _ => Some(text(8)?),
+    };
     let columns = switchyard_event::stored::Columns {
-        id: &id,
+        id: text(1)?,
         project_id: r.get(2)?,
-        kind: &kind,
-        event: &event,
-        distinct_id: &distinct_id,
-        timestamp: &timestamp,
-        received_at: &received_at,
-        trace_id: trace_id.as_deref(),
+        kind: text(3)?,
+        event: text(4)?,
+        distinct_id: text(5)?,
+        timestamp: text(6)?,
+        received_at: text(7)?,
+        trace_id,
     };
     Ok(LogEntry { seq: r.get(0)?, body: switchyard_event::stored::event_json(&columns, r.get(9)?) })
 }
