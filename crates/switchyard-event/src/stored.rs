@@ -42,31 +42,34 @@ pub fn event_json(columns: &Columns<'_>, body: String) -> String {
         return body;
     };
     let mut out = Vec::with_capacity(body.len() + 256);
+    let key = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
     out.extend_from_slice(b"{\"id\":");
     raw::write_str(&mut out, columns.id);
-    out.extend_from_slice(b",\"project_id\":");
+    key(&mut out, "project_id");
     out.extend_from_slice(columns.project_id.to_string().as_bytes());
-    out.extend_from_slice(b",\"type\":");
-    raw::write_str(&mut out, columns.kind);
-    out.extend_from_slice(b",\"event\":");
-    raw::write_str(&mut out, columns.event);
-    out.extend_from_slice(b",\"distinct_id\":");
-    raw::write_str(&mut out, columns.distinct_id);
-    out.extend_from_slice(b",\"timestamp\":");
-    raw::write_str(&mut out, columns.timestamp);
-    out.extend_from_slice(b",\"received_at\":");
-    raw::write_str(&mut out, columns.received_at);
-    out.extend_from_slice(b",\"trace_id\":");
-    match columns.trace_id {
-        Some(trace_id) => raw::write_str(&mut out, trace_id),
-        None => out.extend_from_slice(b"null"),
+    let texts = [
+        ("type", Some(columns.kind)),
+        ("event", Some(columns.event)),
+        ("distinct_id", Some(columns.distinct_id)),
+        ("timestamp", Some(columns.timestamp)),
+        ("received_at", Some(columns.received_at)),
+        ("trace_id", columns.trace_id),
+    ];
+    for (name, value) in texts {
+        key(&mut out, name);
+        match value {
+            Some(value) => raw::write_str(&mut out, value),
+            None => out.extend_from_slice(b"null"),
+        }
     }
     let present = default_members_present(&body);
     for (i, (name, default)) in DEFAULT_MEMBERS.iter().enumerate() {
         if present & (1 << i) == 0 {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
+            key(&mut out, name);
             out.extend_from_slice(default.as_bytes());
         }
     }

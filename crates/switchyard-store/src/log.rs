@@ -144,13 +144,7 @@ const ENTRY_COLUMNS: &str = "seq, id, project_id, type, event, distinct_id, time
 /// A row of `SELECT {ENTRY_COLUMNS}`, its event put back together from columns and body.
 fn log_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
     // The columns are borrowed from the row: only the event's JSON is allocated.
-    let text = |i: usize| -> rusqlite::Result<&str> {
-        r.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
-    };
-    let trace_id = match r.get_ref(8)? {
-        rusqlite::types::ValueRef::Null => None,
-        _ => Some(text(8)?),
-    };
+    let text = |i: usize| -> rusqlite::Result<&str> { Ok(r.get_ref(i)?.as_str()?) };
     let columns = switchyard_event::stored::Columns {
         id: text(1)?,
         project_id: r.get(2)?,
@@ -159,7 +153,7 @@ fn log_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
         distinct_id: text(5)?,
         timestamp: text(6)?,
         received_at: text(7)?,
-        trace_id,
+        trace_id: r.get_ref(8)?.as_str_or_null()?,
     };
     Ok(LogEntry { seq: r.get(0)?, body: switchyard_event::stored::event_json(&columns, r.get(9)?) })
 }
