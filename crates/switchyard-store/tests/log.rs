@@ -165,12 +165,14 @@ async fn checkpointed_pages_leave_the_page_cache_and_still_read_back() {
     }
     // The checkpoint thread's passes (every 100 ms) copy the WAL into the file, sync it and
     // drop all but its last MiB from the cache.
-    let size = || std::fs::metadata(&path).unwrap().len();
+    // Both figures from one moment: a pass may be copying more pages in between two looks.
+    let measure = || (std::fs::metadata(&path).unwrap().len(), resident_bytes(&path));
     let started = std::time::Instant::now();
-    while (size() < 16 << 20 || resident_bytes(&path) > 4 << 20) && started.elapsed() < std::time::Duration::from_secs(20) {
+    let (mut size, mut resident) = measure();
+    while (size < 16 << 20 || resident > 4 << 20) && started.elapsed() < std::time::Duration::from_secs(20) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        (size, resident) = measure();
     }
-    let (size, resident) = (size(), resident_bytes(&path));
     assert!(size >= 16 << 20, "the checkpoints copied too little: the file has {size} bytes");
     assert!(resident <= 4 << 20, "{resident} of the file's {size} bytes stayed in the page cache");
     let stored = log.query_events(EventQuery { project_id: 1, limit: 10_000, ..Default::default() }).await.unwrap();
