@@ -19,6 +19,7 @@ use serde_json::json;
 
 mod flags;
 mod intake;
+mod sync;
 
 #[derive(Parser)]
 #[command(about = "Drive Switchyard's intake and a null endpoint; print throughput and latency")]
@@ -90,6 +91,16 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// What one durable write costs on this machine's disk, alone: a WAL-sized overwrite plus
+    /// `fdatasync` (16 and 64 KiB) and an `fdatasync` with nothing written, each timed (avg,
+    /// p50, p99) with the CPU it costs. The least a group commit can take here.
+    SyncFloor {
+        /// A directory on the disk to measure (where the data directory would be).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 3000)]
+        ops: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::NullServer { port } => null_server(port),
         Cmd::FlagsEval { iterations } => flags::eval_bench(iterations),
         Cmd::IntakeEval { iterations } => intake::eval_bench(iterations),
+        Cmd::SyncFloor { dir, ops } => sync::sync_floor(&dir, ops),
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
         }
