@@ -91,9 +91,10 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
-    /// What one durable write costs on this machine's disk, alone: a WAL-sized overwrite plus
-    /// `fdatasync` (16 and 64 KiB) and an `fdatasync` with nothing written, each timed (avg,
-    /// p50, p99) with the CPU it costs. The least a group commit can take here.
+    /// What one durable write costs on this machine's disk, alone: 16 KiB appended to a growing
+    /// file plus `fdatasync` (a new WAL), WAL-sized overwrites plus `fdatasync` (16 and 64 KiB)
+    /// and an `fdatasync` with nothing written, each timed (avg, p50, p99) with the CPU it
+    /// costs. The least a group commit can take here.
     SyncFloor {
         /// A directory on the disk to measure (where the data directory would be).
         #[arg(long, default_value = ".")]
@@ -268,6 +269,14 @@ fn log_commits(addr: SocketAddr) -> Option<(f64, f64)> {
     Some((value("switchyard_log_transaction_events_count ")?, value("switchyard_log_transaction_events_sum ")?))
 }
 
+/// The `p`-quantile (0.5 for the median) of sorted values; 0 when there are none.
+pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    match sorted.len() {
+        0 => T::default(),
+        n => sorted[((n as f64 * p) as usize).min(n - 1)],
+    }
+}
+
 /// CPU seconds (user + system) a process has used so far.
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -335,13 +344,7 @@ pub(crate) fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, s
         }
         let elapsed = started.elapsed();
         all.sort_unstable();
-        let pct = |p: f64| -> Duration {
-            if all.is_empty() {
-                return Duration::ZERO;
-            }
-            let i = ((all.len() as f64 * p) as usize).min(all.len() - 1);
-            Duration::from_micros(all[i] as u64)
-        };
+        let pct = |p: f64| Duration::from_micros(percentile(&all, p) as u64);
         Ok(Figures { requests: all.len() as u64, errors, elapsed, p50: pct(0.50), p99: pct(0.99) })
     })
 }

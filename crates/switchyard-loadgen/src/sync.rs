@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::cpu_seconds;
+use crate::{cpu_seconds, percentile};
 
 /// The file the WAL-like writes go to is this large, preallocated and synced before timing.
 const FILE_BYTES: u64 = 16 << 20;
@@ -73,17 +73,16 @@ fn run(name: &str, ops: usize, mut op: impl FnMut() -> std::io::Result<()>) -> a
     for _ in 0..ops {
         let t = Instant::now();
         op()?;
-        micros.push(t.elapsed().as_secs_f64() * 1e6);
+        micros.push(t.elapsed().as_micros());
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid).context("cannot read this process's CPU time")? - cpu_before;
-    micros.sort_by(f64::total_cmp);
-    let at = |q: f64| micros[((micros.len() as f64 * q) as usize).min(micros.len() - 1)];
+    micros.sort_unstable();
     println!(
-        "{name:<34} {:>10.0} {:>10.0} {:>10.0} {:>12.0}",
+        "{name:<34} {:>10.0} {:>10} {:>10} {:>12.0}",
         wall * 1e6 / ops as f64,
-        at(0.5),
-        at(0.99),
+        percentile(&micros, 0.5),
+        percentile(&micros, 0.99),
         cpu * 1e6 / ops as f64
     );
     Ok(())
