@@ -87,7 +87,7 @@ impl CaptureQuery {
 }
 
 fn looks_like_base64(bytes: &[u8]) -> bool {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return false;
     }
     bytes

@@ -180,6 +180,7 @@ fn key_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Writes an object key. A key borrowed from the text had no escapes there, so it holds no
 /// character that needs one.
+#[allow(clippy::ptr_arg, reason = "whether the key is borrowed is what tells it needs no escaping")]
 pub fn write_key(out: &mut Vec<u8>, key: &Cow<'_, str>) {
     match key {
         Cow::Borrowed(key) => {

@@ -79,14 +79,14 @@ fn unleash_bootstrap() -> Value {
 
 fn person(i: usize) -> Map<String, Value> {
     let v = json!({
-        "email": format!("user{i}@{}", if i % 3 == 0 { "acme.io" } else { "example.com" }),
+        "email": format!("user{i}@{}", if i.is_multiple_of(3) { "acme.io" } else { "example.com" }),
         "plan": PLANS[i % 4],
         "country": COUNTRIES[i % 5],
         "app_version": format!("1.{}.0", i % 7),
         "signup_date": format!("2025-{:02}-15", 1 + i % 12),
-        "is_beta": i % 2 == 0,
+        "is_beta": i.is_multiple_of(2),
         "seats": (i * 3) % 40,
-        "model": if i % 2 == 0 { "gpt-4o-mini" } else { "claude-3-5-sonnet" },
+        "model": if i.is_multiple_of(2) { "gpt-4o-mini" } else { "claude-3-5-sonnet" },
     });
     v.as_object().cloned().expect("object")
 }

@@ -369,6 +369,7 @@ fn object(v: Option<&Value>) -> Map<String, Value> {
     v.and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
+#[allow(clippy::result_large_err, reason = "the error is the finished answer, built once per bad request")]
 fn flags_request(body: &Map<String, Value>) -> Result<FlagsRequest, Response> {
     let token = ["token", "api_key", "$token"].iter().find_map(|k| body.get(*k).and_then(Value::as_str));
     let Some(token) = token else {
@@ -703,6 +704,7 @@ struct OfrepRequest {
     req: FlagsRequest,
 }
 
+#[allow(clippy::result_large_err, reason = "the error is the finished answer, built once per bad request")]
 fn ofrep_request(state: &AppState, headers: &HeaderMap, body: &[u8], key: Option<&str>) -> Result<OfrepRequest, Response> {
     let token = headers
         .get(header::AUTHORIZATION)

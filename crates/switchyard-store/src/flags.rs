@@ -150,6 +150,7 @@ impl ControlStore {
 
     /// Replaces a flag's definition (and key), or soft-deletes it, if it is still at
     /// `expected_version` (when given). Bumps the version; records the change.
+    #[allow(clippy::too_many_arguments, reason = "one argument per column the update sets")]
     pub fn update_flag(
         &self,
         project_id: i64,

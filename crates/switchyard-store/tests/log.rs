@@ -16,7 +16,7 @@ fn record(i: usize) -> LogRecord {
         timestamp: "2026-11-25T12:00:00.000000Z".into(),
         received_at: "2026-11-25T12:00:00.000000Z".into(),
         body: format!("{{\"id\":\"id-{i}\"}}"),
-        person_update: i % 4 == 0,
+        person_update: i.is_multiple_of(4),
     }
 }
 
@@ -455,7 +455,7 @@ async fn events_stored_without_their_column_members_read_back_whole() {
     // are left out of the body.
     let stored = |i: usize| LogRecord {
         event: "tool \"used\"".into(),
-        trace_id: (i % 2 == 0).then(|| format!("{:032x}", i + 1)),
+        trace_id: i.is_multiple_of(2).then(|| format!("{:032x}", i + 1)),
         body: format!("{{\"protocol\":\"posthog\",\"user_id\":null,\"properties\":{{\"n\":{i}}}}}"),
         ..record(i)
     };

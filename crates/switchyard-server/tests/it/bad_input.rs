@@ -25,10 +25,14 @@ fn event(name: &str, distinct_id: &str) -> Value {
     json!({"event": name, "distinct_id": distinct_id, "properties": {"trace_id": "0af7651916cd43dd8448eb211c80319c", "workspace_id": "ws_1"}})
 }
 
+type PosthogCase<'a> = (&'a str, Vec<u8>, &'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+type SegmentCase<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 #[tokio::test]
 async fn posthog_bad_requests_name_the_problem() {
     let server = TestServer::start().await;
-    let cases: Vec<(&str, Vec<u8>, &[(&str, &str)], u16, &str, &str)> = vec![
+    // (path, body, headers, status, PostHog error code, words the detail holds)
+    let cases: Vec<PosthogCase> = vec![
         ("/batch/", b"{\"api_key\": \"phc_x\", \"batch\": [".to_vec(), &[], 400, "request_parsing_error", "invalid JSON"),
         ("/batch/", vec![0x1f, 0x8b, 0x08, 0, 1, 2, 3], &[], 400, "request_decoding_error", "gzip"),
         ("/e/", b"data=x".to_vec(), &[("content-type", "application/x-www-form-urlencoded")], 400, "request_parsing_error", "invalid JSON"),
@@ -62,7 +66,8 @@ async fn segment_bad_requests_name_the_problem() {
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")));
     let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("nope:"));
     let track = json!({"userId": "u", "event": "tool_used", "properties": {"tool_name": "web_search"}}).to_string();
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (path, body, headers, status, words the error holds)
+    let cases: Vec<SegmentCase> = vec![
         ("/v1/track", track.clone().into_bytes(), vec![], 401, "failed to read writekey from header"),
         ("/v1/track", track.clone().into_bytes(), vec![("authorization", wrong.as_str())], 401, "invalid write key"),
         ("/v1/track", b"{not json".to_vec(), vec![("authorization", basic.as_str())], 400, "invalid json"),
