@@ -69,7 +69,7 @@ impl IntoResponse for IntakeError {
                 let mut response = match self.family {
                     Family::Posthog => (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(json!({"status": 503, "code": "service_unavailable", "error": message})),
+                        axum::Json(json!({"type": "server_error", "status": 503, "code": "service_unavailable", "error": message, "detail": message})),
                     )
                         .into_response(),
                     Family::Segment => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),

@@ -135,8 +135,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/projects/{project_id}/groups/", get(persons::get_group));
     for path in POSTHOG_CAPTURE_PATHS {
         router = router
-            .route(path, any(intake::posthog_capture))
-            .route(&format!("{path}/"), any(intake::posthog_capture));
+            // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405.
+            .route(path, get(intake::posthog_capture).post(intake::posthog_capture))
+            .route(&format!("{path}/"), get(intake::posthog_capture).post(intake::posthog_capture));
     }
     for path in ["/flags", "/decide"] {
         router = router.route(path, any(flags::flags)).route(&format!("{path}/"), any(flags::flags));

@@ -187,6 +187,7 @@ async fn a_full_log_answers_503_with_retry_after_and_keeps_what_it_acknowledged(
                 assert!(response.headers().get("retry-after").is_some());
                 let body: Value = response.json().await.unwrap();
                 assert!(body["error"].as_str().unwrap().contains("full"), "{body}");
+                assert_eq!((&body["type"], &body["code"], &body["detail"]), (&json!("server_error"), &json!("service_unavailable"), &body["error"]));
                 refused = true;
                 break;
             }

@@ -27,6 +27,9 @@ async fn health_cors_and_encodings() {
     assert_eq!(h["access-control-allow-credentials"], "true");
     assert_eq!(h["access-control-allow-headers"], "content-type");
     assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    // Capture takes GET and POST (and preflights); any other method is refused, and stores nothing.
+    let put = server.client.put(format!("{}/e/", server.url)).body("{}").send().await.unwrap();
+    assert_eq!(put.status(), 405);
 
     // GET with data= (base64), on a legacy path.
     let one = json!({"event": "tool_used", "properties": {"distinct_id": "u1", "token": TOKEN, "tool_name": "web_search"}});
