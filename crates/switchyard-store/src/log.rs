@@ -706,6 +706,9 @@ fn writer_loop(
             // Only the frames written since the checkpoint thread's last pass are left to copy;
             // RESTART waits for readers of older snapshots, so the next write starts the WAL over.
             if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                if is_io_error(&error) {
+                    stop_after_lost_write("the WAL restart checkpoint", &error);
+                }
                 tracing::warn!(%error, "WAL restart checkpoint failed");
             }
             for done in restart_wal {
@@ -785,15 +788,31 @@ fn pass_and_sync(conn: &Connection, db_file: &std::fs::File, cached_tail_bytes: 
         Ok(frames) => {
             match db_file.sync_data() {
                 Ok(()) => release_cached_pages(db_file, cached_tail_bytes),
-                Err(error) => tracing::warn!(%error, "syncing the event log's database file after a checkpoint failed"),
+                Err(error) => stop_after_lost_write("syncing the event log's database file after a checkpoint", &error),
             }
             Some(frames)
         }
+        Err(error) if is_io_error(&error) => stop_after_lost_write("a background WAL checkpoint", &error),
         Err(error) => {
             tracing::warn!(%error, "background WAL checkpoint failed");
             None
         }
     }
+}
+
+fn is_io_error(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::SystemIoFailure)
+}
+
+/// After an I/O error writing or syncing the database file, pages a checkpoint copied there may
+/// never reach the disk, and Linux reports such an error once per open file: a later checkpoint
+/// would succeed and let the WAL start over, overwriting the frames that are then those pages'
+/// only durable copy. So the process stops here, as PostgreSQL does on a failed fsync; at the
+/// next start SQLite replays the WAL, which still holds every acknowledged event.
+fn stop_after_lost_write(what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%error, "{what} failed; stopping so that the WAL, which holds every acknowledged event, is replayed at the next start");
+    eprintln!("switchyard: {what} failed: {error}; stopping: the WAL, which holds every acknowledged event, is replayed at the next start");
+    std::process::abort()
 }
 
 /// Default end of the database file that stays in the OS page cache after a checkpoint pass:

@@ -141,3 +141,123 @@ fn kill_9_and_sigterm_under_load_lose_nothing_acknowledged() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// An `LD_PRELOAD` shim: once the file named by `FAILSYNC_FLAG` exists, `fsync` and
+/// `fdatasync` of `events.db` fail with EIO, as on a failing disk. The WAL's syncs still work.
+const FAILSYNC_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int failing(int fd) {
+    const char *flag = getenv("FAILSYNC_FLAG");
+    if (!flag || access(flag, F_OK) != 0) return 0;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0) return 0;
+    path[n] = 0;
+    size_t len = strlen(path);
+    return len >= 10 && strcmp(path + len - 10, "/events.db") == 0;
+}
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (failing(fd)) { errno = EIO; return -1; }
+    return real(fd);
+}
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (failing(fd)) { errno = EIO; return -1; }
+    return real(fd);
+}
+"#;
+
+#[test]
+fn a_failed_database_sync_stops_the_server_and_loses_nothing_acknowledged() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::write(tools.path().join("failsync.c"), FAILSYNC_C).unwrap();
+    let shim = tools.path().join("libfailsync.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(tools.path().join("failsync.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(built.success(), "building the shim failed");
+    let flag = tools.path().join("fail");
+    let log = tools.path().join("server.log");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .env("SWITCHYARD_DATA_DIR", dir.path())
+        .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHYARD_PROJECT_TOKEN", TOKEN)
+        .env("SWITCHYARD_WRITE_KEY", WRITE_KEY)
+        .env("SWITCHYARD_SECRET_KEY", SECRET)
+        .env("SWITCHYARD_LOG", "warn")
+        .env("LD_PRELOAD", &shim)
+        .env("FAILSYNC_FLAG", &flag)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tools.path().join("server.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client.get(format!("{url}/_readiness")).send().is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Acknowledged while the disk works; then the database file's syncs start failing while
+    // events keep coming. Whatever got a 2xx must survive.
+    let mut acked = Vec::new();
+    let mut send = |round: usize| {
+        let ids: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let batch: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"event": "agent_error", "uuid": id, "distinct_id": "user_1",
+                             "properties": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "error_type": "timeout", "round": round}}))
+            .collect();
+        match client.post(format!("{url}/batch/")).json(&json!({"api_key": TOKEN, "batch": batch})).send() {
+            Ok(r) if r.status().is_success() => {
+                acked.extend(ids);
+                true
+            }
+            _ => false,
+        }
+    };
+    for round in 0..50 {
+        assert!(send(round), "the server refused events while the disk worked");
+    }
+    std::fs::write(&flag, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server kept running after its database file failed to sync");
+        send(50);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.signal(), Some(6), "stopped by abort: {status:?}");
+    let said = std::fs::read_to_string(tools.path().join("server.err")).unwrap();
+    assert!(said.contains("failed") && said.contains("replayed at the next start"), "{said}");
+
+    // A working disk again: the WAL is replayed and every acknowledged event is there.
+    let server = start(dir.path());
+    let stored = stored_ids(&server.url);
+    let missing = acked.iter().filter(|id| !stored.contains(*id)).count();
+    assert!(acked.len() >= 1000);
+    assert_eq!(missing, 0, "{missing} of {} acknowledged events lost after the failed sync", acked.len());
+}
