@@ -89,11 +89,21 @@ fn reject(family: Family, r: Rejection) -> IntakeError {
 
 async fn read_body(state: &AppState, family: Family, body: Body) -> Result<Bytes, IntakeError> {
     let limit = state.config.limits.max_request_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        reject(
-            family,
-            Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes")),
-        )
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let error = error.into_inner();
+        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            return reject(
+                family,
+                Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes")),
+            );
+        }
+        // Not the client's data at fault but its transfer (cut off, bad chunking): an answer
+        // the SDKs retry, as PostHog's 408 and RudderStack's 500 are, rather than a final 413.
+        let status = match family {
+            Family::Posthog => 408,
+            Family::Segment => 500,
+        };
+        reject(family, Rejection::new(status, "body_read_error", format!("the request body could not be read: {error}")))
     })
 }
 
@@ -355,7 +365,7 @@ pub async fn segment_intake(
     let family = Family::Segment;
     let route = uri.path().trim_end_matches('/').rsplit('/').next().unwrap_or("");
     let route_type = match route {
-        "batch" => None,
+        "batch" | "import" => None,
         other => Some(EventType::parse(other).ok_or_else(|| {
             reject(family, Rejection::new(404, "unknown_route", format!("unknown call type {other:?}")))
         })?),

@@ -115,7 +115,9 @@ impl AppState {
 }
 
 const POSTHOG_CAPTURE_PATHS: &[&str] = &["/e", "/i/v0/e", "/capture", "/track", "/engage", "/batch"];
-const SEGMENT_CALLS: &[&str] = &["track", "identify", "group", "page", "screen", "alias", "batch"];
+/// RudderStack's `/v1/import` is a batch too (its gateway splits it per user, then takes each
+/// part as a batch), and so is `/beacon/v1/batch` (rudder-sdk-js's `sendBeacon`, key in `?writeKey=`).
+const SEGMENT_CALLS: &[&str] = &["track", "identify", "group", "page", "screen", "alias", "batch", "import"];
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
@@ -167,6 +169,9 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("/v1/{call}"), axum::routing::post(intake::segment_intake))
             .route(&format!("/v1/{call}/"), axum::routing::post(intake::segment_intake));
     }
+    router = router
+        .route("/beacon/v1/batch", axum::routing::post(intake::segment_intake))
+        .route("/beacon/v1/batch/", axum::routing::post(intake::segment_intake));
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors_and_count))
         .with_state(state)

@@ -87,7 +87,21 @@ async fn segment_bad_requests_name_the_problem() {
     let body = json!({"writeKey": WRITE_KEY, "batch": [{"type": "identify", "userId": "u", "traits": {"plan": "pro"}}]});
     let (status, text) = post(&server, "/v1/batch", body.to_string().into_bytes(), &[]).await;
     assert_eq!((status, text.as_str()), (200, "OK"));
-    assert_eq!(server.events("").await.len(), 2);
+    // rudder-sdk-js's sendBeacon: the key in the query, the JSON labelled text/plain.
+    let beacon = json!({"batch": [{"type": "track", "event": "flow_executed", "anonymousId": "anon_1", "properties": {"flow_id": "fl_1"}}]});
+    let path = format!("/beacon/v1/batch?writeKey={WRITE_KEY}");
+    let (status, text) = post(&server, &path, beacon.to_string().into_bytes(), &[("content-type", "text/plain;charset=UTF-8")]).await;
+    assert_eq!((status, text.as_str()), (200, "OK"));
+    let (status, _) = post(&server, "/beacon/v1/batch", beacon.to_string().into_bytes(), &[]).await;
+    assert_eq!(status, 401, "a beacon without a write key is refused");
+    // RudderStack's /v1/import takes a batch.
+    let import = json!({"batch": [{"type": "identify", "userId": "u2", "traits": {"plan": "team"}}, {"type": "track", "event": "tool_used", "userId": "u2"}]});
+    let (status, text) = post(&server, "/v1/import", import.to_string().into_bytes(), &[("authorization", basic.as_str())]).await;
+    assert_eq!((status, text.as_str()), (200, "OK"));
+    let events = server.events("").await;
+    assert_eq!(events.len(), 5);
+    assert!(events.iter().any(|e| e["event"] == "flow_executed" && e["anonymous_id"] == "anon_1"), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "identify" && e["user_id"] == "u2"), "{events:?}");
 }
 
 #[tokio::test]
@@ -229,4 +243,31 @@ async fn one_projects_keys_never_reach_another_projects_data() {
     let response = server.client.get(format!("{}/api/projects/@current/events/", server.url)).send().await.unwrap();
     assert_eq!(response.status(), 401);
     let _ = SECRET;
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_read_gets_an_answer_sdks_retry() {
+    let server = TestServer::start().await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    // Bad chunking mid-body: the transfer failed, not the data; a 413 would make SDKs drop it.
+    for (path, status) in [("/batch/", "408"), ("/v1/batch", "500")] {
+        let addr = addr.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{{\"bat\r\nzz\r\n"
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {answer}");
+        assert!(answer.contains("could not be read"), "{answer}");
+    }
+    assert!(server.events("").await.is_empty());
 }
