@@ -107,6 +107,11 @@ pub struct Event {
     pub trace_id: Option<String>,
     #[serde(default)]
     pub span_id: Option<String>,
+    /// The client's address as the server saw it: the first `X-Forwarded-For` hop, else the
+    /// connection's peer. PostHog keeps it as the event's `ip` (`$ip`), RudderStack as
+    /// `request_ip` (`context.ip` in the warehouse when the client sent none).
+    #[serde(default)]
+    pub request_ip: Option<String>,
     /// Every other top-level field the client sent (`integrations`, `channel`, `offset`, …),
     /// kept so the event can be forwarded out again unchanged.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -179,6 +184,8 @@ pub struct RequestMeta {
     pub received_at: DateTime<Utc>,
     /// The request's W3C `traceparent` header, if any.
     pub traceparent: Option<String>,
+    /// The client's address (see [`Event::request_ip`]).
+    pub ip: Option<String>,
 }
 
 /// A W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<flags>`.

@@ -683,6 +683,7 @@ fn build_event(
     opt(&mut out, "original_timestamp", checked.original_timestamp.as_deref());
     opt(&mut out, "sent_at", sent_at);
     opt(&mut out, "span_id", span_id.as_deref());
+    opt(&mut out, "request_ip", ctx.meta.ip.as_deref());
     if !extra.is_empty() {
         out.extend_from_slice(b",\"extra\":");
         extra.write(&mut out);
@@ -743,6 +744,7 @@ mod tests {
             project_id: 1,
             received_at: parse_time("2026-11-25T12:00:10Z").unwrap(),
             traceparent: None,
+            ip: Some("203.0.113.7".into()),
         }
     }
 
@@ -886,7 +888,7 @@ mod tests {
                 "traits": {"plan": "pro", "seats": 1}, "context": {}, "groups": {"workspace": "ws_1"},
                 "timestamp": "2026-11-25T12:00:09.000000Z", "original_timestamp": "2026-11-25T12:00:04Z",
                 "sent_at": "2026-11-25T12:00:05.000000Z", "received_at": "2026-11-25T12:00:10.000000Z",
-                "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "s1",
+                "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "s1", "request_ip": "203.0.113.7",
                 "extra": {"channel": "server", "offset": 5, "historical_migration": true}
             })
         );

@@ -244,6 +244,7 @@ fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &SegmentConte
         received_at: format_time(ctx.meta.received_at),
         trace_id,
         span_id,
+        request_ip: ctx.meta.ip.clone(),
         extra,
     }
 }
@@ -284,7 +285,7 @@ mod tests {
 
     #[test]
     fn identify_traits_from_context() {
-        let meta = RequestMeta { project_id: 1, received_at: Utc::now(), traceparent: None };
+        let meta = RequestMeta { project_id: 1, received_at: Utc::now(), traceparent: None, ip: None };
         let ctx = SegmentContext { meta: &meta, batch_sent_at: None, limits: &EventLimits::default() };
         let e = normalize_event(
             json!({"type": "identify", "userId": "u", "context": {"traits": {"plan": "pro"},

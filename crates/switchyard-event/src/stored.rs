@@ -15,8 +15,14 @@ pub const COLUMN_MEMBERS: [&str; 8] = ["id", "project_id", "type", "event", "dis
 
 /// The members of the unified event that the stored form leaves out at their default, with
 /// that default as JSON text. The events API's answers always have them.
-pub const DEFAULT_MEMBERS: [(&str, &str); 5] =
-    [("user_id", "null"), ("anonymous_id", "null"), ("traits", "{}"), ("context", "{}"), ("span_id", "null")];
+pub const DEFAULT_MEMBERS: [(&str, &str); 6] = [
+    ("user_id", "null"),
+    ("anonymous_id", "null"),
+    ("traits", "{}"),
+    ("context", "{}"),
+    ("span_id", "null"),
+    ("request_ip", "null"),
+];
 
 /// An event's column values, as read back from the log.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +134,8 @@ mod tests {
             json!({"id": COLUMNS.id, "project_id": 7, "type": "track", "event": "tool \"used\"", "distinct_id": "user_1",
                    "timestamp": COLUMNS.timestamp, "received_at": COLUMNS.received_at,
                    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "protocol": "posthog", "user_id": null,
-                   "anonymous_id": null, "traits": {}, "context": {}, "span_id": null, "properties": {"tool": "search"}})
+                   "anonymous_id": null, "traits": {}, "context": {}, "span_id": null, "request_ip": null,
+                   "properties": {"tool": "search"}})
         );
         let untraced = Columns { trace_id: None, ..COLUMNS };
         let whole: Value = serde_json::from_str(&event_json(&untraced, "{}".to_owned())).unwrap();

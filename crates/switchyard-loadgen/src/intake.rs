@@ -23,7 +23,7 @@ fn run(body: &[u8], iterations: usize) -> Phases {
         let started = Instant::now();
         let request = posthog::parse_capture_request(body, None).expect("the benchmark body parses");
         let parsed = Instant::now();
-        let meta = RequestMeta { project_id: 1, received_at: chrono::Utc::now(), traceparent: None };
+        let meta = RequestMeta { project_id: 1, received_at: chrono::Utc::now(), traceparent: None, ip: Some("127.0.0.1".into()) };
         let ctx = posthog::PosthogContext {
             meta: &meta,
             sent_at: request.sent_at,

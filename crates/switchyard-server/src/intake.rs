@@ -5,10 +5,11 @@
 //! one outcome: logged, quarantined (invalid event in a batch that also has valid ones), or
 //! rejected with its request (the client is told why; nothing is stored).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -111,12 +112,25 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn request_meta(project_id: i64, headers: &HeaderMap) -> RequestMeta {
+/// The connection's peer, when the server was started with it (`serve` does).
+type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
+
+fn request_meta(project_id: i64, headers: &HeaderMap, peer: Peer) -> RequestMeta {
     RequestMeta {
         project_id,
         received_at: chrono::Utc::now(),
         traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        ip: client_ip(headers, peer),
     }
+}
+
+/// The client's address as PostHog's capture takes it: the first `X-Forwarded-For` hop (the
+/// client, behind a proxy or load balancer), else the connection's peer.
+fn client_ip(headers: &HeaderMap, peer: Peer) -> Option<String> {
+    let forwarded = header_str(headers, header::HeaderName::from_static("x-forwarded-for"))
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| first.trim().parse::<IpAddr>().ok());
+    forwarded.or(peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip())).map(|ip| ip.to_string())
 }
 
 fn decode_limits(state: &AppState) -> DecodeLimits {
@@ -230,6 +244,7 @@ fn posthog_success(beacon: bool) -> Response {
 /// `/e`, `/i/v0/e`, `/capture`, `/track`, `/engage`, `/batch` (GET with `data=`, POST).
 pub async fn posthog_capture(
     State(state): State<AppState>,
+    peer: Peer,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -260,7 +275,7 @@ pub async fn posthog_capture(
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "ingest_key_unknown" }).inc_by(request.events.len() as u64);
         reject(family, Rejection::new(401, "ingest_key_unknown", "api_key does not resolve to a known project"))
     })?;
-    let meta = request_meta(project_id, &headers);
+    let meta = request_meta(project_id, &headers, peer);
     let limits = state.event_limits();
     let ctx = posthog::PosthogContext {
         meta: &meta,
@@ -358,6 +373,7 @@ fn query_write_key(uri: &Uri) -> Option<String> {
 /// `/v1/{track,identify,group,page,screen,alias,batch}`.
 pub async fn segment_intake(
     State(state): State<AppState>,
+    peer: Peer,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -393,7 +409,7 @@ pub async fn segment_intake(
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "invalid_write_key" }).inc();
         reject(family, Rejection::new(401, "invalid_write_key", "invalid write key"))
     })?;
-    let meta = request_meta(project_id, &headers);
+    let meta = request_meta(project_id, &headers, peer);
     let limits = state.event_limits();
     let ctx = segment::SegmentContext { meta: &meta, batch_sent_at: request.sent_at.as_deref(), limits: &limits };
     let normalized = segment::normalize(request.events, &ctx);

@@ -260,7 +260,8 @@ pub async fn serve(
         tokio::spawn(upstream::run(state.clone(), *project_id, state.config.upstream.clone(), mirror.clone(), processor_stop))
     });
     let mut server = tokio::spawn(
-        std::future::IntoFuture::into_future(axum::serve(listener, router).with_graceful_shutdown(graceful)),
+        std::future::IntoFuture::into_future(axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(graceful)),
     );
     let served = tokio::select! {
         result = &mut server => Some(result),

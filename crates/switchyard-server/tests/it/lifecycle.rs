@@ -60,6 +60,7 @@ async fn health_cors_and_encodings() {
         .client
         .post(format!("{}/i/v0/e/", server.url))
         .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("x-forwarded-for", "203.0.113.9, 10.0.0.1")
         .json(&json!({"api_key": TOKEN, "event": "rag_query_triggered", "distinct_id": "u3", "properties": {"top_k": 5}}))
         .send()
         .await
@@ -75,6 +76,9 @@ async fn health_cors_and_encodings() {
     assert_eq!(events[0]["span_id"], "00f067aa0ba902b7");
     assert_eq!(events[1]["properties"]["agent_id"], "ag_1");
     assert_eq!(events[2]["distinct_id"], "u1");
+    // The client's address: the first X-Forwarded-For hop behind a proxy, else the peer's.
+    assert_eq!(events[0]["request_ip"], "203.0.113.9");
+    assert_eq!((&events[1]["request_ip"], &events[2]["request_ip"]), (&json!("127.0.0.1"), &json!("127.0.0.1")));
 }
 
 #[tokio::test]
