@@ -464,7 +464,7 @@ async fn events_stored_without_their_column_members_read_back_whole() {
     let whole = |r: &LogRecord| {
         serde_json::json!({"id": r.id, "project_id": r.project_id, "type": r.kind, "event": r.event,
             "distinct_id": r.distinct_id, "timestamp": r.timestamp, "received_at": r.received_at, "trace_id": r.trace_id,
-            "protocol": "posthog", "user_id": null, "anonymous_id": null, "traits": {}, "context": {}, "span_id": null,
+            "protocol": "posthog", "user_id": null, "anonymous_id": null, "traits": {}, "context": {}, "span_id": null, "request_ip": null,
             "properties": serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["properties"]})
     };
     let parse = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
