@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         content_encoding: if selector & 16 != 0 { Some("gzip") } else { None },
         legacy_path: selector & 32 != 0,
     };
-    let meta = RequestMeta { project_id: 1, received_at: chrono::Utc::now(), traceparent: None };
+    let meta = RequestMeta { project_id: 1, received_at: chrono::Utc::now(), traceparent: None, ip: None };
     let limits = EventLimits::default();
 
     if let Ok(json) = decode_posthog_body(body, &hints, LIMITS) {
