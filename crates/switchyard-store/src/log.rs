@@ -346,7 +346,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 ";
 
 /// The trace index's database, beside the log's: derived from the log, filled behind it by
-/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost.
+/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost or ahead of it.
 const TRACE_INDEX_SCHEMA: &str = "
 -- Per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block;
 -- one row per agent run per pass: the seqs of its events as a JSON array, `first_seq` the least.
@@ -419,6 +419,7 @@ impl SqliteLog {
         conn.execute_batch(SCHEMA)?;
         let mut indexer = open_trace_indexer(path)?;
         migrate_trace_index(&mut indexer)?;
+        drop_trace_index_ahead_of_log(&mut indexer)?;
         if let Some(max) = config.max_size_bytes {
             let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
             let pages = (max as i64 / page_size).max(16);
@@ -904,6 +905,23 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     tx.execute(UPSERT_CURSOR, params![TRACE_INDEX_CURSOR, upto])?;
     tx.commit()?;
     Ok(upto < end)
+}
+
+/// An index whose position is past the log's last event was built from another log (the log's
+/// database restored from a backup or replaced, the index's kept): its entries point at events
+/// this log does not have, and the events this log logs up to that position would never be
+/// indexed. The index is derived, so it is emptied and built again from this log.
+fn drop_trace_index_ahead_of_log(conn: &mut Connection) -> Result<(), LogError> {
+    let position = cursor_position(conn, TRACE_INDEX_CURSOR)?;
+    let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM log.events", [], |r| r.get(0))?;
+    if position > end {
+        tracing::warn!(position, end, "the trace index is ahead of the event log (another log's index): rebuilding it");
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM main.trace_runs", [])?;
+        tx.execute("DELETE FROM main.cursors WHERE consumer = ?1", [TRACE_INDEX_CURSOR])?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 /// Earlier versions kept the trace index inside the log's database: as `trace_blocks`, or

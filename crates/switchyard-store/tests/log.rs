@@ -275,6 +275,32 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
     log.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_ahead_of_a_restored_log_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    append_batches(&log, 0).await;
+    wait_for_trace_index(&path, 300).await;
+    log.close().await;
+    drop(log);
+    // The log's database replaced (an older backup, a fresh file), the index's kept.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let events = (0..100).map(|i| LogRecord { trace_id: Some(format!("{:032x}", 99)), ..record(i) }).collect();
+    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    let query = |trace: u32| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit: 1000, ..Default::default() };
+    assert_eq!(log.query_events(query(99)).await.unwrap().len(), 100, "this log's events are found by their trace");
+    assert!(log.query_events(query(1)).await.unwrap().is_empty(), "the other log's runs are gone");
+    wait_for_trace_index(&path, 100).await;
+    assert_eq!(log.query_events(query(99)).await.unwrap().len(), 100, "and indexed again");
+    log.close().await;
+}
+
 /// Three batches of 100 events numbered from `from`: every seventh has no trace id, the others
 /// belong to five agent runs.
 async fn append_batches(log: &SqliteLog, from: usize) {
