@@ -370,7 +370,7 @@ fn query_write_key(uri: &Uri) -> Option<String> {
     query.0.get("writeKey").filter(|k| !k.is_empty()).cloned()
 }
 
-/// `/v1/{track,identify,group,page,screen,alias,batch}`.
+/// `/v1/{track,identify,group,page,screen,alias,batch,import}` and `/beacon/v1/batch`.
 pub async fn segment_intake(
     State(state): State<AppState>,
     peer: Peer,
@@ -378,42 +378,111 @@ pub async fn segment_intake(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IntakeError> {
-    let family = Family::Segment;
-    let route = uri.path().trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    let route_type = match route {
-        "batch" | "import" => None,
-        other => Some(EventType::parse(other).ok_or_else(|| {
-            reject(family, Rejection::new(404, "unknown_route", format!("unknown call type {other:?}")))
-        })?),
-    };
-    let header_key = basic_auth_user(&headers).or_else(|| query_write_key(&uri));
-    if let Some(key) = &header_key {
-        // Reject a bad key before reading the body.
-        if state.control.lookup(KeyKind::WriteKey, key).is_none() {
-            state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "invalid_write_key" }).inc();
-            return Err(reject(family, Rejection::new(401, "invalid_write_key", "invalid write key")));
+    let route_type = segment_route(&uri)?;
+    let header_key = segment_request_key(&state, &headers, &uri)?;
+    let body = read_body(&state, Family::Segment, body).await?;
+    let json = decode_segment_body(&body, header_str(&headers, header::CONTENT_ENCODING), decode_limits(&state))
+        .map_err(|r| segment_rejected(&state, r))?;
+    store_segment(&state, peer, &headers, header_key, &json, route_type).await?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK").into_response())
+}
+
+/// RudderStack's pixel API, `GET /pixel/v1/{track,page}` (AMP pages, e-mails: wherever only an
+/// image can be loaded): the event is the query, each dotted name a path into it
+/// (`context.page.url=…`, `properties.plan=…`), `writeKey` the key. Answered with a 1×1 GIF once
+/// the event is durable; a failure gets its usual status and message.
+pub async fn segment_pixel(
+    State(state): State<AppState>,
+    peer: Peer,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, IntakeError> {
+    let route_type = segment_route(&uri)?;
+    let header_key = segment_request_key(&state, &headers, &uri)?;
+    let mut event = serde_json::Map::new();
+    for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if name != "writeKey" {
+            set_path(&mut event, &name, Value::String(value.into_owned()));
         }
     }
-    let body = read_body(&state, family, body).await?;
-    let request = decode_segment_body(&body, header_str(&headers, header::CONTENT_ENCODING), decode_limits(&state))
-        .and_then(|json| segment::parse_segment_request(&json, route_type))
-        .map_err(|r| {
-            state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: r.code }).inc();
-            reject(family, r)
-        })?;
+    let json = serde_json::to_vec(&Value::Object(event)).expect("JSON serializes");
+    store_segment(&state, peer, &headers, header_key, &json, route_type).await?;
+    let headers = [(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate")];
+    Ok((StatusCode::OK, headers, PIXEL_GIF).into_response())
+}
+
+/// A transparent 1×1 GIF.
+const PIXEL_GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x01D\x00;";
+
+/// Sets `a.b.c` in `object` to `value`, making the objects on the way (a value in the way is
+/// replaced: the last parameter wins, as with repeated names).
+fn set_path(object: &mut serde_json::Map<String, Value>, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            object.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let child = object.entry(head.to_owned()).or_insert_with(|| Value::Object(Default::default()));
+            if !child.is_object() {
+                *child = Value::Object(Default::default());
+            }
+            if let Value::Object(child) = child {
+                set_path(child, rest, value);
+            }
+        }
+    }
+}
+
+/// The call type a Segment route names (`None` for a batch).
+fn segment_route(uri: &Uri) -> Result<Option<EventType>, IntakeError> {
+    let route = uri.path().trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    match route {
+        "batch" | "import" => Ok(None),
+        other => EventType::parse(other).map(Some).ok_or_else(|| {
+            reject(Family::Segment, Rejection::new(404, "unknown_route", format!("unknown call type {other:?}")))
+        }),
+    }
+}
+
+/// The write key from Basic auth or `?writeKey=`, refused before the body is read if unknown.
+fn segment_request_key(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Option<String>, IntakeError> {
+    let key = basic_auth_user(headers).or_else(|| query_write_key(uri));
+    if let Some(key) = &key {
+        if state.control.lookup(KeyKind::WriteKey, key).is_none() {
+            return Err(segment_rejected(state, Rejection::new(401, "invalid_write_key", "invalid write key")));
+        }
+    }
+    Ok(key)
+}
+
+fn segment_rejected(state: &AppState, r: Rejection) -> IntakeError {
+    state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: r.code }).inc();
+    reject(Family::Segment, r)
+}
+
+/// Normalizes a Segment request's events (the body's `writeKey` if no other key came) and
+/// appends them; returns once they are durable.
+async fn store_segment(
+    state: &AppState,
+    peer: Peer,
+    headers: &HeaderMap,
+    header_key: Option<String>,
+    json: &[u8],
+    route_type: Option<EventType>,
+) -> Result<(), IntakeError> {
+    let family = Family::Segment;
+    let request = segment::parse_segment_request(json, route_type).map_err(|r| segment_rejected(state, r))?;
     let key = header_key.or(request.body_write_key.clone()).ok_or_else(|| {
-        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "missing_write_key" }).inc();
-        reject(family, Rejection::new(401, "missing_write_key", "failed to read writekey from header"))
+        segment_rejected(state, Rejection::new(401, "missing_write_key", "failed to read writekey from header"))
     })?;
-    let project_id = state.control.lookup(KeyKind::WriteKey, &key).ok_or_else(|| {
-        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "invalid_write_key" }).inc();
-        reject(family, Rejection::new(401, "invalid_write_key", "invalid write key"))
-    })?;
-    let meta = request_meta(project_id, &headers, peer);
+    let project_id = state
+        .control
+        .lookup(KeyKind::WriteKey, &key)
+        .ok_or_else(|| segment_rejected(state, Rejection::new(401, "invalid_write_key", "invalid write key")))?;
+    let meta = request_meta(project_id, headers, peer);
     let limits = state.event_limits();
     let ctx = segment::SegmentContext { meta: &meta, batch_sent_at: request.sent_at.as_deref(), limits: &limits };
     let normalized = segment::normalize(request.events, &ctx);
-    let batch = outcome(&state, family, normalized, &meta)?;
-    append(&state, family, batch).await?;
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK").into_response())
+    let batch = outcome(state, family, normalized, &meta)?;
+    append(state, family, batch).await
 }

@@ -172,6 +172,11 @@ pub fn app(state: AppState) -> Router {
     router = router
         .route("/beacon/v1/batch", axum::routing::post(intake::segment_intake))
         .route("/beacon/v1/batch/", axum::routing::post(intake::segment_intake));
+    for call in ["track", "page"] {
+        router = router
+            .route(&format!("/pixel/v1/{call}"), get(intake::segment_pixel))
+            .route(&format!("/pixel/v1/{call}/"), get(intake::segment_pixel));
+    }
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors_and_count))
         .with_state(state)

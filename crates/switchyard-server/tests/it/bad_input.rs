@@ -98,8 +98,23 @@ async fn segment_bad_requests_name_the_problem() {
     let import = json!({"batch": [{"type": "identify", "userId": "u2", "traits": {"plan": "team"}}, {"type": "track", "event": "tool_used", "userId": "u2"}]});
     let (status, text) = post(&server, "/v1/import", import.to_string().into_bytes(), &[("authorization", basic.as_str())]).await;
     assert_eq!((status, text.as_str()), (200, "OK"));
+    // The pixel API (AMP pages): the event is the query; answered with a GIF once stored.
+    let pixel = format!(
+        "{}/pixel/v1/page?writeKey={WRITE_KEY}&anonymousId=anon_2&name=Pricing&context.page.url=https%3A%2F%2Fapp.example%2Fpricing&properties.plan=team",
+        server.url
+    );
+    let response = server.client.get(pixel).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/gif");
+    assert!(response.bytes().await.unwrap().starts_with(b"GIF89a"));
+    let response = server.client.get(format!("{}/pixel/v1/track?writeKey=nope&anonymousId=a&event=x", server.url)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
     let events = server.events("").await;
-    assert_eq!(events.len(), 5);
+    let page = events.iter().find(|e| e["type"] == "page").expect("the pixel's page event");
+    assert_eq!((&page["anonymous_id"], &page["name"]), (&json!("anon_2"), &json!("Pricing")));
+    assert_eq!(page["context"]["page"]["url"], "https://app.example/pricing");
+    assert_eq!(page["properties"], json!({"plan": "team"}));
+    assert_eq!(events.len(), 6);
     assert!(events.iter().any(|e| e["event"] == "flow_executed" && e["anonymous_id"] == "anon_1"), "{events:?}");
     assert!(events.iter().any(|e| e["type"] == "identify" && e["user_id"] == "u2"), "{events:?}");
 }
