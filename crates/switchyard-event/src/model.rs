@@ -222,14 +222,15 @@ pub fn extract_trace(
 }
 
 /// Stringifies a distinct/user id as PostHog does: strings as they are, other JSON values
-/// as their JSON text; NUL becomes U+FFFD; at most 200 characters. Empty → `None`.
+/// as their JSON text; NUL becomes U+FFFD; at most 200 characters. Empty or blank → `None`
+/// (RudderStack's gateway refuses an id that is blank once trimmed, and keeps the others as sent).
 pub fn id_string(value: Option<&Value>) -> Option<String> {
-    let s = match value? {
-        Value::Null => return None,
-        Value::String(s) => s.trim(),
-        other => return clean_id(&other.to_string()),
-    };
-    clean_id(s)
+    match value? {
+        Value::Null => None,
+        Value::String(s) if s.trim().is_empty() => None,
+        Value::String(s) => clean_id(s),
+        other => clean_id(&other.to_string()),
+    }
 }
 
 pub(crate) fn clean_id(s: &str) -> Option<String> {
@@ -262,7 +263,7 @@ mod tests {
     #[test]
     fn ids_are_stringified_as_posthog_does() {
         use serde_json::json;
-        assert_eq!(id_string(Some(&json!("  user_1 "))).as_deref(), Some("user_1"));
+        assert_eq!(id_string(Some(&json!("  user_1 "))).as_deref(), Some("  user_1 "), "kept as sent");
         assert_eq!(id_string(Some(&json!(42))).as_deref(), Some("42"));
         assert_eq!(id_string(Some(&json!("a\u{0}b"))).as_deref(), Some("a\u{FFFD}b"));
         assert_eq!(id_string(Some(&json!("é".repeat(300)))), Some("é".repeat(200)));

@@ -550,11 +550,12 @@ fn check_event(event: &EventObject<'_>, ctx: &PosthogContext<'_>) -> Result<Chec
     Ok(Checked { event_name, distinct_id, id, timestamp, original_timestamp })
 }
 
-/// [`id_string`] of a raw value.
+/// A raw value as PostHog's capture takes an id: a string as sent (only an empty one is missing),
+/// other JSON as [`id_string`] has it.
 fn raw_id_string(raw: Option<&RawValue>) -> Option<String> {
     let raw = raw?;
     match raw::as_str(raw) {
-        Some(s) => clean_id(s.trim()),
+        Some(s) => clean_id(&s),
         None => id_string(Some(&raw::to_value(raw))),
     }
 }
@@ -814,6 +815,9 @@ mod tests {
         assert_eq!(e.distinct_id, "p");
         let err = one(json!({"event": "x", "distinct_id": ""}), None).unwrap_err();
         assert_eq!(err.code, "missing_distinct_id");
+        // As PostHog's capture: strings as sent, spaces and all.
+        let e = one(json!({"event": "x", "distinct_id": " user_1 "}), None).unwrap();
+        assert_eq!(e.distinct_id, " user_1 ");
     }
 
     #[test]
