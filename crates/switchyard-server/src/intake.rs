@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -92,19 +92,19 @@ async fn read_body(state: &AppState, family: Family, body: Body) -> Result<Bytes
     let limit = state.config.limits.max_request_bytes;
     axum::body::to_bytes(body, limit).await.map_err(|error| {
         let error = error.into_inner();
-        if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            return reject(
-                family,
-                Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes")),
-            );
-        }
-        // Not the client's data at fault but its transfer (cut off, bad chunking): an answer
-        // the SDKs retry, as PostHog's 408 and RudderStack's 500 are, rather than a final 413.
-        let status = match family {
-            Family::Posthog => 408,
-            Family::Segment => 500,
+        let rejection = if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes"))
+        } else {
+            // Not the client's data at fault but its transfer (cut off, bad chunking): an
+            // answer the SDKs retry, as PostHog's 408 and RudderStack's 500 are, not a final 413.
+            let status = match family {
+                Family::Posthog => 408,
+                Family::Segment => 500,
+            };
+            Rejection::new(status, "body_read_error", format!("the request body could not be read: {error}"))
         };
-        reject(family, Rejection::new(status, "body_read_error", format!("the request body could not be read: {error}")))
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: rejection.code }).inc();
+        reject(family, rejection)
     })
 }
 
@@ -245,15 +245,11 @@ fn posthog_success(beacon: bool) -> Response {
 pub async fn posthog_capture(
     State(state): State<AppState>,
     peer: Peer,
-    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IntakeError> {
     let family = Family::Posthog;
-    if method == Method::OPTIONS {
-        return Ok(axum::Json(json!({"status": "Ok"})).into_response());
-    }
     let body = read_body(&state, family, body).await?;
     let path = uri.path().trim_end_matches('/');
     let legacy = matches!(path, "/e" | "/capture" | "/engage" | "/track");
@@ -400,10 +396,17 @@ pub async fn segment_pixel(
     let route_type = segment_route(&uri)?;
     let header_key = segment_request_key(&state, &headers, &uri)?;
     let mut event = serde_json::Map::new();
+    let max_depth = state.config.limits.max_depth;
     for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        if name != "writeKey" {
-            set_path(&mut event, &name, Value::String(value.into_owned()));
+        if name == "writeKey" {
+            continue;
         }
+        // Each dot is a level of nesting, made (and later serialized) recursively.
+        if name.split('.').count() > max_depth {
+            let message = format!("parameter {:?} nests deeper than {max_depth} levels", truncated(&name, 64));
+            return Err(segment_rejected(&state, Rejection::new(400, "too_deep", message)));
+        }
+        set_path(&mut event, &name, Value::String(value.into_owned()));
     }
     let json = serde_json::to_vec(&Value::Object(event)).expect("JSON serializes");
     store_segment(&state, peer, &headers, header_key, &json, route_type).await?;
@@ -413,6 +416,14 @@ pub async fn segment_pixel(
 
 /// A transparent 1×1 GIF.
 const PIXEL_GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x01D\x00;";
+
+/// At most `max` characters of `s`, for naming bad input in a message.
+fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
 
 /// Sets `a.b.c` in `object` to `value`, making the objects on the way (a value in the way is
 /// replaced: the last parameter wins, as with repeated names).

@@ -137,9 +137,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/projects/{project_id}/groups/", get(persons::get_group));
     for path in POSTHOG_CAPTURE_PATHS {
         router = router
-            // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405.
-            .route(path, get(intake::posthog_capture).post(intake::posthog_capture))
-            .route(&format!("{path}/"), get(intake::posthog_capture).post(intake::posthog_capture));
+            // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405,
+            // HEAD too (axum would answer it as a GET: link checkers would send events).
+            .route(path, get(intake::posthog_capture).post(intake::posthog_capture).head(method_not_allowed))
+            .route(&format!("{path}/"), get(intake::posthog_capture).post(intake::posthog_capture).head(method_not_allowed));
     }
     for path in ["/flags", "/decide"] {
         router = router.route(path, any(flags::flags)).route(&format!("{path}/"), any(flags::flags));
@@ -174,8 +175,8 @@ pub fn app(state: AppState) -> Router {
         .route("/beacon/v1/batch/", axum::routing::post(intake::segment_intake));
     for call in ["track", "page"] {
         router = router
-            .route(&format!("/pixel/v1/{call}"), get(intake::segment_pixel))
-            .route(&format!("/pixel/v1/{call}/"), get(intake::segment_pixel));
+            .route(&format!("/pixel/v1/{call}"), get(intake::segment_pixel).head(method_not_allowed))
+            .route(&format!("/pixel/v1/{call}/"), get(intake::segment_pixel).head(method_not_allowed));
     }
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors_and_count))
@@ -188,6 +189,11 @@ async fn readiness(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
+}
+
+/// For HEAD on routes whose GET stores events.
+async fn method_not_allowed() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {

@@ -346,7 +346,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 ";
 
 /// The trace index's database, beside the log's: derived from the log, filled behind it by
-/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost or ahead of it.
+/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost or its position is past the log's end.
 const TRACE_INDEX_SCHEMA: &str = "
 -- Per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block;
 -- one row per agent run per pass: the seqs of its events as a JSON array, `first_seq` the least.
@@ -910,7 +910,9 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
 /// An index whose position is past the log's last event was built from another log (the log's
 /// database restored from a backup or replaced, the index's kept): its entries point at events
 /// this log does not have, and the events this log logs up to that position would never be
-/// indexed. The index is derived, so it is emptied and built again from this log.
+/// indexed. The index is derived, so it is emptied and built again from this log. (A replaced
+/// log already as long as the index's position is not detected: that needs an id of the log
+/// kept in both databases.)
 fn drop_trace_index_ahead_of_log(conn: &mut Connection) -> Result<(), LogError> {
     let position = cursor_position(conn, TRACE_INDEX_CURSOR)?;
     let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM log.events", [], |r| r.get(0))?;

@@ -295,7 +295,10 @@ async fn an_index_ahead_of_a_restored_log_is_rebuilt() {
     log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
     let query = |trace: u32| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit: 1000, ..Default::default() };
     assert_eq!(log.query_events(query(99)).await.unwrap().len(), 100, "this log's events are found by their trace");
-    assert!(log.query_events(query(1)).await.unwrap().is_empty(), "the other log's runs are gone");
+    assert!(log.query_events(query(1)).await.unwrap().is_empty());
+    let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
+    let old_runs: i64 = index.query_row("SELECT count(*) FROM trace_runs WHERE first_seq <= 300 AND trace_id != ?1", [format!("{:032x}", 99)], |r| r.get(0)).unwrap();
+    assert_eq!(old_runs, 0, "the other log's runs are gone");
     wait_for_trace_index(&path, 100).await;
     assert_eq!(log.query_events(query(99)).await.unwrap().len(), 100, "and indexed again");
     log.close().await;

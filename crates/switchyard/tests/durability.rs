@@ -144,6 +144,8 @@ fn kill_9_and_sigterm_under_load_lose_nothing_acknowledged() {
 
 /// An `LD_PRELOAD` shim: once the file named by `FAILSYNC_FLAG` exists, `fsync` and
 /// `fdatasync` of `events.db` fail with EIO, as on a failing disk. The WAL's syncs still work.
+/// The kernel still writes the pages back (a shim cannot lose them): the test checks that the
+/// server stops at the first failed sync of the database file, and that the WAL is replayed.
 const FAILSYNC_C: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>

@@ -109,6 +109,14 @@ async fn segment_bad_requests_name_the_problem() {
     assert!(response.bytes().await.unwrap().starts_with(b"GIF89a"));
     let response = server.client.get(format!("{}/pixel/v1/track?writeKey=nope&anonymousId=a&event=x", server.url)).send().await.unwrap();
     assert_eq!(response.status(), 401);
+    // Each dot nests: a name with thousands of them is refused before anything is built.
+    let deep = format!("{}/pixel/v1/track?anonymousId=a&event=x&properties{}=1", server.url, ".a".repeat(5000));
+    let response = server.client.get(deep).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("nests deeper than 32 levels"));
+    // HEAD (link checkers, prefetchers) would be answered as a GET: refused, nothing stored.
+    let head = server.client.head(format!("{}/pixel/v1/page?writeKey={WRITE_KEY}&anonymousId=anon_3", server.url)).send().await.unwrap();
+    assert_eq!(head.status(), 405);
     let events = server.events("").await;
     let page = events.iter().find(|e| e["type"] == "page").expect("the pixel's page event");
     assert_eq!((&page["anonymous_id"], &page["name"]), (&json!("anon_2"), &json!("Pricing")));
@@ -285,4 +293,5 @@ async fn a_body_that_cannot_be_read_gets_an_answer_sdks_retry() {
         assert!(answer.contains("could not be read"), "{answer}");
     }
     assert!(server.events("").await.is_empty());
+    assert!(server.metrics().await.contains("switchyard_events_rejected_total{reason=\"body_read_error\"} 2"));
 }

@@ -30,6 +30,7 @@ async fn health_cors_and_encodings() {
     // Capture takes GET and POST (and preflights); any other method is refused, and stores nothing.
     let put = server.client.put(format!("{}/e/", server.url)).body("{}").send().await.unwrap();
     assert_eq!(put.status(), 405);
+    assert_eq!(server.client.head(format!("{}/e/", server.url)).send().await.unwrap().status(), 405);
 
     // GET with data= (base64), on a legacy path.
     let one = json!({"event": "tool_used", "properties": {"distinct_id": "u1", "token": TOKEN, "tool_name": "web_search"}});
