@@ -343,10 +343,17 @@ CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT PRIMARY KEY,
     position INTEGER NOT NULL
 );
+-- This log's identity (random, made once), so that what is derived from it elsewhere (the trace
+-- index) can tell whether it was derived from this log.
+CREATE TABLE IF NOT EXISTS log_identity (
+    id TEXT NOT NULL
+);
+INSERT INTO log_identity (id) SELECT lower(hex(randomblob(16))) WHERE NOT EXISTS (SELECT 1 FROM log_identity);
 ";
 
 /// The trace index's database, beside the log's: derived from the log, filled behind it by
-/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost or its position is past the log's end.
+/// the trace index thread (see `index_traces`), and rebuilt from the log if it is lost or was
+/// built from another log (see `drop_trace_index_of_another_log`).
 const TRACE_INDEX_SCHEMA: &str = "
 -- Per block of the log (`block` = seq >> TRACE_BLOCK_BITS), so a pass writes into one block;
 -- one row per agent run per pass: the seqs of its events as a JSON array, `first_seq` the least.
@@ -362,6 +369,10 @@ CREATE TABLE IF NOT EXISTS trace_runs (
 CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT PRIMARY KEY,
     position INTEGER NOT NULL
+);
+-- The identity of the log the index was built from (the log's `log_identity`).
+CREATE TABLE IF NOT EXISTS built_from (
+    log_id TEXT NOT NULL
 );
 ";
 
@@ -419,7 +430,7 @@ impl SqliteLog {
         conn.execute_batch(SCHEMA)?;
         let mut indexer = open_trace_indexer(path)?;
         migrate_trace_index(&mut indexer)?;
-        drop_trace_index_ahead_of_log(&mut indexer)?;
+        drop_trace_index_of_another_log(&mut indexer)?;
         if let Some(max) = config.max_size_bytes {
             let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
             let pages = (max as i64 / page_size).max(16);
@@ -907,22 +918,29 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     Ok(upto < end)
 }
 
-/// An index whose position is past the log's last event was built from another log (the log's
-/// database restored from a backup or replaced, the index's kept): its entries point at events
-/// this log does not have, and the events this log logs up to that position would never be
-/// indexed. The index is derived, so it is emptied and built again from this log. (A replaced
-/// log already as long as the index's position is not detected: that needs an id of the log
-/// kept in both databases.)
-fn drop_trace_index_ahead_of_log(conn: &mut Connection) -> Result<(), LogError> {
+/// An index built from another log (the log's database replaced, or restored from a backup,
+/// the index's kept) points at events this log does not have, and would never index the events
+/// this log has up to its position. Such an index carries another log's identity, or (a backup
+/// of this log) a position past the log's end; it is derived, so it is emptied and built again
+/// from this log. An index from before identities were kept adopts the log's if it is not ahead.
+fn drop_trace_index_of_another_log(conn: &mut Connection) -> Result<(), LogError> {
+    let log_id: String = conn.query_row("SELECT id FROM log.log_identity", [], |r| r.get(0))?;
+    let built_from: Option<String> = conn.query_row("SELECT log_id FROM main.built_from", [], |r| r.get(0)).optional()?;
     let position = cursor_position(conn, TRACE_INDEX_CURSOR)?;
     let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM log.events", [], |r| r.get(0))?;
-    if position > end {
-        tracing::warn!(position, end, "the trace index is ahead of the event log (another log's index): rebuilding it");
-        let tx = conn.transaction()?;
+    let another_log = built_from.as_ref().is_some_and(|id| *id != log_id) || position > end;
+    if !another_log && built_from.is_some() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if another_log {
+        tracing::warn!(position, end, "the trace index was built from another event log: rebuilding it");
         tx.execute("DELETE FROM main.trace_runs", [])?;
         tx.execute("DELETE FROM main.cursors WHERE consumer = ?1", [TRACE_INDEX_CURSOR])?;
-        tx.commit()?;
     }
+    tx.execute("DELETE FROM main.built_from", [])?;
+    tx.execute("INSERT INTO main.built_from (log_id) VALUES (?1)", [&log_id])?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -219,7 +219,9 @@ async fn the_wal_starts_over_under_steady_writes() {
     let wal = std::fs::metadata(dir.path().join("log.db-wal")).unwrap().len();
     let data = (written * body.len()) as u64;
     assert!(data > 128 << 20, "too little written to tell: {data} bytes");
-    assert!(wal < 48 << 20, "the WAL grew to {wal} bytes while {data} bytes were written");
+    // Under the backstop's 64 MiB, with room for a checkpoint thread slowed by the tests
+    // running beside this one (49.5 MiB seen once): the restarts came from the checkpoint thread.
+    assert!(wal < 56 << 20, "the WAL grew to {wal} bytes while {data} bytes were written");
     let stored = log.query_events(EventQuery { project_id: 1, limit: 10_000_000, ..Default::default() }).await.unwrap();
     assert_eq!(stored.len(), written, "every acknowledged event is stored");
     log.close().await;
@@ -276,7 +278,7 @@ async fn the_trace_index_holds_every_traced_event_across_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_ahead_of_a_restored_log_is_rebuilt() {
+async fn an_index_of_another_log_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
@@ -301,6 +303,31 @@ async fn an_index_ahead_of_a_restored_log_is_rebuilt() {
     assert_eq!(old_runs, 0, "the other log's runs are gone");
     wait_for_trace_index(&path, 100).await;
     assert_eq!(log.query_events(query(99)).await.unwrap().len(), 100, "and indexed again");
+    log.close().await;
+    drop(log);
+
+    // Replaced by another log already longer than the index's position: told apart by the
+    // log's identity.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_path = other_dir.path().join("log.db");
+    let other = SqliteLog::open(&other_path, SqliteLogConfig::default()).unwrap();
+    let events = (0..400).map(|i| LogRecord { trace_id: Some(format!("{:032x}", 77)), ..record(i) }).collect();
+    other.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    other.close().await;
+    drop(other);
+    for suffix in ["-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    std::fs::copy(&other_path, &path).unwrap();
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
+    let stale: i64 = index.query_row("SELECT count(*) FROM trace_runs WHERE trace_id = ?1", [format!("{:032x}", 99)], |r| r.get(0)).unwrap();
+    assert_eq!(stale, 0, "the replaced log's runs are gone");
+    assert_eq!(log.query_events(query(77)).await.unwrap().len(), 400);
+    wait_for_trace_index(&path, 400).await;
+    assert_eq!(log.query_events(query(77)).await.unwrap().len(), 400, "indexed from this log");
     log.close().await;
 }
 
