@@ -679,40 +679,23 @@ fn writer_loop(
                 _ => None,
             })
             .collect();
-        let result = write_group(&mut conn, &ops);
-        match result {
-            Ok(last_seqs) => {
-                let appended: usize =
-                    ops.iter().map(|op| if let WriteOp::Append(batch, _) = op { batch.len() } else { 0 }).sum();
-                if let (Some(observer), true) = (&on_commit, appended > 0) {
-                    (observer.0)(appended);
-                }
-                for (op, last_seq) in ops.into_iter().zip(last_seqs) {
-                    match op {
-                        WriteOp::Append(batch, reply) => {
-                            let _ = reply.send(Ok((AppendReceipt { last_seq, transaction_events: events }, batch)));
-                        }
-                        WriteOp::Commit(_, _, reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                        WriteOp::RestartWal(_) => {}
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, requests = ops.len(), "event log transaction failed");
+        match write_group(&mut conn, &ops) {
+            Ok(last_seqs) => answer_committed(ops, last_seqs, events, on_commit.as_ref()),
+            Err(error) if ops.iter().filter(|op| !matches!(op, WriteOp::RestartWal(_))).count() > 1 => {
+                // One request's failure (one too big for the size cap) must not fail the others
+                // grouped with it: each gets a transaction of its own. Only ever after a failure.
+                tracing::warn!(%error, requests = ops.len(), "event log transaction failed; writing its requests one by one");
                 for op in ops {
-                    match op {
-                        WriteOp::Append(_, reply) => {
-                            let _ = reply.send(Err(error.clone()));
+                    match write_group(&mut conn, std::slice::from_ref(&op)) {
+                        Ok(last_seqs) => {
+                            let events = op_len(&op);
+                            answer_committed(vec![op], last_seqs, events, on_commit.as_ref());
                         }
-                        WriteOp::Commit(_, _, reply) => {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                        WriteOp::RestartWal(_) => {}
+                        Err(error) => answer_failed(vec![op], &error),
                     }
                 }
             }
+            Err(error) => answer_failed(ops, &error),
         }
         if !restart_wal.is_empty() {
             // Only the frames written since the checkpoint thread's last pass are left to copy;
@@ -731,6 +714,44 @@ fn writer_loop(
     // Every sender is gone: checkpoint so the next start has a small WAL to replay.
     if let Err(error) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
         tracing::warn!(%error, "final WAL checkpoint failed");
+    }
+}
+
+/// Answers the requests of a committed transaction of `events` events.
+fn answer_committed(ops: Vec<WriteOp>, last_seqs: Vec<Option<i64>>, events: usize, on_commit: Option<&CommitObserver>) {
+    let appended: usize = ops.iter().map(|op| if let WriteOp::Append(batch, _) = op { batch.len() } else { 0 }).sum();
+    if let (Some(observer), true) = (on_commit, appended > 0) {
+        (observer.0)(appended);
+    }
+    for (op, last_seq) in ops.into_iter().zip(last_seqs) {
+        match op {
+            WriteOp::Append(batch, reply) => {
+                let _ = reply.send(Ok((AppendReceipt { last_seq, transaction_events: events }, batch)));
+            }
+            WriteOp::Commit(_, _, reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            WriteOp::RestartWal(_) => {}
+        }
+    }
+}
+
+/// Answers the requests of a failed transaction with its error.
+fn answer_failed(ops: Vec<WriteOp>, error: &LogError) {
+    let requests = ops.iter().filter(|op| !matches!(op, WriteOp::RestartWal(_))).count();
+    if requests > 0 {
+        tracing::error!(%error, requests, "event log transaction failed");
+    }
+    for op in ops {
+        match op {
+            WriteOp::Append(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            WriteOp::Commit(_, _, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            WriteOp::RestartWal(_) => {}
+        }
     }
 }
 

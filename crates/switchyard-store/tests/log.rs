@@ -110,6 +110,49 @@ async fn a_full_log_refuses_appends_and_keeps_what_it_has() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_append_too_big_for_the_cap_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let config = SqliteLogConfig { max_size_bytes: Some(4 << 20), ..Default::default() };
+    let log = Arc::new(SqliteLog::open(&path, config).unwrap());
+    let sized = |from: usize, n: usize, bytes: usize| AppendBatch {
+        events: (from..from + n).map(|i| LogRecord { body: "x".repeat(bytes), ..record(i) }).collect(),
+        quarantined: vec![],
+    };
+    for round in 0..10 {
+        let base = round * 10_000;
+        // While the writer inserts a first append of many small events, small appends and one
+        // that cannot fit under the cap (~8 MiB) queue up, and the writer takes them as one
+        // group: the small ones fit and must be kept.
+        let (first, huge) = (sized(base, 2000, 50), sized(base + 2000, 8000, 1000));
+        let small: Vec<AppendBatch> = (0..20).map(|i| sized(base + 9000 + i, 1, 100)).collect();
+        let first = tokio::spawn({
+            let log = log.clone();
+            async move { log.append(first).await }
+        });
+        tokio::task::yield_now().await;
+        let huge = tokio::spawn({
+            let log = log.clone();
+            async move { log.append(huge).await }
+        });
+        let small: Vec<_> = small
+            .into_iter()
+            .map(|batch| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(batch).await })
+            })
+            .collect();
+        first.await.unwrap().unwrap();
+        assert!(matches!(huge.await.unwrap(), Err(LogError::Full)));
+        for s in small {
+            s.await.unwrap().expect("a small append fits, whatever it was grouped with");
+        }
+    }
+    let stored = log.query_events(EventQuery { project_id: 1, limit: 100_000, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.len(), 10 * (2000 + 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_capacity_appends_fail_fast_and_the_rest_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
