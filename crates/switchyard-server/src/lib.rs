@@ -135,12 +135,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/projects/{project_id}/persons/", get(persons::get_person))
         .route("/api/projects/{project_id}/groups", get(persons::get_group))
         .route("/api/projects/{project_id}/groups/", get(persons::get_group));
+    // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
+    // too (axum would answer it as a GET: link checkers would send events).
+    let capture = get(intake::posthog_capture).post(intake::posthog_capture).head(method_not_allowed);
     for path in POSTHOG_CAPTURE_PATHS {
-        router = router
-            // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405,
-            // HEAD too (axum would answer it as a GET: link checkers would send events).
-            .route(path, get(intake::posthog_capture).post(intake::posthog_capture).head(method_not_allowed))
-            .route(&format!("{path}/"), get(intake::posthog_capture).post(intake::posthog_capture).head(method_not_allowed));
+        router = router.route(path, capture.clone()).route(&format!("{path}/"), capture.clone());
     }
     for path in ["/flags", "/decide"] {
         router = router.route(path, any(flags::flags)).route(&format!("{path}/"), any(flags::flags));
@@ -173,10 +172,9 @@ pub fn app(state: AppState) -> Router {
     router = router
         .route("/beacon/v1/batch", axum::routing::post(intake::segment_intake))
         .route("/beacon/v1/batch/", axum::routing::post(intake::segment_intake));
+    let pixel = get(intake::segment_pixel).head(method_not_allowed);
     for call in ["track", "page"] {
-        router = router
-            .route(&format!("/pixel/v1/{call}"), get(intake::segment_pixel).head(method_not_allowed))
-            .route(&format!("/pixel/v1/{call}/"), get(intake::segment_pixel).head(method_not_allowed));
+        router = router.route(&format!("/pixel/v1/{call}"), pixel.clone()).route(&format!("/pixel/v1/{call}/"), pixel.clone());
     }
     router
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors_and_count))

@@ -681,7 +681,7 @@ fn writer_loop(
             .collect();
         match write_group(&mut conn, &ops) {
             Ok(last_seqs) => answer_committed(ops, last_seqs, events, on_commit.as_ref()),
-            Err(error) if ops.iter().filter(|op| !matches!(op, WriteOp::RestartWal(_))).count() > 1 => {
+            Err(error) if requests(&ops) > 1 => {
                 // One request's failure (one too big for the size cap) must not fail the others
                 // grouped with it: each gets a transaction of its own. Only ever after a failure.
                 tracing::warn!(%error, requests = ops.len(), "event log transaction failed; writing its requests one by one");
@@ -717,6 +717,11 @@ fn writer_loop(
     }
 }
 
+/// How many of `ops` are requests someone waits for (not the checkpoint thread's restarts).
+fn requests(ops: &[WriteOp]) -> usize {
+    ops.iter().filter(|op| !matches!(op, WriteOp::RestartWal(_))).count()
+}
+
 /// Answers the requests of a committed transaction of `events` events.
 fn answer_committed(ops: Vec<WriteOp>, last_seqs: Vec<Option<i64>>, events: usize, on_commit: Option<&CommitObserver>) {
     let appended: usize = ops.iter().map(|op| if let WriteOp::Append(batch, _) = op { batch.len() } else { 0 }).sum();
@@ -738,7 +743,7 @@ fn answer_committed(ops: Vec<WriteOp>, last_seqs: Vec<Option<i64>>, events: usiz
 
 /// Answers the requests of a failed transaction with its error.
 fn answer_failed(ops: Vec<WriteOp>, error: &LogError) {
-    let requests = ops.iter().filter(|op| !matches!(op, WriteOp::RestartWal(_))).count();
+    let requests = requests(&ops);
     if requests > 0 {
         tracing::error!(%error, requests, "event log transaction failed");
     }

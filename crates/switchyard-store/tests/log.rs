@@ -330,11 +330,7 @@ async fn an_index_of_another_log_is_rebuilt() {
     log.close().await;
     drop(log);
     // The log's database replaced (an older backup, a fresh file), the index's kept.
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
+    remove_database(&path);
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     let events = (0..100).map(|i| LogRecord { trace_id: Some(format!("{:032x}", 99)), ..record(i) }).collect();
     log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
@@ -358,11 +354,7 @@ async fn an_index_of_another_log_is_rebuilt() {
     other.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
     other.close().await;
     drop(other);
-    for suffix in ["-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
+    remove_database(&path);
     std::fs::copy(&other_path, &path).unwrap();
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
@@ -515,15 +507,14 @@ async fn two_runs_without_an_index(path: &std::path::Path) {
     log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
     log.close().await;
     drop(log);
-    remove_trace_index(path);
+    remove_database(&trace_index_path(path));
 }
 
-/// Deletes the trace index's database (its WAL and shared memory too, if left).
-fn remove_trace_index(path: &std::path::Path) {
-    let index = trace_index_path(path);
-    std::fs::remove_file(&index).unwrap();
+/// Deletes the SQLite database at `path` (its WAL and shared memory too, if left).
+fn remove_database(path: &std::path::Path) {
+    std::fs::remove_file(path).unwrap();
     for suffix in ["-wal", "-shm"] {
-        let mut file = index.clone().into_os_string();
+        let mut file = path.to_owned().into_os_string();
         file.push(suffix);
         let _ = std::fs::remove_file(file);
     }

@@ -195,31 +195,16 @@ fn a_failed_database_sync_stops_the_server_and_loses_nothing_acknowledged() {
         .unwrap();
     assert!(built.success(), "building the shim failed");
     let flag = tools.path().join("fail");
-    let log = tools.path().join("server.log");
 
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("serve")
-        .env("SWITCHYARD_DATA_DIR", dir.path())
-        .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SWITCHYARD_PROJECT_TOKEN", TOKEN)
-        .env("SWITCHYARD_WRITE_KEY", WRITE_KEY)
-        .env("SWITCHYARD_SECRET_KEY", SECRET)
-        .env("SWITCHYARD_LOG", "warn")
-        .env("LD_PRELOAD", &shim)
-        .env("FAILSYNC_FLAG", &flag)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(tools.path().join("server.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut failing = common::start_with(dir.path(), |command| {
+        command
+            .env("LD_PRELOAD", &shim)
+            .env("FAILSYNC_FLAG", &flag)
+            .stderr(std::fs::File::create(tools.path().join("server.err")).unwrap());
+    });
+    let url = failing.url.clone();
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client.get(format!("{url}/_readiness")).send().is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "server did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     // Acknowledged while the disk works; then the database file's syncs start failing while
     // events keep coming. Whatever got a 2xx must survive.
@@ -245,7 +230,7 @@ fn a_failed_database_sync_stops_the_server_and_loses_nothing_acknowledged() {
     std::fs::write(&flag, b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = failing.child.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the server kept running after its database file failed to sync");

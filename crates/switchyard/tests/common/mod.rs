@@ -27,8 +27,14 @@ impl Drop for Server {
 
 /// Starts `switchyard serve` on `data_dir` and a free loopback port; waits until ready.
 pub fn start(data_dir: &std::path::Path) -> Server {
+    start_with(data_dir, |_| {})
+}
+
+/// [`start`], with the command adjusted first (more environment, where its output goes).
+pub fn start_with(data_dir: &std::path::Path, adjust: impl FnOnce(&mut Command)) -> Server {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
         .arg("serve")
         .env("SWITCHYARD_DATA_DIR", data_dir)
         .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
@@ -36,9 +42,9 @@ pub fn start(data_dir: &std::path::Path) -> Server {
         .env("SWITCHYARD_WRITE_KEY", WRITE_KEY)
         .env("SWITCHYARD_SECRET_KEY", SECRET)
         .env("SWITCHYARD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    adjust(&mut command);
+    let child = command.spawn().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
