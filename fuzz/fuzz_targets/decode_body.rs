@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(json) = decode_posthog_body(body, &hints, LIMITS) {
         assert!(json.len() <= LIMITS.max_decompressed_bytes);
-        if let Ok(request) = posthog::parse_capture_request(&json, None) {
+        if let Ok(request) = posthog::parse_capture_request(&json, None, &limits) {
             let ctx = posthog::PosthogContext {
                 meta: &meta,
                 sent_at: request.sent_at,
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(json) = decode_segment_body(body, hints.content_encoding, LIMITS) {
         assert!(json.len() <= LIMITS.max_decompressed_bytes);
-        if let Ok(request) = segment::parse_segment_request(&json, None) {
+        if let Ok(request) = segment::parse_segment_request(&json, None, &limits) {
             let ctx = segment::SegmentContext { meta: &meta, batch_sent_at: request.sent_at.as_deref(), limits: &limits };
             let n = request.events.len();
             let out = segment::normalize(request.events, &ctx);

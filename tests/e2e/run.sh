@@ -26,7 +26,7 @@ PYTHON="${PYTHON:-python3}"
 
 PROJECT_TOKEN="phc_e2e_token"
 WRITE_KEY="e2e_write_key"
-SECRET_KEY="phs_e2e_secret"
+SECRET_KEY="phs_e2e_secret_0123456789abcdefghij"
 FLAG_DEFINITIONS="$ROOT/examples/platform-flags.json"
 ALL_SDKS="posthog-python rudder-python posthog-node rudder-node segment-node posthog-js"
 ALL_SDKS+=" flags-posthog-python flags-posthog-node flags-posthog-js flags-openfeature"

@@ -13,6 +13,7 @@ use std::io::Read;
 use base64::Engine as _;
 
 use crate::error::Rejection;
+use crate::lz_string::LzError;
 
 /// Bounds applied while decoding.
 #[derive(Debug, Clone, Copy)]
@@ -104,34 +105,55 @@ fn looks_like_form(bytes: &[u8]) -> bool {
     })
 }
 
+/// Inflates gzip, stopping as soon as the output passes the limit; the output never holds
+/// (nor reserves) more than the limit.
 fn gunzip(bytes: &[u8], limits: DecodeLimits) -> Result<Vec<u8>, Rejection> {
-    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limits.max_decompressed_bytes));
-    let decoder = flate2::read::GzDecoder::new(bytes);
-    decoder
-        .take(limits.max_decompressed_bytes as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Rejection::decoding(format!("invalid gzip data: {e}")))?;
-    if out.len() > limits.max_decompressed_bytes {
-        return Err(Rejection::decompressed_too_large(limits.max_decompressed_bytes));
+    let limit = limits.max_decompressed_bytes;
+    let mut decoder = flate2::read::GzDecoder::new(bytes);
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Rejection::decoding(format!("invalid gzip data: {e}"))),
+        };
+        if out.len() + n > limit {
+            return Err(Rejection::decompressed_too_large(limit));
+        }
+        if out.len() + n > out.capacity() {
+            let target = (out.len() + n).max(out.capacity().saturating_mul(2)).min(limit);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
-    Ok(out)
 }
 
+/// Decodes lz-string's base64 form ([`crate::lz_string`]), stopping as soon as the output
+/// passes the limit.
 fn lz_string(bytes: &[u8], limits: DecodeLimits) -> Result<Vec<u8>, Rejection> {
+    let limit = limits.max_decompressed_bytes;
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Rejection::decoding("lz-string payload is not valid text".into()))?;
     // Form decoding turns '+' into ' '; lz-string's base64 alphabet needs them back.
-    let text = text.trim().replace(' ', "+");
-    let units = lz_str::decompress_from_base64(&text)
-        .ok_or_else(|| Rejection::decoding("invalid lz-string (lz64) data".into()))?;
-    if units.len() > limits.max_decompressed_bytes {
-        return Err(Rejection::decompressed_too_large(limits.max_decompressed_bytes));
+    let chars = text.trim().bytes().map(|b| if b == b' ' { b'+' } else { b });
+    // A unit is at least one byte of UTF-8, so more units than the limit is too large.
+    let units = crate::lz_string::decompress_from_base64(chars, limit).map_err(|e| match e {
+        LzError::Invalid => Rejection::decoding("invalid lz-string (lz64) data".into()),
+        LzError::TooLarge => Rejection::decompressed_too_large(limit),
+    })?;
+    // UTF-8 sized exactly before it is written.
+    let invalid = || Rejection::decoding("lz-string data is not valid UTF-16".into());
+    let mut len = 0usize;
+    for c in char::decode_utf16(units.iter().copied()) {
+        len += c.map_err(|_| invalid())?.len_utf8();
+        if len > limit {
+            return Err(Rejection::decompressed_too_large(limit));
+        }
     }
-    let decoded = String::from_utf16(&units)
-        .map_err(|_| Rejection::decoding("lz-string data is not valid UTF-16".into()))?;
-    if decoded.len() > limits.max_decompressed_bytes {
-        return Err(Rejection::decompressed_too_large(limits.max_decompressed_bytes));
-    }
+    let mut decoded = String::with_capacity(len);
+    decoded.extend(char::decode_utf16(units.iter().copied()).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
     Ok(decoded.into_bytes())
 }
 
@@ -334,6 +356,49 @@ mod tests {
         let body = gzip(&vec![b' '; 2 << 20]);
         let err = decode_posthog_body(&body, &BodyHints::default(), LIMITS).unwrap_err();
         assert_eq!(err.code, "decompressed_too_large");
+    }
+
+    #[test]
+    fn gzip_output_up_to_the_limit_is_kept_and_one_byte_more_refused() {
+        let limits = DecodeLimits { max_decompressed_bytes: 100_000 };
+        let body = gzip(&vec![b' '; 100_000]);
+        assert_eq!(decode_segment_body(&body, None, limits).unwrap().len(), 100_000);
+        let body = gzip(&vec![b' '; 100_001]);
+        assert_eq!(decode_segment_body(&body, None, limits).unwrap_err().code, "decompressed_too_large");
+    }
+
+    #[test]
+    fn lz64_bombs_are_refused_on_every_path() {
+        // A run compresses quadratically well: 1.2 MB of `{},` packs into a few KB.
+        let packed = lz_str::compress_to_base64(&"{},".repeat(400_000));
+        assert!(packed.len() < 8 * 1024, "{}", packed.len());
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("data", &packed)
+            .append_pair("compression", "lz64")
+            .finish();
+        let form_hints = BodyHints { content_type: Some("application/x-www-form-urlencoded"), ..Default::default() };
+        let attempts = [
+            // `GET /e/?data=…&compression=lz64`, as an `<img>` tag can send it.
+            decode_posthog_body(b"", &BodyHints { query: Some(&query), legacy_path: true, ..Default::default() }, LIMITS),
+            decode_posthog_body(query.as_bytes(), &form_hints, LIMITS),
+            decode_posthog_body(packed.as_bytes(), &BodyHints { query: Some("compression=lz64"), ..Default::default() }, LIMITS),
+        ];
+        for attempt in attempts {
+            let err = attempt.unwrap_err();
+            assert_eq!((err.status, err.code), (413, "decompressed_too_large"));
+        }
+        // Non-ASCII text counts in UTF-8 bytes: 'é' is one unit and two bytes.
+        let limits = DecodeLimits { max_decompressed_bytes: 1000 };
+        let hints = BodyHints { query: Some("compression=lz64"), ..Default::default() };
+        let packed = lz_str::compress_to_base64(&"é".repeat(500));
+        assert_eq!(decode_posthog_body(packed.as_bytes(), &hints, limits).unwrap(), "é".repeat(500).as_bytes());
+        let packed = lz_str::compress_to_base64(&"é".repeat(501));
+        assert_eq!(decode_posthog_body(packed.as_bytes(), &hints, limits).unwrap_err().code, "decompressed_too_large");
+        // A lone surrogate is not text; a pair is.
+        let packed = lz_str::compress_to_base64(&[0x61u16, 0xD83D][..]);
+        assert_eq!(decode_posthog_body(packed.as_bytes(), &hints, limits).unwrap_err().code, "request_decoding_error");
+        let packed = lz_str::compress_to_base64(&[0x61u16, 0xD83D, 0xDE00][..]);
+        assert_eq!(decode_posthog_body(packed.as_bytes(), &hints, limits).unwrap(), "a😀".as_bytes());
     }
 
     #[test]

@@ -34,6 +34,9 @@ impl Rejection {
             format!("decompressed payload exceeds the limit of {limit} bytes"),
         )
     }
+    pub fn too_many_events(limit: usize) -> Self {
+        Self::new(413, "too_many_events", format!("request holds more than {limit} events, the limit per request"))
+    }
     pub fn missing_distinct_id() -> Self {
         Self::new(400, "missing_distinct_id", "event submitted without a distinct_id")
     }

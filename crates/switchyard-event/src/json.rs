@@ -4,36 +4,91 @@
 //! objects of a dozen or more properties. Here an object's entries are gathered in a list
 //! first and the object is built once from them (`serde_json::Map` is a `BTreeMap`: sorted and
 //! built bottom-up). The result is the same `Value`.
+//!
+//! Nothing is reserved ahead of what the text holds: an empty object or array allocates
+//! nothing (`[{},{},…]` is 3 bytes of text for each 32-byte `Value`). A non-empty object is
+//! still a whole B-tree node (11 slots, about 630 bytes), so tiny objects cost up to ~90 times
+//! their text: `Value` parsing is bounded by the input, not cheap in it.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
-
-/// Entries gathered before the list of an object's entries grows.
-const OBJECT_CAPACITY: usize = 16;
 
 /// Parses JSON text into a `Value`, exactly as `serde_json::from_slice` would.
 pub fn parse(json: &[u8]) -> serde_json::Result<Value> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let value = ValueSeed.deserialize(&mut deserializer)?;
+    let value = ValueSeed(Cap::None).deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
 }
 
-struct ValueSeed;
+/// Why [`parse_capped`] refused its input.
+#[derive(Debug)]
+pub enum CappedError {
+    Json(serde_json::Error),
+    /// The capped array holds more items than allowed.
+    TooManyItems,
+}
 
-impl<'de> DeserializeSeed<'de> for ValueSeed {
-    type Value = Value;
+/// Parses JSON text as [`parse`] does, except that the array under `key` in the top-level
+/// object is refused at its first item past `max_items`, before that item is built.
+pub fn parse_capped(json: &[u8], key: &str, max_items: usize) -> Result<Value, CappedError> {
+    let exceeded = Cell::new(false);
+    let items = ItemsCap { max: max_items, exceeded: &exceeded };
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let value = ValueSeed(Cap::Key(key, items)).deserialize(&mut deserializer).and_then(|value| {
+        deserializer.end()?;
+        Ok(value)
+    });
+    value.map_err(|e| if exceeded.get() { CappedError::TooManyItems } else { CappedError::Json(e) })
+}
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(ValueVisitor)
+/// At most `max` items in an array; `exceeded` tells the caller an error was this cap's.
+#[derive(Clone, Copy)]
+pub(crate) struct ItemsCap<'c> {
+    pub max: usize,
+    pub exceeded: &'c Cell<bool>,
+}
+
+impl ItemsCap<'_> {
+    /// Called with `count` items read: fails if another one follows (skipped, not built).
+    pub fn check<'de, A: SeqAccess<'de>>(&self, count: usize, seq: &mut A) -> Result<(), A::Error> {
+        if count >= self.max && seq.next_element::<IgnoredAny>()?.is_some() {
+            self.exceeded.set(true);
+            return Err(A::Error::custom(format_args!("more than {} items", self.max)));
+        }
+        Ok(())
     }
 }
 
-pub(crate) struct ValueVisitor;
+/// Where a cap applies.
+#[derive(Clone, Copy)]
+enum Cap<'c> {
+    None,
+    /// To the array under this key of this object.
+    Key(&'c str, ItemsCap<'c>),
+    /// To this array.
+    Items(ItemsCap<'c>),
+}
 
-impl<'de> Visitor<'de> for ValueVisitor {
+struct ValueSeed<'c>(Cap<'c>);
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(ValueVisitor(self.0))
+    }
+}
+
+pub(crate) struct ValueVisitor<'c>(Cap<'c>);
+
+/// A visitor without caps.
+pub(crate) const VALUE_VISITOR: ValueVisitor<'static> = ValueVisitor(Cap::None);
+
+impl<'de> Visitor<'de> for ValueVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,21 +119,31 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Null)
     }
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        ValueSeed.deserialize(deserializer)
+        ValueSeed(Cap::None).deserialize(deserializer)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element_seed(ValueSeed)? {
-            items.push(item);
+        let mut items = Vec::new();
+        loop {
+            if let Cap::Items(cap) = self.0 {
+                cap.check(items.len(), &mut seq)?;
+            }
+            match seq.next_element_seed(ValueSeed(Cap::None))? {
+                Some(item) => items.push(item),
+                None => break,
+            }
         }
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        // Entries are gathered first, then the object is built at its exact size: no growth,
-        // and no more memory per byte of JSON than serde_json's own parser takes.
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(OBJECT_CAPACITY));
+        // Entries are gathered first, then the object is built at once (no more memory per
+        // byte of JSON than serde_json's own parser takes).
+        let mut entries = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(ValueSeed)?;
+            let cap = match self.0 {
+                Cap::Key(capped, items) if key == capped => Cap::Items(items),
+                _ => Cap::None,
+            };
+            let value = map.next_value_seed(ValueSeed(cap))?;
             entries.push((key, value));
         }
         // A repeated key keeps its last value, as with serde_json.

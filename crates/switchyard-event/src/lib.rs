@@ -4,6 +4,7 @@
 pub mod decode;
 pub mod error;
 pub mod json;
+mod lz_string;
 pub mod model;
 pub mod posthog;
 pub mod raw;

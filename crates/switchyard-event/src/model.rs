@@ -107,8 +107,8 @@ pub struct Event {
     pub trace_id: Option<String>,
     #[serde(default)]
     pub span_id: Option<String>,
-    /// The client's address as the server saw it: the first `X-Forwarded-For` hop, else the
-    /// connection's peer. PostHog keeps it as the event's `ip` (`$ip`), RudderStack as
+    /// The client's address as the server saw it: the connection's peer, or behind trusted
+    /// proxies the client `X-Forwarded-For` names. PostHog keeps it as the event's `ip` (`$ip`), RudderStack as
     /// `request_ip` (`context.ip` in the warehouse when the client sent none).
     #[serde(default)]
     pub request_ip: Option<String>,

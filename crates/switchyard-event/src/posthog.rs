@@ -6,6 +6,7 @@
 //! event, and only the keys the mapping reads are parsed.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
@@ -14,6 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::Rejection;
+use crate::json::ItemsCap;
 use crate::model::{clean_id, format_time, id_string, new_event_id, parse_time, parse_traceparent, storable_time, EventType};
 use crate::raw::{self, Entry, RawObject};
 use crate::validate::{check_event_name, check_measured, EventLimits};
@@ -169,19 +171,21 @@ impl<'a> EventObject<'a> {
     }
 }
 
-/// Reads an event object's entries; `batch` (at a request's top level) is read with `batch`.
+/// Reads an event object's entries; `batch` (at a request's top level) is read with `batch`,
+/// its events counted against the cap.
 fn event_parts<'de, A: MapAccess<'de>>(
     mut map: A,
-    mut batch: Option<&mut Option<Option<Vec<Item<'de>>>>>,
+    mut batch: Option<(&mut Option<Option<Vec<Item<'de>>>>, ItemsCap<'_>)>,
 ) -> Result<EventParts<'de>, A::Error> {
-    let mut parts = EventParts { entries: Vec::with_capacity(map.size_hint().unwrap_or(8)), properties: None };
+    // Nothing reserved ahead: an empty object costs no allocation.
+    let mut parts = EventParts { entries: Vec::new(), properties: None };
     while let Some(key) = map.next_key_seed(raw::KeySeed)? {
         match key.as_ref() {
             // A repeated key keeps its last value.
             "properties" => parts.properties = Some(map.next_value_seed(ParsedSeed::new())?),
             "batch" if batch.is_some() => {
-                if let Some(batch) = batch.as_deref_mut() {
-                    *batch = Some(map.next_value_seed(BatchSeed)?);
+                if let Some((batch, cap)) = batch.as_mut() {
+                    **batch = Some(map.next_value_seed(BatchSeed(*cap))?);
                 }
             }
             _ => parts.entries.push(Entry::unscanned(key, map.next_value::<&'de RawValue>()?)),
@@ -217,7 +221,7 @@ impl<'de, T: FromMap<'de>> Visitor<'de> for ParsedSeed<T> {
         T::from_map(map).map(Parsed::Object)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Parsed<T>, A::Error> {
-        crate::json::ValueVisitor.visit_seq(seq).map(Parsed::Other)
+        crate::json::VALUE_VISITOR.visit_seq(seq).map(Parsed::Other)
     }
     fn visit_bool<E>(self, v: bool) -> Result<Parsed<T>, E> {
         Ok(Parsed::Other(Value::Bool(v)))
@@ -240,30 +244,35 @@ impl<'de, T: FromMap<'de>> Visitor<'de> for ParsedSeed<T> {
 }
 
 /// An events array, or `None` for any other value.
-struct BatchSeed;
+struct BatchSeed<'c>(ItemsCap<'c>);
 
-impl<'de> DeserializeSeed<'de> for BatchSeed {
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
     type Value = Option<Vec<Item<'de>>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(BatchVisitor)
+        deserializer.deserialize_any(BatchVisitor(self.0))
     }
 }
 
-struct BatchVisitor;
+/// Events are counted as they are read: the first one past the cap fails the parse before it
+/// is built.
+struct BatchVisitor<'c>(ItemsCap<'c>);
 
-impl<'de> Visitor<'de> for BatchVisitor {
+impl<'de> Visitor<'de> for BatchVisitor<'_> {
     type Value = Option<Vec<Item<'de>>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of events")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(64));
-        while let Some(item) = seq.next_element_seed(ParsedSeed::new())? {
-            items.push(item);
+        let mut items = Vec::new();
+        loop {
+            self.0.check(items.len(), &mut seq)?;
+            match seq.next_element_seed(ParsedSeed::new())? {
+                Some(item) => items.push(item),
+                None => return Ok(Some(items)),
+            }
         }
-        Ok(Some(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -296,20 +305,20 @@ enum Top<'a> {
     Other,
 }
 
-struct TopVisitor;
+struct TopVisitor<'c>(ItemsCap<'c>);
 
-impl<'de> Visitor<'de> for TopVisitor {
+impl<'de> Visitor<'de> for TopVisitor<'_> {
     type Value = Top<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object, an array of events or a batch")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top<'de>, A::Error> {
-        Ok(Top::Array(BatchVisitor.visit_seq(seq)?.unwrap_or_default()))
+        Ok(Top::Array(BatchVisitor(self.0).visit_seq(seq)?.unwrap_or_default()))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Top<'de>, A::Error> {
         let mut batch = None;
-        let parts = event_parts(map, Some(&mut batch))?;
+        let parts = event_parts(map, Some((&mut batch, self.0)))?;
         Ok(Top::Object { batch, parts })
     }
     fn visit_bool<E>(self, _: bool) -> Result<Top<'de>, E> {
@@ -347,11 +356,25 @@ fn raw_events(items: Vec<Item<'_>>) -> Result<Vec<RawEvent<'_>>, serde_json::Err
 }
 
 /// Parses the JSON of a capture request: an array of events (posthog-js), a batch
-/// `{batch, api_key|token, historical_migration, sent_at|sentAt}`, or one event.
-pub fn parse_capture_request(json: &[u8], query_sent_at_ms: Option<i64>) -> Result<CaptureRequest<'_>, Rejection> {
+/// `{batch, api_key|token, historical_migration, sent_at|sentAt}`, or one event. A request of
+/// more than `limits.max_events_per_request` events is refused as soon as the parser reaches
+/// the first one past it.
+pub fn parse_capture_request<'a>(
+    json: &'a [u8],
+    query_sent_at_ms: Option<i64>,
+    limits: &EventLimits,
+) -> Result<CaptureRequest<'a>, Rejection> {
     let text = std::str::from_utf8(json).map_err(invalid_json)?;
+    let exceeded = Cell::new(false);
+    let cap = ItemsCap { max: limits.max_events_per_request, exceeded: &exceeded };
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let top = deserializer.deserialize_any(TopVisitor).map_err(invalid_json)?;
+    let top = deserializer.deserialize_any(TopVisitor(cap)).map_err(|e| {
+        if exceeded.get() {
+            Rejection::too_many_events(limits.max_events_per_request)
+        } else {
+            invalid_json(e)
+        }
+    })?;
     deserializer.end().map_err(invalid_json)?;
     let (events, batch_token, sent_at, historical) = match top {
         Top::Array(items) => (raw_events(items).map_err(invalid_json)?, None, None, false),
@@ -824,10 +847,10 @@ mod tests {
     fn tokens_must_agree() {
         let body = json!([{"event": "a", "properties": {"token": "phc_a"}},
                           {"event": "b", "properties": {"token": "phc_b"}}]);
-        let err = parse_capture_request(body.to_string().as_bytes(), None).unwrap_err();
+        let err = parse_capture_request(body.to_string().as_bytes(), None, &EventLimits::default()).unwrap_err();
         assert_eq!(err.code, "unroutable_events");
         let body = json!({"event": "a", "api_key": "phx_personal"});
-        let err = parse_capture_request(body.to_string().as_bytes(), None).unwrap_err();
+        let err = parse_capture_request(body.to_string().as_bytes(), None, &EventLimits::default()).unwrap_err();
         assert_eq!(err.status, 401);
     }
 
@@ -855,7 +878,7 @@ mod tests {
 
     fn request(text: &str, historical_migration: bool) -> Normalized {
         let meta = RequestMeta { traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()), ..meta() };
-        let request = parse_capture_request(text.as_bytes(), None).unwrap();
+        let request = parse_capture_request(text.as_bytes(), None, &EventLimits::default()).unwrap();
         let ctx = PosthogContext {
             meta: &meta,
             sent_at: request.sent_at,
@@ -931,11 +954,30 @@ mod tests {
     }
 
     #[test]
+    fn a_request_past_the_events_cap_is_refused() {
+        let limits = EventLimits { max_events_per_request: 3, ..Default::default() };
+        let events = |n: usize| vec![r#"{"event":"e","distinct_id":"u","api_key":"phc_x"}"#; n].join(",");
+        for (body, n) in [(format!("[{}]", events(3)), 3), (format!(r#"{{"api_key":"phc_x","batch":[{}]}}"#, events(3)), 3)] {
+            assert_eq!(parse_capture_request(body.as_bytes(), None, &limits).unwrap().events.len(), n);
+        }
+        for body in [format!("[{}]", events(4)), format!(r#"{{"api_key":"phc_x","batch":[{}]}}"#, events(4)), "[{},{},{},{}]".into()] {
+            let err = parse_capture_request(body.as_bytes(), None, &limits).unwrap_err();
+            assert_eq!((err.status, err.code), (413, "too_many_events"), "{body}");
+            assert!(err.message.contains("more than 3 events"), "{}", err.message);
+        }
+        // Arrays inside an event are not events.
+        let body = r#"{"event":"e","distinct_id":"u","api_key":"phc_x","properties":{"a":[1,2,3,4,5]},"x":[1,2,3,4]}"#;
+        assert!(parse_capture_request(body.as_bytes(), None, &limits).is_ok());
+        let err = parse_capture_request(b"[{},{},{}", None, &limits).unwrap_err();
+        assert_eq!(err.code, "request_parsing_error");
+    }
+
+    #[test]
     fn values_that_would_not_read_back_are_refused_with_the_request() {
         for bad in [r#"{"event": "a", "distinct_id": "u", "api_key": "phc_x", "properties": {"n": 1e400}}"#,
                     r#"{"event": "a", "distinct_id": "u", "api_key": "phc_x", "properties": {"s": "\ud800"}}"#,
                     r#"{"event": "a", "distinct_id": "u", "api_key": "phc_x", "x": [-1e999]}"#] {
-            let err = parse_capture_request(bad.as_bytes(), None).unwrap_err();
+            let err = parse_capture_request(bad.as_bytes(), None, &EventLimits::default()).unwrap_err();
             assert_eq!(err.code, "request_parsing_error", "{bad}");
             assert!(err.message.contains("invalid JSON"), "{}", err.message);
         }

@@ -367,7 +367,8 @@ impl<'de> Visitor<'de> for EntriesVisitor {
 
 /// An object's entries as parsed: not scanned yet (see [`RawObject::scanned`]).
 pub(crate) fn entries<'de, A: MapAccess<'de>>(mut map: A) -> Result<Vec<Entry<'de>>, A::Error> {
-    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
+    // Nothing reserved ahead: an empty object costs no allocation.
+    let mut entries = Vec::new();
     while let Some(key) = map.next_key_seed(KeySeed)? {
         let raw: &'de RawValue = map.next_value()?;
         entries.push(Entry::unscanned(key, raw));

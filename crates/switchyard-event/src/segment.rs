@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::error::Rejection;
+use crate::json::CappedError;
 use crate::model::{
     extract_trace, format_time, id_string, new_event_id, parse_time, storable_time, Event, EventType,
     Protocol, RequestMeta,
@@ -24,13 +25,21 @@ pub struct SegmentRequest {
 }
 
 /// Parses the JSON of a Segment request. `route_type` is the call type of the route
-/// (`None` for `/v1/batch`).
+/// (`None` for `/v1/batch`). A batch of more than `limits.max_events_per_request` events is
+/// refused as soon as the parser reaches the first one past it.
 pub fn parse_segment_request(
     json: &[u8],
     route_type: Option<EventType>,
+    limits: &EventLimits,
 ) -> Result<SegmentRequest, Rejection> {
-    let value: Value = crate::json::parse(json)
-        .map_err(|e| Rejection::new(400, "invalid_json", format!("invalid json: {e}")))?;
+    let invalid = |e: serde_json::Error| Rejection::new(400, "invalid_json", format!("invalid json: {e}"));
+    let value: Value = match route_type {
+        None => crate::json::parse_capped(json, "batch", limits.max_events_per_request).map_err(|e| match e {
+            CappedError::Json(e) => invalid(e),
+            CappedError::TooManyItems => Rejection::too_many_events(limits.max_events_per_request),
+        })?,
+        Some(_) => crate::json::parse(json).map_err(invalid)?,
+    };
     let Value::Object(mut map) = value else {
         return Err(Rejection::new(400, "invalid_json", "invalid json: expected a JSON object"));
     };
@@ -298,5 +307,24 @@ mod tests {
         assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
         let (err, _) = normalize_event(json!({"type": "track", "event": "x"}), &ctx).unwrap_err();
         assert_eq!(err.message, "request neither has anonymousId nor userId");
+    }
+
+    #[test]
+    fn a_batch_past_the_events_cap_is_refused() {
+        let limits = EventLimits { max_events_per_request: 3, ..Default::default() };
+        let batch = |n: usize| format!(r#"{{"writeKey":"k","batch":[{}],"sentAt":"x"}}"#, vec!["{}"; n].join(","));
+        let request = parse_segment_request(batch(3).as_bytes(), None, &limits).unwrap();
+        assert_eq!((request.events.len(), request.body_write_key.as_deref()), (3, Some("k")));
+        let err = parse_segment_request(batch(4).as_bytes(), None, &limits).unwrap_err();
+        assert_eq!((err.status, err.code), (413, "too_many_events"));
+        assert!(err.message.contains("more than 3 events"), "{}", err.message);
+        // Only the top-level `batch` is counted; a single call's arrays are its own.
+        let nested = r#"{"batch":[{"properties":{"batch":[1,2,3,4,5]}}]}"#;
+        assert_eq!(parse_segment_request(nested.as_bytes(), None, &limits).unwrap().events.len(), 1);
+        let single = r#"{"userId":"u","event":"e","batch":[1,2,3,4,5]}"#;
+        assert!(parse_segment_request(single.as_bytes(), Some(EventType::Track), &limits).is_ok());
+        // Invalid JSON is still named as such.
+        let err = parse_segment_request(br#"{"batch":[{}"#, None, &limits).unwrap_err();
+        assert_eq!(err.code, "invalid_json");
     }
 }

@@ -1,10 +1,12 @@
-//! Per-event limits, checked on the raw event before it is normalized.
+//! Per-event limits, checked on the raw event before it is normalized, and the one
+//! request-level limit the parsers apply (`max_events_per_request`).
 
 use serde_json::Value;
 
 use crate::error::Rejection;
 
-/// Per-event limits (the request-level ones are the server's).
+/// Per-event limits, and the number of events a request may hold (the other request-level
+/// limits are the server's, and decoding's: [`crate::decode::DecodeLimits`]).
 #[derive(Debug, Clone, Copy)]
 pub struct EventLimits {
     /// Largest single event, measured as its JSON text.
@@ -14,7 +16,16 @@ pub struct EventLimits {
     pub max_properties: usize,
     /// Deepest nesting of objects and arrays inside one event.
     pub max_depth: usize,
+    /// Most events one request may hold. The parsers count them as they go and refuse the
+    /// request (413 `too_many_events`) at the first one past it, before it is built: a body of
+    /// millions of tiny events (`[{},{},…]` is 3 bytes an event) costs at most this many.
+    pub max_events_per_request: usize,
 }
+
+/// The default [`EventLimits::max_events_per_request`]: as many as one of the log's
+/// transactions holds by default, far above what an SDK sends at once (tens to hundreds of
+/// events; Segment's API takes batches of 500 KB at most).
+pub const DEFAULT_MAX_EVENTS_PER_REQUEST: usize = 20_000;
 
 impl Default for EventLimits {
     fn default() -> Self {
@@ -23,6 +34,7 @@ impl Default for EventLimits {
             max_event_name_chars: 200,
             max_properties: 2000,
             max_depth: 32,
+            max_events_per_request: DEFAULT_MAX_EVENTS_PER_REQUEST,
         }
     }
 }

@@ -8,7 +8,9 @@ pub mod hash;
 pub mod property;
 
 pub use definition::{Condition, FlagDefinition, FlagFilters, Multivariate, PropertyFilter, Variant};
-pub use eval::{Context, Evaluation, FlagSet, FlagValue, Reason};
+pub use eval::{
+    Context, EvalError, Evaluation, FlagSet, FlagValue, Problem, Reason, Subject, MAX_DEPENDENCY_DEPTH, MAX_EVAL_DEPTH, MAX_PROPERTY_GROUP_DEPTH,
+};
 
 /// A definition that cannot be evaluated, naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -144,7 +144,7 @@ pub fn http_bench(server_bin: &str, unleash_bin: Option<&str>, seconds: u64, con
             .env("SWITCHYARD_DATA_DIR", dir.join("data"))
             .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
             .env("SWITCHYARD_PROJECT_TOKEN", "phc_bench")
-            .env("SWITCHYARD_SECRET_KEY", "phs_bench")
+            .env("SWITCHYARD_SECRET_KEY", "phs_bench_0123456789abcdefghijklmnop")
             .env("SWITCHYARD_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -154,7 +154,7 @@ pub fn http_bench(server_bin: &str, unleash_bin: Option<&str>, seconds: u64, con
     wait_ready(server_addr, "/_readiness")?;
     let import = json!({"flags": posthog_flags(false), "group_type_mapping": {}, "cohorts": {}}).to_string();
     let status = Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Authorization: Bearer phs_bench", "--data-binary", "@-"])
+        .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Authorization: Bearer phs_bench_0123456789abcdefghijklmnop", "--data-binary", "@-"])
         .arg(format!("http://127.0.0.1:{port}/api/projects/@current/feature_flags/import/"))
         .stdin(Stdio::piped())
         .spawn()

@@ -21,7 +21,7 @@ fn run(body: &[u8], iterations: usize) -> Phases {
     let mut stored_bytes = 0;
     for _ in 0..iterations {
         let started = Instant::now();
-        let request = posthog::parse_capture_request(body, None).expect("the benchmark body parses");
+        let request = posthog::parse_capture_request(body, None, &limits).expect("the benchmark body parses");
         let parsed = Instant::now();
         let meta = RequestMeta { project_id: 1, received_at: chrono::Utc::now(), traceparent: None, ip: Some("127.0.0.1".into()) };
         let ctx = posthog::PosthogContext {

@@ -86,6 +86,9 @@ pub struct EventsParams {
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+/// Most bytes of events (or raw forms) one page of a listing holds: past it the page ends
+/// early, with a `next` link, whatever `limit` asked for. One event may pass it alone.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 fn time_param(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     value
@@ -146,13 +149,15 @@ pub async fn list_events(
         before: time_param("before", p.before)?,
         before_seq: p.cursor,
         limit,
+        max_bytes: Some(MAX_PAGE_BYTES),
     };
     let rows = state.log.query_events(query).await.map_err(|e| {
         tracing::error!(error = %e, "events query failed");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the event log cannot be read right now")
     })?;
+    let bytes: usize = rows.iter().map(|r| r.body.len()).sum();
     let next = match rows.last() {
-        Some(last) if rows.len() == limit => Value::String(next_link(&uri, last.seq)),
+        Some(last) if rows.len() == limit || bytes >= MAX_PAGE_BYTES => Value::String(next_link(&uri, last.seq)),
         _ => Value::Null,
     };
     // The stored bodies are the events' JSON already: splice them in rather than re-parse.
@@ -190,22 +195,34 @@ pub async fn list_quarantine(
     let limit = limit_param(p.limit)?;
     let rows = state
         .log
-        .query_quarantine(QuarantineQuery { project_id, code: p.reason, before_seq: p.cursor, limit })
+        .query_quarantine(QuarantineQuery { project_id, code: p.reason, before_seq: p.cursor, limit, max_bytes: Some(MAX_PAGE_BYTES) })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "quarantine query failed");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the quarantine cannot be read right now")
         })?;
+    let bytes: usize = rows.iter().map(|r| r.raw.len() + r.reason.len()).sum();
     let next = match rows.last() {
-        Some(last) if rows.len() == limit => Value::String(next_link(&uri, last.seq)),
+        Some(last) if rows.len() == limit || bytes >= MAX_PAGE_BYTES => Value::String(next_link(&uri, last.seq)),
         _ => Value::Null,
     };
     let results: Vec<Value> = rows
         .into_iter()
         .map(|r| {
-            let raw = serde_json::from_str::<Value>(&r.raw).unwrap_or(Value::String(r.raw));
-            json!({"id": r.seq, "protocol": r.protocol, "received_at": r.received_at,
-                   "reason": r.code, "detail": r.reason, "raw": raw})
+            let truncated = r.raw_truncated();
+            // A cut raw form is not JSON any more: it is shown as the text it is.
+            let raw = match truncated {
+                true => Value::String(r.raw),
+                false => serde_json::from_str::<Value>(&r.raw).unwrap_or(Value::String(r.raw)),
+            };
+            let mut entry = json!({"id": r.seq, "protocol": r.protocol, "received_at": r.received_at,
+                   "reason": r.code, "detail": r.reason, "raw": raw});
+            if truncated {
+                entry["raw_truncated"] = Value::Bool(true);
+                entry["raw_size"] = json!(r.raw_size);
+                entry["raw_sha256"] = json!(r.raw_sha256);
+            }
+            entry
         })
         .collect();
     Ok(axum::Json(json!({"results": results, "next": next})).into_response())

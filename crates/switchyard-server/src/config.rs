@@ -2,7 +2,7 @@
 //! `SWITCHYARD_*` environment variable. Unknown fields are rejected with their name.
 //! `docs/configuration.md` lists every field with its default.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,14 @@ pub struct Config {
     pub project_token: Option<String>,
     /// The default project's RudderStack/Segment write key; generated when unset.
     pub write_key: Option<String>,
-    /// The default project's secret key; generated when unset. Stored hashed.
+    /// The default project's secret key; generated when unset. Stored hashed. At least 32
+    /// characters, different from the public keys.
     pub secret_key: Option<String>,
+    /// Proxies (IP addresses or CIDR blocks, a list or a comma-separated string) whose
+    /// `X-Forwarded-For` is believed. Empty: the header is ignored, the client's address is
+    /// the connection's peer.
+    #[serde(deserialize_with = "ip_nets")]
+    pub trusted_proxies: Vec<IpNet>,
     /// Longest time in-flight requests get to finish after SIGTERM/SIGINT, in seconds.
     pub shutdown_timeout_secs: u64,
     /// Threads serving HTTP. Unset: one per CPU. (One less than the CPUs leaves a CPU to the
@@ -29,6 +35,52 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogSettings,
     pub upstream: UpstreamSettings,
+    pub http: HttpSettings,
+    pub tls: TlsSettings,
+}
+
+/// Bounds on connections: what a slow or idle client may hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Seconds a request's header may take to arrive, counted from when the connection waits
+    /// for it (opened, or the previous response sent). Past it the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request's whole body may take to arrive. Past it intake answers 408
+    /// (PostHog) / 500 (RudderStack), which SDKs retry.
+    pub body_read_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept open (at most the header read timeout).
+    pub keep_alive_timeout_secs: u64,
+    /// Connections served at once. Past it, a few more get `503` (health checks are still
+    /// answered) and the rest are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { header_read_timeout_secs: 10, body_read_timeout_secs: 30, keep_alive_timeout_secs: 10, max_connections: 4096 }
+    }
+}
+
+impl HttpSettings {
+    pub fn header_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.header_read_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.body_read_timeout_secs)
+    }
+    pub fn keep_alive_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keep_alive_timeout_secs)
+    }
+}
+
+/// TLS for outgoing connections (the upstream mirror, the CLI, destinations).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// A PEM file of extra CA certificates trusted besides the built-in (webpki) roots, for
+    /// private PKI.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Upstream mode: mirror the flags of an existing PostHog instead of managing them here.
@@ -47,11 +99,16 @@ pub struct UpstreamSettings {
     pub poll_interval_secs: u64,
     /// Seconds before one poll gives up.
     pub timeout_secs: u64,
+    /// Allow a plain `http://` upstream URL: the personal API key would cross the network in
+    /// the clear. Off: such a URL is refused at start (loopback addresses excepted).
+    pub allow_insecure_http: bool,
+    /// Largest upstream answer read, in bytes.
+    pub max_response_bytes: usize,
 }
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
-        UpstreamSettings { url: None, personal_api_key: None, project_token: None, project_id: None, poll_interval_secs: 30, timeout_secs: 10 }
+        UpstreamSettings { url: None, personal_api_key: None, project_token: None, project_id: None, poll_interval_secs: 30, timeout_secs: 10, allow_insecure_http: false, max_response_bytes: 32 * 1024 * 1024 }
     }
 }
 
@@ -63,11 +120,14 @@ impl Default for Config {
             project_token: None,
             write_key: None,
             secret_key: None,
+            trusted_proxies: Vec::new(),
             shutdown_timeout_secs: 10,
             workers: None,
             limits: Limits::default(),
             log: LogSettings::default(),
             upstream: UpstreamSettings::default(),
+            http: HttpSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -88,17 +148,38 @@ pub struct Limits {
     pub max_properties: usize,
     /// Deepest nesting of objects/arrays in one event's properties.
     pub max_depth: usize,
+    /// Most events one request (a batch, an array) may hold. Counted while parsing: the
+    /// request is refused (413 `too_many_events`) at the first event past it, before it is
+    /// built. Default 20,000 (the log's `max_txn_events`), far above what SDKs send at once.
+    pub max_events_per_request: usize,
+    /// Largest `/flags`, `/decide` or OFREP request body, decompressed, in bytes (PostHog's
+    /// SDKs send a few KB). Larger: 413.
+    pub max_flags_request_bytes: usize,
+    /// Request bytes (as received, then decoded) held in flight by all requests together.
+    /// Past it, requests are answered 503 + Retry-After instead of growing memory.
+    pub max_in_flight_bytes: usize,
+    /// Most properties one person (or group) keeps; the person processor drops further ones
+    /// (counted in `switchyard_person_properties_dropped_total`, logged).
+    pub max_person_properties: usize,
+    /// Largest JSON text of one person's (or group's) properties, in bytes; updates that would
+    /// pass it are dropped the same way.
+    pub max_person_properties_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_bytes: 20 * 1024 * 1024,
-            max_decompressed_bytes: 100 * 1024 * 1024,
+            max_decompressed_bytes: 20 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
             max_event_name_chars: 200,
             max_properties: 2000,
             max_depth: 32,
+            max_events_per_request: switchyard_event::validate::DEFAULT_MAX_EVENTS_PER_REQUEST,
+            max_flags_request_bytes: 64 * 1024,
+            max_in_flight_bytes: 128 * 1024 * 1024,
+            max_person_properties: 10_000,
+            max_person_properties_bytes: 1024 * 1024,
         }
     }
 }
@@ -111,13 +192,22 @@ pub struct LogSettings {
     pub queue_capacity: usize,
     /// Most events grouped into one transaction.
     pub max_txn_events: usize,
-    /// Cap on the log file's size in bytes; when reached intake answers 503. Unset: no cap.
+    /// Cap, in bytes, on what the data directory's databases take on disk together: the event
+    /// log (`events.db`), its trace index (`events.traces.db`) and the control store
+    /// (`control.db`), each with its `-wal` file. When reached intake answers 503. Unset: no cap.
     pub max_size_bytes: Option<u64>,
+    /// Delete logged events and quarantined ones received more than this many days ago, once
+    /// every consumer of the log has read them. Unset: keep everything.
+    pub retention_days: Option<u32>,
+    /// Longest raw form a quarantined event keeps whole, in bytes (at most
+    /// `limits.max_event_bytes` is used); a longer one keeps its first bytes, its size and
+    /// SHA-256.
+    pub quarantine_raw_bytes: usize,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { queue_capacity: 4096, max_txn_events: 20_000, max_size_bytes: None }
+        LogSettings { queue_capacity: 4096, max_txn_events: 20_000, max_size_bytes: None, retention_days: None, quarantine_raw_bytes: 64 * 1024 }
     }
 }
 
@@ -131,9 +221,9 @@ pub enum ConfigError {
 
 /// Environment variables that are not configuration fields.
 const NOT_FIELDS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_URL"];
-const SECTIONS: &[&str] = &["limits", "log", "upstream"];
+const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls"];
 const STRING_FIELDS: &[&str] =
-    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key"];
+    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file"];
 
 impl Config {
     /// Loads the file (if any), then applies `SWITCHYARD_*` variables from `env`.
@@ -191,7 +281,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what serde cannot: non-zero limits, required pairs, safe URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         for (name, value) in [
             ("limits.max_request_bytes", l.max_request_bytes),
@@ -199,8 +290,19 @@ impl Config {
             ("limits.max_event_bytes", l.max_event_bytes),
             ("limits.max_event_name_chars", l.max_event_name_chars),
             ("limits.max_depth", l.max_depth),
+            ("limits.max_events_per_request", l.max_events_per_request),
             ("log.queue_capacity", self.log.queue_capacity),
             ("log.max_txn_events", self.log.max_txn_events),
+            ("limits.max_flags_request_bytes", l.max_flags_request_bytes),
+            ("limits.max_in_flight_bytes", l.max_in_flight_bytes),
+            ("limits.max_person_properties", l.max_person_properties),
+            ("limits.max_person_properties_bytes", l.max_person_properties_bytes),
+            ("log.quarantine_raw_bytes", self.log.quarantine_raw_bytes),
+            ("log.retention_days", self.log.retention_days.map_or(1, |days| days as usize)),
+            ("http.max_connections", self.http.max_connections),
+            ("http.header_read_timeout_secs", self.http.header_read_timeout_secs as usize),
+            ("http.body_read_timeout_secs", self.http.body_read_timeout_secs as usize),
+            ("http.keep_alive_timeout_secs", self.http.keep_alive_timeout_secs as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
@@ -212,15 +314,139 @@ impl Config {
         if self.upstream.url.is_some() && self.upstream.personal_api_key.is_none() {
             return Err(ConfigError::Invalid("upstream.personal_api_key is required when upstream.url is set".into()));
         }
+        let smallest_budget = l.max_request_bytes.saturating_add(l.max_decompressed_bytes.saturating_mul(4));
+        if l.max_in_flight_bytes < smallest_budget {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_in_flight_bytes ({}) must be at least limits.max_request_bytes + 4 × limits.max_decompressed_bytes ({smallest_budget}), or the largest request could never be served",
+                l.max_in_flight_bytes
+            )));
+        }
+        if l.max_in_flight_bytes > u32::MAX as usize {
+            return Err(ConfigError::Invalid(format!("limits.max_in_flight_bytes must be at most {}", u32::MAX)));
+        }
+        if let Some(url) = &self.upstream.url {
+            check_upstream_url(url, self.upstream.allow_insecure_http)?;
+        }
         if self.upstream.poll_interval_secs == 0 {
             return Err(ConfigError::Invalid("upstream.poll_interval_secs must be greater than 0".into()));
         }
+        self.validate_keys()?;
         Ok(())
+    }
+
+    /// Configured keys: well-formed; the secret key long and unlike the public keys. Errors
+    /// name the field, never the value.
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        use switchyard_store::{check_key_value, KeyKind};
+        for (name, kind, value) in [
+            ("project_token", KeyKind::ProjectToken, &self.project_token),
+            ("write_key", KeyKind::WriteKey, &self.write_key),
+            ("secret_key", KeyKind::SecretKey, &self.secret_key),
+        ] {
+            if let Some(value) = value {
+                check_key_value(kind, value).map_err(|problem| ConfigError::Invalid(format!("{name}: {problem}")))?;
+            }
+        }
+        if let Some(secret) = &self.secret_key {
+            if Some(secret) == self.project_token.as_ref() || Some(secret) == self.write_key.as_ref() {
+                return Err(ConfigError::Invalid("secret_key must differ from project_token and write_key".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The process-wide budget of request bytes in flight.
+    pub fn in_flight_budget(&self) -> usize {
+        self.limits.max_in_flight_bytes
     }
 
     /// The HTTP worker threads to start (see [`Config::workers`]).
     pub fn worker_threads(&self) -> usize {
         self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cpus| cpus.get()))
+    }
+}
+
+/// An IP address or a CIDR block (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is in the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let invalid = || format!("trusted_proxies: `{s}` is not an IP address or CIDR block");
+        let (addr, prefix_len) = match s.trim().split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s.trim(), None),
+        };
+        let addr = addr.parse::<IpAddr>().map_err(|_| invalid())?.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix_len {
+            Some(len) => len.parse::<u8>().ok().filter(|&l| l <= max).ok_or_else(invalid)?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix_len })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `trusted_proxies`: a list of strings, or one comma-separated string (as an environment
+/// variable gives it).
+fn ip_nets<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let entries = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect(),
+        OneOrMany::Many(v) => v,
+    };
+    entries.iter().map(|e| e.parse().map_err(serde::de::Error::custom)).collect()
+}
+
+/// An upstream URL must be `https://`, or plain `http://` with `allow_insecure_http`: the
+/// personal API key goes with every poll.
+fn check_upstream_url(url: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::Invalid(format!("upstream.url is not a URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => Err(ConfigError::Invalid(format!(
+            "upstream.url {url} is plain http: the personal API key would cross the network unencrypted; use https, or set upstream.allow_insecure_http = true"
+        ))),
+        other => Err(ConfigError::Invalid(format!("upstream.url must be http or https, not {other}"))),
     }
 }
 

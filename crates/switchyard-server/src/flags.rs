@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use switchyard_event::decode::{decode_posthog_body, BodyHints, DecodeLimits};
 use switchyard_event::model::id_string;
-use switchyard_flags::{Context, Evaluation, FlagDefinition, FlagSet, FlagValue, Reason};
-use switchyard_store::{ControlError, ControlStore, KeyKind, StoredFlag};
+use switchyard_flags::{Context, EvalError, Evaluation, FlagDefinition, FlagSet, FlagValue, Problem, Reason, Subject, MAX_DEPENDENCY_DEPTH};
+use switchyard_store::{ControlError, ControlStore, FlagImport, ImportedFlag, KeyKind, StoredFlag};
 
 use crate::api::{authorize_key, ApiError};
 use crate::metrics::FlagLabels;
@@ -144,7 +144,9 @@ impl FlagRegistry {
 }
 
 /// Definitions as served for local evaluation: dependency keys resolved (flag ids → keys) and
-/// `dependency_chain` computed (empty for a cycle, as PostHog marks them).
+/// `dependency_chain` computed. A flag that cannot be put in order — it depends, directly or
+/// not, on a missing flag or a cycle, or deeper than [`MAX_DEPENDENCY_DEPTH`] — gets an empty
+/// chain, PostHog's marker (its SDKs then ask the server, which answers with an error).
 fn served_definitions(flags: &[StoredFlag]) -> Vec<Value> {
     let by_id: HashMap<String, &str> = flags.iter().map(|f| (f.id.to_string(), f.key.as_str())).collect();
     let mut jsons: Vec<Value> = flags.iter().map(StoredFlag::to_posthog_json).collect();
@@ -160,11 +162,15 @@ fn served_definitions(flags: &[StoredFlag]) -> Vec<Value> {
         .iter()
         .map(|f| (f["key"].as_str().unwrap_or_default().to_owned(), dependency_keys(f)))
         .collect();
+    let chains = dependency_chains(&deps);
     for flag in jsons.iter_mut() {
         for_each_dependency(flag, |filter| {
-            let key = filter.get("key").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let chain = dependency_chain(&key, &deps);
-            filter.insert("dependency_chain".into(), json!(chain));
+            let key = filter.get("key").and_then(Value::as_str).unwrap_or_default();
+            let chain = match chains.get(key) {
+                Some(Some(chain)) => json!(chain),
+                _ => json!([]),
+            };
+            filter.insert("dependency_chain".into(), chain);
         });
     }
     jsons
@@ -198,53 +204,155 @@ fn dependency_keys(flag: &Value) -> Vec<String> {
     keys
 }
 
-/// The keys to evaluate before `key`, dependencies first, `key` last; empty when `key` is on a
-/// cycle or refers to a missing flag.
-fn dependency_chain(key: &str, deps: &HashMap<String, Vec<String>>) -> Vec<String> {
-    fn visit(key: &str, deps: &HashMap<String, Vec<String>>, stack: &mut Vec<String>, done: &mut Vec<String>) -> bool {
-        if done.iter().any(|d| d == key) {
-            return true;
-        }
-        if stack.iter().any(|s| s == key) {
-            return false;
-        }
-        let Some(children) = deps.get(key) else { return false };
-        stack.push(key.to_owned());
-        for child in children {
-            if !visit(child, deps, stack, done) {
-                return false;
-            }
-        }
-        stack.pop();
-        done.push(key.to_owned());
-        true
+/// Every flag's dependency chain: the flags to evaluate first, each after its own
+/// dependencies, then the flag itself; `None` when it cannot be put in order (see
+/// [`served_definitions`]). A depth-first walk on an explicit stack, each chain built once from
+/// its dependencies' chains: a chain as long as the project's flags neither exhausts the stack
+/// nor is walked again for every flag above it.
+fn dependency_chains(deps: &HashMap<String, Vec<String>>) -> HashMap<&str, Option<Vec<&str>>> {
+    enum Mark<'a> {
+        /// On the walk's path now: met again, it closes a cycle.
+        Open,
+        /// (height, chain), or `None`.
+        Done(Option<(usize, Vec<&'a str>)>),
     }
-    let mut done = Vec::new();
-    if visit(key, deps, &mut Vec::new(), &mut done) {
-        done
-    } else {
-        Vec::new()
+    let mut marks: HashMap<&str, Mark<'_>> = HashMap::with_capacity(deps.len());
+    for start in deps.keys() {
+        if marks.contains_key(start.as_str()) {
+            continue;
+        }
+        marks.insert(start, Mark::Open);
+        // (key, its next dependency to visit, whether one of them closed a cycle)
+        let mut path: Vec<(&str, usize, bool)> = vec![(start, 0, false)];
+        while let Some(top) = path.last_mut() {
+            let (key, next, _) = *top;
+            let children = deps.get(key).map_or(&[][..], Vec::as_slice);
+            if let Some(child) = children.get(next) {
+                top.1 += 1;
+                match marks.get(child.as_str()) {
+                    Some(Mark::Open) => top.2 = true,
+                    Some(Mark::Done(_)) => {}
+                    None if deps.contains_key(child) => {
+                        marks.insert(child, Mark::Open);
+                        path.push((child, 0, false));
+                    }
+                    // A dependency on a flag that does not exist.
+                    None => {
+                        marks.insert(child, Mark::Done(None));
+                    }
+                }
+                continue;
+            }
+            let Some((key, _, cyclic)) = path.pop() else { break };
+            let mut result = (!cyclic).then(|| (0, Vec::new()));
+            let mut seen = HashSet::new();
+            for child in children {
+                let (Some((height, chain)), Some(Mark::Done(Some((child_height, child_chain))))) = (result.as_mut(), marks.get(child.as_str())) else {
+                    result = None;
+                    break;
+                };
+                *height = (*height).max(child_height + 1);
+                for k in child_chain {
+                    if seen.insert(*k) {
+                        chain.push(*k);
+                    }
+                }
+            }
+            let result = result.filter(|(height, _)| *height <= MAX_DEPENDENCY_DEPTH).map(|(height, mut chain)| {
+                chain.push(key);
+                (height, chain)
+            });
+            marks.insert(key, Mark::Done(result));
+        }
+    }
+    marks
+        .into_iter()
+        .map(|(key, mark)| match mark {
+            Mark::Done(Some((_, chain))) => (key, Some(chain)),
+            _ => (key, None),
+        })
+        .collect()
+}
+
+/// What building a snapshot does with a broken flag or cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnProblems {
+    /// Refuse the snapshot: new definitions (from upstream) must be sound.
+    Refuse,
+    /// Serve it, the broken flags evaluating to errors (and logged): definitions already stored,
+    /// perhaps by an older version, must not stop the rest from being served.
+    Serve,
+}
+
+/// Why a flag snapshot was refused. `reason` is low-cardinality (the metric's label):
+/// `invalid_json`, `invalid_definition`, or the [`EvalError`] code of a structural problem.
+#[derive(Debug, Clone)]
+pub struct SnapshotRejected {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for SnapshotRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
+impl std::error::Error for SnapshotRejected {}
+
 fn build_project_flags(flags: &[StoredFlag], mapping: Map<String, Value>, cohorts: Map<String, Value>) -> Result<ProjectFlags, String> {
-    build_served(served_definitions(flags), mapping, cohorts)
+    build_served(served_definitions(flags), mapping, cohorts, OnProblems::Serve).map_err(|e| e.to_string())
 }
 
 /// A snapshot from PostHog's local evaluation JSON (`{flags, group_type_mapping, cohorts}`),
-/// as an upstream PostHog serves it.
-pub fn project_flags_from_posthog(body: &Value) -> Result<ProjectFlags, String> {
-    let flags = body.get("flags").and_then(Value::as_array).ok_or("`flags` is missing or not a list")?;
-    let live: Vec<Value> = flags.iter().filter(|f| f.get("deleted") != Some(&Value::Bool(true))).cloned().collect();
-    build_served(live, object(body.get("group_type_mapping")), object(body.get("cohorts")))
+/// as an upstream PostHog serves it: refused unless every flag and cohort is sound.
+pub fn project_flags_from_posthog(body: &Value) -> Result<ProjectFlags, SnapshotRejected> {
+    snapshot_from_posthog(body, OnProblems::Refuse)
 }
 
-fn build_served(served: Vec<Value>, mapping: Map<String, Value>, cohorts: Map<String, Value>) -> Result<ProjectFlags, String> {
-    let definitions: Vec<FlagDefinition> = served
-        .iter()
-        .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("flag {}: {e}", v["key"])))
-        .collect::<Result<_, _>>()?;
-    let set = FlagSet::new(definitions, &mapping, &cohorts).map_err(|e| e.to_string())?;
+/// A snapshot persisted earlier, perhaps by an older version that did not check definitions:
+/// served whatever it holds, its broken flags evaluating to errors.
+pub fn persisted_project_flags(body: &Value) -> Result<ProjectFlags, SnapshotRejected> {
+    snapshot_from_posthog(body, OnProblems::Serve)
+}
+
+fn snapshot_from_posthog(body: &Value, on_problems: OnProblems) -> Result<ProjectFlags, SnapshotRejected> {
+    let flags = body
+        .get("flags")
+        .and_then(Value::as_array)
+        .ok_or_else(|| SnapshotRejected { reason: "invalid_json", message: "`flags` is missing or not a list".into() })?;
+    let live: Vec<Value> = flags.iter().filter(|f| f.get("deleted") != Some(&Value::Bool(true))).cloned().collect();
+    build_served(live, object(body.get("group_type_mapping")), object(body.get("cohorts")), on_problems)
+}
+
+fn build_served(served: Vec<Value>, mapping: Map<String, Value>, cohorts: Map<String, Value>, on_problems: OnProblems) -> Result<ProjectFlags, SnapshotRejected> {
+    let mut definitions = Vec::with_capacity(served.len());
+    for v in &served {
+        match serde_json::from_value::<FlagDefinition>(v.clone()) {
+            Ok(definition) => definitions.push(definition),
+            Err(e) if on_problems == OnProblems::Refuse => {
+                return Err(SnapshotRejected { reason: "invalid_definition", message: format!("flag {}: {e}", v["key"]) });
+            }
+            Err(error) => tracing::warn!(flag = %v["key"], %error, "a stored flag definition cannot be read: it is left out"),
+        }
+    }
+    let set = FlagSet::compile(definitions, &mapping, &cohorts);
+    if let Some(problem) = set.problems().first() {
+        if on_problems == OnProblems::Refuse {
+            let reason = match problem.error {
+                EvalError::Invalid => "invalid_definition",
+                other => other.code(),
+            };
+            return Err(SnapshotRejected { reason, message: problem.message.clone() });
+        }
+        const SHOWN: usize = 10;
+        for problem in set.problems().iter().take(SHOWN) {
+            tracing::warn!(%problem, "a stored flag definition is broken: the flags that use it evaluate to an error");
+        }
+        if set.problems().len() > SHOWN {
+            tracing::warn!(more = set.problems().len() - SHOWN, "more broken flag definitions");
+        }
+    }
     let body = json!({"flags": served, "group_type_mapping": mapping, "cohorts": cohorts}).to_string();
     let etag = format!("\"{:016x}\"", fnv1a(body.as_bytes()));
     let meta = served
@@ -270,84 +378,138 @@ fn invalid(attr: &str, detail: impl Into<String>) -> ApiError {
     ApiError::invalid(attr, detail)
 }
 
-/// Checks a flag definition as the management API receives it; the error names the field.
-pub fn validate_definition(def: &Map<String, Value>, others: &[StoredFlag], own_id: Option<i64>) -> Result<String, ApiError> {
+/// Checks one flag definition on its own, as the management API and import receive it, and
+/// returns its key; the error names the field. What it means beside the project's other flags
+/// and cohorts is [`check_project_change`]'s.
+pub fn validate_definition(def: &Map<String, Value>) -> Result<String, ApiError> {
+    definition_problem(def).map_err(|(attr, detail)| invalid(attr, detail))
+}
+
+/// [`validate_definition`]'s checks: the key, or the field at fault and what is wrong.
+fn definition_problem(def: &Map<String, Value>) -> Result<String, (&'static str, String)> {
     let key = match def.get("key") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
-        _ => return Err(invalid("key", "`key` is required: a non-empty string")),
+        _ => return Err(("key", "`key` is required: a non-empty string".into())),
     };
     if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(invalid("key", format!("`key` may only contain letters, numbers, hyphens and underscores: {key:?}")));
+        return Err(("key", format!("`key` may only contain letters, numbers, hyphens and underscores: {key:?}")));
     }
-    let parsed: FlagDefinition = serde_json::from_value(Value::Object(def.clone())).map_err(|e| invalid("filters", format!("invalid flag definition: {e}")))?;
+    let parsed: FlagDefinition = serde_json::from_value(Value::Object(def.clone())).map_err(|e| ("filters", format!("invalid flag definition: {e}")))?;
     let variants: Vec<&str> = parsed.filters.multivariate.iter().flat_map(|m| &m.variants).map(|v| v.key.as_str()).collect();
     if let Some(m) = &parsed.filters.multivariate {
         if !m.variants.is_empty() {
             let total: f64 = m.variants.iter().map(|v| v.rollout_percentage).sum();
             if (total - 100.0).abs() > 1e-6 {
-                return Err(invalid("filters", format!("multivariate variant percentages must sum to 100, not {total}")));
+                return Err(("filters", format!("multivariate variant percentages must sum to 100, not {total}")));
             }
             for v in &m.variants {
                 if !(0.0..=100.0).contains(&v.rollout_percentage) {
-                    return Err(invalid("filters", format!("variant `{}` has rollout_percentage {} outside 0–100", v.key, v.rollout_percentage)));
+                    return Err(("filters", format!("variant `{}` has rollout_percentage {} outside 0–100", v.key, v.rollout_percentage)));
                 }
             }
             let unique: HashSet<&str> = variants.iter().copied().collect();
             if unique.len() != variants.len() {
-                return Err(invalid("filters", "multivariate variant keys must be unique"));
+                return Err(("filters", "multivariate variant keys must be unique".into()));
             }
         }
     }
     for (i, group) in parsed.filters.groups.iter().enumerate() {
         if let Some(r) = group.rollout_percentage {
             if !(0.0..=100.0).contains(&r) {
-                return Err(invalid("filters", format!("condition {}: rollout_percentage {r} is outside 0–100", i + 1)));
+                return Err(("filters", format!("condition {}: rollout_percentage {r} is outside 0–100", i + 1)));
             }
         }
         if let Some(v) = &group.variant {
             if !variants.contains(&v.as_str()) {
-                return Err(invalid("filters", format!("condition {}: variant `{v}` is not one of the flag's variants", i + 1)));
+                return Err(("filters", format!("condition {}: variant `{v}` is not one of the flag's variants", i + 1)));
             }
         }
     }
     for payload_key in parsed.filters.payloads.keys() {
         if payload_key != "true" && !variants.contains(&payload_key.as_str()) {
-            return Err(invalid("filters", format!("payload for `{payload_key}`: not `true` nor a variant key")));
+            return Err(("filters", format!("payload for `{payload_key}`: not `true` nor a variant key")));
         }
     }
-    // Compile it: unknown operators and unusable filter values are named here.
-    let mapping: Map<String, Value> = Map::new();
-    FlagSet::new(vec![parsed.clone()], &mapping, &Map::new()).map_err(|e| invalid("filters", e.to_string()))?;
+    // Compile it: unknown operators, unusable filter values and a dependency on itself are
+    // named here.
+    FlagSet::new(vec![parsed], &Map::new(), &Map::new()).map_err(|e| ("filters", e.to_string()))?;
+    Ok(key)
+}
 
-    // Dependencies must exist and must not form a cycle.
-    let mut live: Vec<StoredFlag> = others.iter().filter(|f| Some(f.id) != own_id && !f.deleted).cloned().collect();
-    if live.iter().any(|f| f.key == key) {
-        return Err(invalid("key", format!("There is already a feature flag with the key `{key}`.")));
-    }
-    let candidate = StoredFlag {
-        id: own_id.unwrap_or(-1),
+/// A flag as a change would store it, for checking before it is stored.
+fn unsaved_flag(id: i64, key: &str, definition: &Map<String, Value>) -> StoredFlag {
+    StoredFlag {
+        id,
         project_id: 0,
-        key: key.clone(),
+        key: key.to_owned(),
         version: 0,
         deleted: false,
         created_at: String::new(),
         updated_at: String::new(),
-        definition: def.clone(),
-    };
-    live.push(candidate);
-    let served = served_definitions(&live);
-    let keys: HashSet<&str> = live.iter().map(|f| f.key.as_str()).collect();
-    let own = served.iter().find(|f| f["key"] == key.as_str()).expect("candidate is served");
-    for dep in dependency_keys(own) {
-        if !keys.contains(dep.as_str()) {
-            return Err(invalid("filters", format!("depends on flag `{dep}`, which does not exist")));
+        definition: definition.clone(),
+    }
+}
+
+/// A project's definitions as a change would leave them.
+struct ProjectChange {
+    /// Every live flag after the change (unsaved ones with made-up ids).
+    flags: Vec<StoredFlag>,
+    /// Group types and cohorts the change writes, by index and id.
+    group_types: Map<String, Value>,
+    cohorts: Map<String, Value>,
+    /// The flags and cohorts the change writes.
+    changed: HashSet<Subject>,
+}
+
+/// Checks a change against the whole project before anything is stored: every dependency of a
+/// changed flag exists, and neither what the change writes nor anything sound before it is
+/// broken after it — no cycle of flags or cohorts, no chain of them deeper than
+/// `MAX_DEPENDENCY_DEPTH`, no cohort nested deeper than `MAX_PROPERTY_GROUP_DEPTH`. A flag or
+/// cohort already broken in the store (stored by an older version) does not stop changes to
+/// the others. Linear in the size of the project's definitions. 400 naming the flag or cohort.
+fn check_project_change(state: &AppState, project_id: i64, change: ProjectChange) -> Result<(), ApiError> {
+    let before = state.flags.get(&state.control, project_id).map_err(control_error)?;
+    let mut mapping = state.control.group_type_mapping(project_id).map_err(control_error)?;
+    mapping.extend(change.group_types);
+    let mut cohorts = state.control.cohorts(project_id).map_err(control_error)?;
+    cohorts.extend(change.cohorts);
+
+    let served = served_definitions(&change.flags);
+    let keys: HashSet<&str> = change.flags.iter().map(|f| f.key.as_str()).collect();
+    for flag in &served {
+        let key = flag["key"].as_str().unwrap_or_default();
+        if !change.changed.contains(&Subject::Flag(key.to_owned())) {
+            continue;
+        }
+        if let Some(dep) = dependency_keys(flag).into_iter().find(|dep| !keys.contains(dep.as_str())) {
+            return Err(invalid("filters", format!("flag `{key}`: depends on flag `{dep}`, which does not exist")));
         }
     }
-    let deps: HashMap<String, Vec<String>> = served.iter().map(|f| (f["key"].as_str().unwrap_or_default().to_owned(), dependency_keys(f))).collect();
-    if !dependency_keys(own).is_empty() && dependency_chain(&key, &deps).is_empty() {
-        return Err(invalid("filters", format!("flag dependencies form a cycle through `{key}`")));
+    let definitions: Vec<FlagDefinition> = served.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
+    let after = FlagSet::compile(definitions, &mapping, &cohorts);
+    let was_broken: HashSet<&Subject> = before.set.broken().map(|(subject, _)| subject).collect();
+    let mut refused: Option<(&Problem, bool)> = None;
+    for (subject, problem) in after.broken() {
+        let written = change.changed.contains(subject);
+        if !written && was_broken.contains(subject) {
+            continue;
+        }
+        // Name the cause, preferring one the change writes.
+        let cause_written = change.changed.contains(&problem.subject);
+        if refused.is_none_or(|(_, best)| cause_written && !best) {
+            refused = Some((problem, cause_written));
+        }
     }
-    Ok(key)
+    match refused {
+        Some((problem, _)) => {
+            let attr = match problem.subject {
+                Subject::Flag(_) => "filters",
+                Subject::Cohort(_) => "cohorts",
+            };
+            Err(invalid(attr, problem.message.clone()))
+        }
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,12 +583,7 @@ fn with_group_keys(groups: &Map<String, Value>, group_properties: &mut Map<Strin
 /// request take precedence over stored ones, key by key.
 fn merge_stored_properties(state: &AppState, project_id: i64, req: &mut FlagsRequest) {
     match state.control.person_properties(project_id, &req.distinct_id) {
-        Ok(Some(stored)) => {
-            let mut merged = stored;
-            merged.extend(std::mem::take(&mut req.person_properties));
-            req.person_properties = merged;
-        }
-        Ok(None) => {}
+        Ok(stored) => merge_person_properties(req, stored.as_deref()),
         Err(error) => tracing::warn!(%error, "stored person properties unavailable; using the request's"),
     }
     match state.control.group_properties(project_id, &req.groups) {
@@ -439,6 +596,42 @@ fn merge_stored_properties(state: &AppState, project_id: i64, req: &mut FlagsReq
             }
         }
         Err(error) => tracing::warn!(%error, "stored group properties unavailable; using the request's"),
+    }
+}
+
+/// [`merge_stored_properties`] off the async workers: the stored properties come from the
+/// cache when it has them, else from SQLite on a blocking thread, so a busy control store
+/// never stalls the server.
+async fn with_stored_properties(state: &AppState, project_id: i64, mut req: FlagsRequest) -> Result<FlagsRequest, Response> {
+    if req.groups.is_empty() {
+        if let Some(cached) = state.control.cached_person_properties(project_id, &req.distinct_id) {
+            merge_person_properties(&mut req, cached.as_deref());
+            return Ok(req);
+        }
+    }
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        merge_stored_properties(&state, project_id, &mut req);
+        req
+    })
+    .await
+    .map_err(|_| flags_error(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "flags are unavailable right now"))
+}
+
+/// 503 + Retry-After: the in-flight budget is spent.
+fn busy(state: &AppState) -> Response {
+    state.metrics.in_flight_refused.inc();
+    let mut response = flags_error(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", crate::intake::BUSY);
+    response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+fn merge_person_properties(req: &mut FlagsRequest, stored: Option<&Map<String, Value>>) {
+    if let Some(stored) = stored {
+        let sent = std::mem::take(&mut req.person_properties);
+        let mut merged = stored.clone();
+        merged.extend(sent);
+        req.person_properties = merged;
     }
 }
 
@@ -458,7 +651,15 @@ fn evaluate(state: &AppState, project: &ProjectFlags, req: &FlagsRequest) -> Vec
         now: chrono::Utc::now(),
     };
     let results: Vec<(String, Evaluation)> = match &req.flag_keys {
-        Some(keys) => keys.iter().filter_map(|k| project.set.evaluate(k, &ctx).map(|e| (k.clone(), e))).collect(),
+        // Each known key once: a key repeated a million times is answered once, unknown keys
+        // are dropped, so the answer is never larger than the project's flags.
+        Some(keys) => {
+            let mut seen = std::collections::HashSet::new();
+            keys.iter()
+                .filter(|k| project.set.definition(k).is_some() && seen.insert(k.as_str()))
+                .filter_map(|k| project.set.evaluate(k, &ctx).map(|e| (k.clone(), e)))
+                .collect()
+        }
         None => project.set.evaluate_all(&ctx).into_iter().map(|(k, e)| (k.to_owned(), e)).collect(),
     };
     state.metrics.flag_evaluation_latency.observe(started.elapsed().as_secs_f64());
@@ -544,9 +745,18 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
     if method == Method::GET || method == Method::HEAD {
         return axum::Json(json!({"flags": {}, "featureFlags": {}, "supportedCompression": ["gzip", "gzip-js"]})).into_response();
     }
-    let limit = state.config.limits.max_request_bytes;
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return flags_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large");
+    // PostHog's SDKs send a few KB: a small cap, before and after decompression, bounds what
+    // one public request can make the server hold.
+    let limit = state.config.limits.max_flags_request_bytes;
+    let mut held = crate::intake::InFlight::new(&state);
+    let body = match crate::intake::read_limited_body(body, limit, &mut held, 408).await {
+        Ok(body) => body,
+        Err(Ok(rejection)) => {
+            let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let code = if rejection.status == 413 { "payload_too_large" } else { rejection.code };
+            return flags_error(status, code, &rejection.message);
+        }
+        Err(Err(())) => return busy(&state),
     };
     let hints = BodyHints {
         query: uri.query(),
@@ -554,13 +764,18 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
         content_encoding: headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()),
         legacy_path: false,
     };
-    let limits = DecodeLimits { max_decompressed_bytes: state.config.limits.max_decompressed_bytes };
-    let body: Map<String, Value> = match decode_posthog_body(&body, &hints, limits)
-        .map_err(|r| r.message)
-        .and_then(|json| serde_json::from_slice(&json).map_err(|e| format!("failed to parse request: {e}")))
-    {
+    let limits = DecodeLimits { max_decompressed_bytes: limit };
+    let json = match decode_posthog_body(&body, &hints, limits) {
+        Ok(json) => json,
+        Err(r) if r.status == 413 => return flags_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &r.message),
+        Err(r) => return flags_error(StatusCode::BAD_REQUEST, "request_parsing_error", &r.message),
+    };
+    if !held.reserve(json.len().saturating_mul(4)) {
+        return busy(&state);
+    }
+    let body: Map<String, Value> = match serde_json::from_slice(&json) {
         Ok(map) => map,
-        Err(message) => return flags_error(StatusCode::BAD_REQUEST, "request_parsing_error", &message),
+        Err(e) => return flags_error(StatusCode::BAD_REQUEST, "request_parsing_error", &format!("failed to parse request: {e}")),
     };
     let mut req = match flags_request(&body) {
         Ok(r) => r,
@@ -569,7 +784,12 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
     let Some(project_id) = state.control.lookup(KeyKind::ProjectToken, &req.token) else {
         return flags_error(StatusCode::UNAUTHORIZED, "invalid_token", "API key is not valid");
     };
-    merge_stored_properties(&state, project_id, &mut req);
+    // Only the project's group types are looked up; the others cannot match a condition.
+    req.groups.retain(|group_type, _| state.control.knows_group_type(project_id, group_type));
+    let req = match with_stored_properties(&state, project_id, req).await {
+        Ok(req) => req,
+        Err(response) => return response,
+    };
     let project = match state.flags.get(&state.control, project_id) {
         Ok(p) => p,
         Err(e) => {
@@ -597,7 +817,8 @@ pub async fn flags(State(state): State<AppState>, method: Method, uri: Uri, head
         response.insert("featureFlags".into(), Value::Object(values));
         response.insert("featureFlagPayloads".into(), Value::Object(payloads));
     }
-    response.insert("errorsWhileComputingFlags".into(), Value::Bool(false));
+    // A flag whose definition is broken (stored by an older version) evaluates to an error.
+    response.insert("errorsWhileComputingFlags".into(), Value::Bool(results.iter().any(|(_, e)| e.is_error())));
     response.insert("requestId".into(), Value::String(uuid::Uuid::now_v7().to_string()));
     response.insert("evaluatedAt".into(), json!(chrono::Utc::now().timestamp_millis()));
     if config {
@@ -670,6 +891,7 @@ fn ofrep_error(status: StatusCode, key: Option<&str>, code: &str, details: &str)
 fn ofrep_reason(e: &Evaluation, split: bool) -> &'static str {
     match e.reason {
         Reason::Disabled => "DISABLED",
+        Reason::Error(_) => "ERROR",
         Reason::ConditionMatch if split && e.value.variant().is_some() => "SPLIT",
         Reason::ConditionMatch | Reason::HoldoutConditionValue | Reason::SuperConditionValue => "TARGETING_MATCH",
         _ => "DEFAULT",
@@ -770,7 +992,10 @@ pub async fn ofrep_single(State(state): State<AppState>, Path(key): Path<String>
     }
 }
 
-/// `POST /ofrep/v1/evaluate/flags`: every flag, with an ETag of the definitions and context.
+/// `POST /ofrep/v1/evaluate/flags`: every flag, with an ETag of the answer itself. The answer
+/// depends on more than the definitions and the request (stored person and group properties,
+/// relative dates against the clock), so the ETag is the hash of what would be sent: a 304 is
+/// never a stale value, and a change that leaves every value as it was keeps the client's copy.
 pub async fn ofrep_bulk(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let mut r = match ofrep_request(&state, &headers, &body, None) {
         Ok(r) => r,
@@ -781,13 +1006,25 @@ pub async fn ofrep_bulk(State(state): State<AppState>, headers: HeaderMap, body:
         Ok(p) => p,
         Err(_) => return ofrep_error(StatusCode::INTERNAL_SERVER_ERROR, None, "GENERAL", "flags are unavailable right now"),
     };
-    let etag = format!("\"{:016x}\"", fnv1a(format!("{}{}", project.etag, String::from_utf8_lossy(&body)).as_bytes()));
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
-    }
     let results = evaluate(&state, &project, &r.req);
     let flags: Vec<Value> = results.iter().map(|(k, e)| ofrep_result(&project, k, e)).collect();
-    ([(header::ETAG, etag)], axum::Json(json!({"flags": flags}))).into_response()
+    let answer = json!({"flags": flags}).to_string();
+    let etag = format!("\"{:016x}\"", fnv1a(answer.as_bytes()));
+    if if_none_match(&headers, &etag) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, etag)], answer).into_response()
+}
+
+/// Whether `If-None-Match` names `etag` (one of a list, weak or strong).
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,8 +1086,14 @@ pub async fn create_flag(State(state): State<AppState>, Path(project): Path<Stri
     let project_id = crate::api::authorize(&state, &headers, &project)?;
     refuse_mirrored(&state, project_id)?;
     let def = with_defaults(body_object(&body)?);
-    let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
-    let flag_key = validate_definition(&def, &existing, None)?;
+    let flag_key = validate_definition(&def)?;
+    let mut flags = state.control.list_flags(project_id, false).map_err(control_error)?;
+    if flags.iter().any(|f| f.key == flag_key) {
+        return Err(control_error(ControlError::DuplicateFlagKey(flag_key)));
+    }
+    flags.push(unsaved_flag(-1, &flag_key, &def));
+    let changed = HashSet::from([Subject::Flag(flag_key.clone())]);
+    check_project_change(&state, project_id, ProjectChange { flags, group_types: Map::new(), cohorts: Map::new(), changed })?;
     let flag = state.control.create_flag(project_id, &flag_key, def, Some(actor.key_id)).map_err(control_error)?;
     state.flags.reload(&state.control, project_id).map_err(control_error)?;
     Ok((StatusCode::CREATED, axum::Json(flag.to_posthog_json())).into_response())
@@ -880,8 +1123,17 @@ pub async fn update_flag(
     def.insert("key".into(), Value::String(current.key.clone()));
     def.extend(patch);
     let def = with_defaults(def);
-    let all = state.control.list_flags(project_id, false).map_err(control_error)?;
-    let flag_key = validate_definition(&def, &all, Some(current.id))?;
+    let flag_key = validate_definition(&def)?;
+    let mut flags: Vec<StoredFlag> = state.control.list_flags(project_id, false).map_err(control_error)?.into_iter().filter(|f| f.id != current.id).collect();
+    let mut changed = HashSet::new();
+    if !deleted {
+        if flags.iter().any(|f| f.key == flag_key) {
+            return Err(control_error(ControlError::DuplicateFlagKey(flag_key)));
+        }
+        flags.push(unsaved_flag(current.id, &flag_key, &def));
+        changed.insert(Subject::Flag(flag_key.clone()));
+    }
+    check_project_change(&state, project_id, ProjectChange { flags, group_types: Map::new(), cohorts: Map::new(), changed })?;
     let flag = state
         .control
         .update_flag(project_id, current.id, expected_version, &flag_key, def, deleted, Some(actor.key_id))
@@ -914,7 +1166,10 @@ pub async fn flag_activity(State(state): State<AppState>, Path(params): Path<Has
 
 /// `POST /api/projects/{id}/feature_flags/import/`: PostHog's local evaluation JSON
 /// (`{flags, group_type_mapping, cohorts}`) or an array of flags. Flags are created, or
-/// updated by key; the group type mapping and cohorts are stored.
+/// updated by key; the group type mapping and cohorts are stored. All or nothing: every flag and
+/// cohort is checked, together with the project's other definitions, before one transaction
+/// stores them (the order of the flags does not matter); bad input is a 400 naming the flag or
+/// cohort. Linear in the size of the project's definitions.
 pub async fn import_flags(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let actor = authorize_key(&state, &headers)?;
     let project_id = crate::api::authorize(&state, &headers, &project)?;
@@ -923,67 +1178,57 @@ pub async fn import_flags(State(state): State<AppState>, Path(project): Path<Str
     let (flags, mapping, cohorts) = match body {
         Value::Array(flags) => (flags, Map::new(), Map::new()),
         Value::Object(mut map) => (
-            map.remove("flags").and_then(|f| f.as_array().cloned()).ok_or_else(|| invalid("flags", "`flags` must be an array"))?,
+            match map.remove("flags") {
+                Some(Value::Array(flags)) => flags,
+                _ => return Err(invalid("flags", "`flags` must be an array")),
+            },
             object(map.get("group_type_mapping")),
             object(map.get("cohorts")),
         ),
         _ => return Err(invalid("body", "expected `{flags, group_type_mapping, cohorts}` or an array of flags")),
     };
-    for (index, name) in &mapping {
+    let mut import = FlagImport::default();
+    let mut group_types = Map::new();
+    for (index, name) in mapping {
         let index: i64 = index.parse().map_err(|_| invalid("group_type_mapping", format!("index {index:?} is not a number")))?;
-        let name = name.as_str().ok_or_else(|| invalid("group_type_mapping", "group type names must be strings"))?;
-        state.control.set_group_type(project_id, index, name).map_err(control_error)?;
+        let Value::String(name) = name else { return Err(invalid("group_type_mapping", "group type names must be strings")) };
+        group_types.insert(index.to_string(), Value::String(name.clone()));
+        import.group_types.push((index, name));
     }
-    for (id, definition) in &cohorts {
+    let mut changed = HashSet::new();
+    let mut imported_cohorts = Map::new();
+    for (id, definition) in cohorts {
         let id: i64 = id.parse().map_err(|_| invalid("cohorts", format!("cohort id {id:?} is not a number")))?;
-        state.control.put_cohort(project_id, id, definition).map_err(control_error)?;
+        changed.insert(Subject::Cohort(id.to_string()));
+        imported_cohorts.insert(id.to_string(), definition.clone());
+        import.cohorts.push((id, definition));
     }
-    let (mut created, mut updated) = (0, 0);
-    // Import dependencies before the flags that use them: retry the ones that fail on a
-    // missing dependency until no progress is made.
-    let mut pending: Vec<Map<String, Value>> = flags
-        .into_iter()
-        .map(|f| match f {
-            Value::Object(m) => Ok(with_defaults(m)),
-            _ => Err(invalid("flags", "every flag must be an object")),
-        })
-        .collect::<Result<_, _>>()?;
-    loop {
-        let mut next = Vec::new();
-        let mut last_error = None;
-        let before = pending.len();
-        for def in pending {
-            let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
-            let key = def.get("key").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let current = existing.iter().find(|f| f.key == key).map(|f| f.id);
-            match validate_definition(&def, &existing, current) {
-                Ok(flag_key) => {
-                    match current {
-                        Some(id) => {
-                            state.control.update_flag(project_id, id, None, &flag_key, def, false, Some(actor.key_id)).map_err(control_error)?;
-                            updated += 1;
-                        }
-                        None => {
-                            state.control.create_flag(project_id, &flag_key, def, Some(actor.key_id)).map_err(control_error)?;
-                            created += 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    last_error = Some(e);
-                    next.push(def);
-                }
-            }
+
+    let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
+    let mut after: Vec<StoredFlag> = existing;
+    let index_by_key: HashMap<String, usize> = after.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
+    for (n, flag) in flags.into_iter().enumerate() {
+        let Value::Object(def) = flag else { return Err(invalid("flags", format!("flag {}: every flag must be an object", n + 1))) };
+        let def = with_defaults(def);
+        let key = definition_problem(&def).map_err(|(attr, detail)| {
+            let name = def.get("key").and_then(Value::as_str).map_or_else(|| format!("flag {}", n + 1), |k| format!("flag `{k}`"));
+            // The compiler's messages already name the flag.
+            let detail = if detail.starts_with(&name) { detail } else { format!("{name}: {detail}") };
+            invalid(attr, detail)
+        })?;
+        if !changed.insert(Subject::Flag(key.clone())) {
+            return Err(invalid("key", format!("flag `{key}` appears twice in the import")));
         }
-        if next.is_empty() {
-            break;
+        let existing_id = index_by_key.get(&key).map(|&i| after[i].id);
+        match index_by_key.get(&key) {
+            Some(&i) => after[i].definition = def.clone(),
+            // Not stored yet: a made-up id no stored flag has.
+            None => after.push(unsaved_flag(-(n as i64) - 1, &key, &def)),
         }
-        if next.len() == before {
-            state.flags.reload(&state.control, project_id).map_err(control_error)?;
-            return Err(last_error.expect("a failure was recorded"));
-        }
-        pending = next;
+        import.flags.push(ImportedFlag { existing_id, key, definition: def });
     }
+    check_project_change(&state, project_id, ProjectChange { flags: after, group_types, cohorts: imported_cohorts, changed })?;
+    let counts = state.control.import_definitions(project_id, import, Some(actor.key_id)).map_err(control_error)?;
     state.flags.reload(&state.control, project_id).map_err(control_error)?;
-    Ok(axum::Json(json!({"created": created, "updated": updated})).into_response())
+    Ok(axum::Json(json!({"created": counts.created, "updated": counts.updated})).into_response())
 }

@@ -6,7 +6,10 @@
 //! rejected with its request (the client is told why; nothing is stored).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
@@ -20,6 +23,7 @@ use switchyard_event::{posthog, segment, Accepted, EventType, Normalized, Reject
 use switchyard_store::{AppendBatch, EventLog, KeyKind, LogError, LogRecord, QuarantineRecord};
 
 use crate::metrics::{ProtocolLabels, ReasonLabels};
+use crate::config::IpNet;
 use crate::AppState;
 
 /// Which SDK family a request came from: decides the error format.
@@ -47,6 +51,8 @@ pub struct IntakeError {
 enum IntakeErrorKind {
     Rejected(Rejection),
     Unavailable(LogError),
+    /// The in-flight budget is spent.
+    Busy,
 }
 
 impl IntoResponse for IntakeError {
@@ -63,10 +69,12 @@ impl IntoResponse for IntakeError {
                     Family::Segment => (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], r.message).into_response(),
                 }
             }
-            IntakeErrorKind::Unavailable(e) => {
+            kind @ (IntakeErrorKind::Unavailable(_) | IntakeErrorKind::Busy) => {
                 // Never a 2xx: the SDK keeps the events and retries after Retry-After.
-                let retry_after = e.retry_after_secs().to_string();
-                let message = e.to_string();
+                let (retry_after, message) = match kind {
+                    IntakeErrorKind::Unavailable(e) => (e.retry_after_secs().to_string(), e.to_string()),
+                    _ => ("1".to_owned(), BUSY.to_owned()),
+                };
                 let mut response = match self.family {
                     Family::Posthog => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -88,24 +96,112 @@ fn reject(family: Family, r: Rejection) -> IntakeError {
     IntakeError { family, kind: IntakeErrorKind::Rejected(r) }
 }
 
-async fn read_body(state: &AppState, family: Family, body: Body) -> Result<Bytes, IntakeError> {
-    let limit = state.config.limits.max_request_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let error = error.into_inner();
-        let rejection = if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes"))
-        } else {
-            // Not the client's data at fault but its transfer (cut off, bad chunking): an
-            // answer the SDKs retry, as PostHog's 408 and RudderStack's 500 are, not a final 413.
-            let status = match family {
-                Family::Posthog => 408,
-                Family::Segment => 500,
-            };
-            Rejection::new(status, "body_read_error", format!("the request body could not be read: {error}"))
-        };
-        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: rejection.code }).inc();
-        reject(family, rejection)
+/// Request bytes held against the process-wide budget (`limits.max_in_flight_bytes`), given
+/// back when dropped. A request holds its body, then its decoded form, until it is answered.
+pub struct InFlight {
+    budget: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    pub fn new(state: &AppState) -> Self {
+        InFlight { budget: state.in_flight.clone(), held: None }
+    }
+
+    /// Takes `bytes` more from the budget; false when it does not have them now.
+    pub fn reserve(&mut self, bytes: usize) -> bool {
+        let Ok(bytes) = u32::try_from(bytes) else { return false };
+        match self.budget.clone().try_acquire_many_owned(bytes) {
+            Ok(permit) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The message of a request refused because the in-flight budget is spent.
+pub const BUSY: &str = "the server is holding too many request bytes; retry later";
+
+/// Reads a body of at most `limit` bytes, each chunk taken from the in-flight budget as it
+/// arrives. Errors: `Err(Ok(rejection))` for the client's fault or transfer, `Err(Err(()))`
+/// when the budget is spent.
+pub async fn read_limited_body(
+    body: Body,
+    limit: usize,
+    held: &mut InFlight,
+    transfer_status: u16,
+) -> Result<Bytes, Result<Rejection, ()>> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            // Not the client's data at fault but its transfer (cut off, too slow, bad chunking):
+            // an answer the SDKs retry, as PostHog's 408 and RudderStack's 500 are, not a 413.
+            Ok(Rejection::new(transfer_status, "body_read_error", format!("the request body could not be read: {error}")))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            return Err(Ok(Rejection::new(413, "request_too_large", format!("request size exceeds max limit of {limit} bytes"))));
+        }
+        if !held.reserve(data.len()) {
+            return Err(Err(()));
+        }
+        chunks.push(data);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut joined = Vec::with_capacity(total);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            Bytes::from(joined)
+        }
     })
+}
+
+async fn read_body(state: &AppState, family: Family, body: Body, held: &mut InFlight) -> Result<Bytes, IntakeError> {
+    let transfer_status = match family {
+        Family::Posthog => 408,
+        Family::Segment => 500,
+    };
+    read_limited_body(body, state.config.limits.max_request_bytes, held, transfer_status).await.map_err(|error| match error {
+        Ok(rejection) => {
+            state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: rejection.code }).inc();
+            reject(family, rejection)
+        }
+        Err(()) => busy(state, family),
+    })
+}
+
+/// 503 + Retry-After: the in-flight budget is spent.
+fn busy(state: &AppState, family: Family) -> IntakeError {
+    state.metrics.in_flight_refused.inc();
+    IntakeError { family, kind: IntakeErrorKind::Busy }
+}
+
+/// Holds a decoded body against the budget, with what is built from it: PostHog events are
+/// kept as text borrowed from the body (twice its size, with the stored JSON), Segment events
+/// are parsed into values (four times).
+fn hold_decoded(state: &AppState, family: Family, held: &mut InFlight, decoded: &[u8]) -> Result<(), IntakeError> {
+    let factor = match family {
+        Family::Posthog => 2,
+        Family::Segment => 4,
+    };
+    if held.reserve(decoded.len().saturating_mul(factor)) {
+        Ok(())
+    } else {
+        Err(busy(state, family))
+    }
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -115,22 +211,46 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 /// The connection's peer, when the server was started with it (`serve` does).
 type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
 
-fn request_meta(project_id: i64, headers: &HeaderMap, peer: Peer) -> RequestMeta {
+fn request_meta(project_id: i64, headers: &HeaderMap, peer: Peer, trusted_proxies: &[IpNet]) -> RequestMeta {
     RequestMeta {
         project_id,
         received_at: chrono::Utc::now(),
         traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        ip: client_ip(headers, peer),
+        ip: client_ip(headers, peer, trusted_proxies),
     }
 }
 
-/// The client's address as PostHog's capture takes it: the first `X-Forwarded-For` hop (the
-/// client, behind a proxy or load balancer), else the connection's peer.
-fn client_ip(headers: &HeaderMap, peer: Peer) -> Option<String> {
-    let forwarded = header_str(headers, header::HeaderName::from_static("x-forwarded-for"))
-        .and_then(|v| v.split(',').next())
-        .and_then(|first| first.trim().parse::<IpAddr>().ok());
-    forwarded.or(peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip())).map(|ip| ip.to_string())
+/// The client's address: the connection's peer, unless the peer is a trusted proxy; then
+/// `X-Forwarded-For` is walked from the right (each proxy appends the address it got the
+/// request from), skipping trusted proxies, and the first other address is the client's. A
+/// client can write anything into the header, so only hops added by trusted proxies count:
+/// an unparsable hop ends the walk at the last proxy that handed it on; a chain of trusted
+/// proxies only gives its leftmost one.
+fn client_ip(headers: &HeaderMap, peer: Peer, trusted_proxies: &[IpNet]) -> Option<String> {
+    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    let peer = peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip().to_canonical())?;
+    if !trusted(peer) {
+        return Some(peer.to_string());
+    }
+    let mut client = peer;
+    let hops = headers.get_all(header::HeaderName::from_static("x-forwarded-for")).iter().collect::<Vec<_>>();
+    for hop in hops.iter().rev().flat_map(|v| v.to_str().unwrap_or("").rsplit(',')) {
+        let Some(ip) = forwarded_ip(hop.trim()) else { break };
+        client = ip;
+        if !trusted(ip) {
+            break;
+        }
+    }
+    Some(client.to_string())
+}
+
+/// One `X-Forwarded-For` hop: an address, with a port as some proxies add it (`192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`).
+fn forwarded_ip(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 fn decode_limits(state: &AppState) -> DecodeLimits {
@@ -250,7 +370,8 @@ pub async fn posthog_capture(
     body: Body,
 ) -> Result<Response, IntakeError> {
     let family = Family::Posthog;
-    let body = read_body(&state, family, body).await?;
+    let mut held = InFlight::new(&state);
+    let body = read_body(&state, family, body, &mut held).await?;
     let path = uri.path().trim_end_matches('/');
     let legacy = matches!(path, "/e" | "/capture" | "/engage" | "/track");
     let engage = path == "/engage";
@@ -266,12 +387,13 @@ pub async fn posthog_capture(
         reject(family, r)
     };
     let json = decode_posthog_body(&body, &hints, decode_limits(&state)).map_err(rejected)?;
-    let request = posthog::parse_capture_request(&json, query.sent_at_ms).map_err(rejected)?;
+    hold_decoded(&state, family, &mut held, &json)?;
+    let request = posthog::parse_capture_request(&json, query.sent_at_ms, &state.event_limits()).map_err(rejected)?;
     let project_id = state.control.lookup(KeyKind::ProjectToken, &request.token).ok_or_else(|| {
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "ingest_key_unknown" }).inc_by(request.events.len() as u64);
         reject(family, Rejection::new(401, "ingest_key_unknown", "api_key does not resolve to a known project"))
     })?;
-    let meta = request_meta(project_id, &headers, peer);
+    let meta = request_meta(project_id, &headers, peer, &state.config.trusted_proxies);
     let limits = state.event_limits();
     let ctx = posthog::PosthogContext {
         meta: &meta,
@@ -376,9 +498,11 @@ pub async fn segment_intake(
 ) -> Result<Response, IntakeError> {
     let route_type = segment_route(&uri)?;
     let header_key = segment_request_key(&state, &headers, &uri)?;
-    let body = read_body(&state, Family::Segment, body).await?;
+    let mut held = InFlight::new(&state);
+    let body = read_body(&state, Family::Segment, body, &mut held).await?;
     let json = decode_segment_body(&body, header_str(&headers, header::CONTENT_ENCODING), decode_limits(&state))
         .map_err(|r| segment_rejected(&state, r))?;
+    hold_decoded(&state, Family::Segment, &mut held, &json)?;
     store_segment(&state, peer, &headers, header_key, &json, route_type).await?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK").into_response())
 }
@@ -482,7 +606,7 @@ async fn store_segment(
     route_type: Option<EventType>,
 ) -> Result<(), IntakeError> {
     let family = Family::Segment;
-    let request = segment::parse_segment_request(json, route_type).map_err(|r| segment_rejected(state, r))?;
+    let request = segment::parse_segment_request(json, route_type, &state.event_limits()).map_err(|r| segment_rejected(state, r))?;
     let key = header_key.or(request.body_write_key.clone()).ok_or_else(|| {
         segment_rejected(state, Rejection::new(401, "missing_write_key", "failed to read writekey from header"))
     })?;
@@ -490,7 +614,7 @@ async fn store_segment(
         .control
         .lookup(KeyKind::WriteKey, &key)
         .ok_or_else(|| segment_rejected(state, Rejection::new(401, "invalid_write_key", "invalid write key")))?;
-    let meta = request_meta(project_id, headers, peer);
+    let meta = request_meta(project_id, headers, peer, &state.config.trusted_proxies);
     let limits = state.event_limits();
     let ctx = segment::SegmentContext { meta: &meta, batch_sent_at: request.sent_at.as_deref(), limits: &limits };
     let normalized = segment::normalize(request.events, &ctx);

@@ -4,7 +4,10 @@
 pub mod api;
 pub mod config;
 pub mod flags;
+pub mod http;
 pub mod intake;
+pub mod keys;
+pub mod outbound;
 pub mod metrics;
 pub mod persons;
 pub mod upstream;
@@ -37,6 +40,8 @@ pub struct Shared {
     pub control: ControlStore,
     pub metrics: Metrics,
     pub flags: flags::FlagRegistry,
+    /// The process-wide budget of request bytes in flight (`limits.max_in_flight_bytes`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     ready: AtomicBool,
     /// Upstream mode: the mirrored project and its mirror.
     mirror: std::sync::OnceLock<(i64, Arc<upstream::MirrorState>)>,
@@ -53,6 +58,10 @@ impl AppState {
     /// Opens the stores under `config.data_dir` (creating them and the default project on
     /// first start). Returns the default project's keys when they were created now.
     pub fn open(config: Config) -> anyhow::Result<(AppState, Option<NewProjectKeys>)> {
+        config.validate()?;
+        if let Some(ca_file) = &config.tls.ca_file {
+            outbound::extra_roots(ca_file)?;
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data directory {}: {e}", config.data_dir.display())
         })?;
@@ -74,11 +83,24 @@ impl AppState {
                 queue_capacity: config.log.queue_capacity,
                 max_txn_events: config.log.max_txn_events,
                 max_size_bytes: config.log.max_size_bytes,
+                counted_files: vec![config.data_dir.join("control.db")],
+                quarantine_raw_bytes: config.log.quarantine_raw_bytes.min(config.limits.max_event_bytes),
+                retention: config.log.retention_days.map(|days| Duration::from_secs(u64::from(days) * 86_400)),
+                retention_consumers: vec![persons::CONSUMER.to_owned()],
+                on_retention: Some(switchyard_store::RetentionObserver(Arc::new({
+                    let deleted = metrics.log_retention_deleted.clone();
+                    move |pass| {
+                        deleted.get_or_create(&metrics::TableLabels { table: "events" }).inc_by(pass.events);
+                        deleted.get_or_create(&metrics::TableLabels { table: "quarantine" }).inc_by(pass.quarantine);
+                    }
+                }))),
                 on_commit: Some(CommitObserver(Arc::new(move |events| transaction_events.observe(events as f64)))),
                 ..SqliteLogConfig::default()
             },
         )?;
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight_bytes));
         let state = AppState(Arc::new(Shared {
+            in_flight,
             config,
             log,
             control,
@@ -105,12 +127,19 @@ impl AppState {
             max_event_name_chars: l.max_event_name_chars,
             max_properties: l.max_properties,
             max_depth: l.max_depth,
+            max_events_per_request: l.max_events_per_request,
         }
     }
 
-    /// Ready: stores open, flags loaded (in upstream mode: a snapshot to serve), not stopping.
+    /// Intake is ready: stores open, not stopping. A down upstream never takes intake out of
+    /// rotation.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.flags.mirrors_loaded()
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Flags are ready too: loaded (in upstream mode: a snapshot to serve).
+    pub fn flags_ready(&self) -> bool {
+        self.is_ready() && self.flags.mirrors_loaded()
     }
 }
 
@@ -124,6 +153,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/_liveness", get(|| async { "ok" }))
         .route("/_readiness", get(readiness))
+        .route("/_readiness/flags", get(flags_readiness))
         .route("/metrics", get(metrics_endpoint))
         .route("/array/{token}/config", get(intake::posthog_remote_config))
         .route("/array/{token}/config.js", get(intake::posthog_remote_config_js))
@@ -135,6 +165,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/projects/{project_id}/persons/", get(persons::get_person))
         .route("/api/projects/{project_id}/groups", get(persons::get_group))
         .route("/api/projects/{project_id}/groups/", get(persons::get_group));
+    for suffix in ["", "/"] {
+        router = router
+            .route(&format!("/api/projects/{{project_id}}/keys{suffix}"), get(keys::list_keys).post(keys::create_key))
+            .route(&format!("/api/projects/{{project_id}}/keys/{{id}}{suffix}"), axum::routing::delete(keys::revoke_key));
+    }
     // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
     // too (axum would answer it as a GET: link checkers would send events).
     let capture = get(intake::posthog_capture).post(intake::posthog_capture).head(method_not_allowed);
@@ -156,7 +191,11 @@ pub fn app(state: AppState) -> Router {
         let base = "/api/projects/{project_id}/feature_flags";
         router = router
             .route(&format!("{base}{suffix}"), get(flags::list_flags).post(flags::create_flag))
-            .route(&format!("{base}/import{suffix}"), post(flags::import_flags))
+            // A whole project's export: up to `limits.max_request_bytes`, not axum's 2 MiB.
+            .route(
+                &format!("{base}/import{suffix}"),
+                post(flags::import_flags).layer(axum::extract::DefaultBodyLimit::max(state.config.limits.max_request_bytes)),
+            )
             .route(&format!("{base}/activity{suffix}"), get(flags::flag_activity))
             .route(
                 &format!("{base}/{{id}}{suffix}"),
@@ -189,6 +228,14 @@ async fn readiness(State(state): State<AppState>) -> Response {
     }
 }
 
+async fn flags_readiness(State(state): State<AppState>) -> Response {
+    if state.flags_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "flags not loaded").into_response()
+    }
+}
+
 /// For HEAD on routes whose GET stores events.
 async fn method_not_allowed() -> StatusCode {
     StatusCode::METHOD_NOT_ALLOWED
@@ -206,15 +253,34 @@ async fn metrics_endpoint(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Counts every answered request by route and status, and adds CORS for browsers: mirror the
-/// origin and requested headers, allow credentials (as PostHog's capture does); preflights are
-/// answered here. One middleware rather than two: each layer costs a service clone per request.
+/// The routes browsers' SDKs call (capture, `/flags`, `/decide`, remote config, OFREP,
+/// RudderStack's intake, beacon and pixel routes): the only ones with CORS. Management APIs,
+/// local evaluation (secret key), `/metrics` and health checks are for servers and operators,
+/// so no web page gets to read them, whatever key it holds.
+fn browser_route(route: &str) -> bool {
+    let path = route.strip_suffix('/').unwrap_or(route);
+    POSTHOG_CAPTURE_PATHS.contains(&path)
+        || path == "/flags"
+        || path == "/decide"
+        || ["/array/", "/ofrep/", "/v1/", "/beacon/", "/pixel/"].iter().any(|prefix| path.starts_with(prefix))
+}
+
+/// Counts every answered request by route and status, and adds CORS on browser routes
+/// ([`browser_route`]): mirror the origin and requested headers, allow credentials (as PostHog's
+/// capture does); their preflights are answered here. Other routes get no CORS headers, and
+/// their preflights go to the router (405, or 404). One middleware rather than two: each layer
+/// costs a service clone per request.
 async fn cors_and_count(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    if !browser_route(&route) {
+        let response = next.run(request).await;
+        state.metrics.http_requests.get_or_create(&RouteLabels { route, status: response.status().as_u16() }).inc();
+        return response;
+    }
     let origin = request.headers().get(header::ORIGIN).cloned();
     let requested_headers = request.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let preflight = request.method() == Method::OPTIONS;
@@ -268,12 +334,20 @@ pub async fn serve(
     let poller = state.mirror.get().map(|(project_id, mirror)| {
         tokio::spawn(upstream::run(state.clone(), *project_id, state.config.upstream.clone(), mirror.clone(), processor_stop))
     });
-    let mut server = tokio::spawn(
-        std::future::IntoFuture::into_future(axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(graceful)),
-    );
+    let (stop_connections, connections_stop) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(http::serve_connections(
+        listener,
+        router,
+        state.config.http.clone(),
+        state.metrics.connections.clone(),
+        connections_stop,
+    ));
+    tokio::spawn(async move {
+        graceful.await;
+        let _ = stop_connections.send(true);
+    });
     let served = tokio::select! {
-        result = &mut server => Some(result),
+        result = &mut server => Some(result.map(Ok::<(), std::io::Error>)),
         _ = stopping_rx.changed() => None,
     };
     let result = match served {
@@ -281,7 +355,7 @@ pub async fn serve(
         None => {
             let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
             match tokio::time::timeout(drain, &mut server).await {
-                Ok(result) => result,
+                Ok(result) => result.map(Ok),
                 Err(_) => {
                     tracing::warn!(?drain, "in-flight requests did not finish in time; closing them");
                     server.abort();

@@ -29,8 +29,38 @@ pub struct FlagLabels {
     pub variant: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `answered_503` (past the cap, one request answered) or `closed` (closed at once).
+    pub outcome: &'static str,
+}
+
+/// The connection metrics the accept loop updates.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections past `http.max_connections`, by what became of them.
+    pub refused: Family<ConnectionLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `events` or `quarantine`.
+    pub table: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Rows retention (`log.retention_days`) deleted from the event log, by table.
+    pub log_retention_deleted: Family<TableLabels, Counter>,
+    /// Person or group properties the person processor dropped: the person or group was at
+    /// `limits.max_person_properties` or `limits.max_person_properties_bytes`.
+    pub person_properties_dropped: Counter,
+    /// Connections open, and those refused past the cap.
+    pub connections: ConnectionMetrics,
+    /// Requests answered 503 because `limits.max_in_flight_bytes` was reached.
+    pub in_flight_refused: Counter,
     /// HTTP requests answered, by matched route and status.
     pub http_requests: Family<RouteLabels, Counter>,
     /// Events durably written to the event log, by protocol.
@@ -56,6 +86,10 @@ pub struct Metrics {
     pub flags_snapshot_stale: Gauge,
     /// Failed polls of the upstream PostHog.
     pub flags_upstream_failures: Counter,
+    /// Upstream flag snapshots refused (the last good one kept), by reason: `invalid_json`,
+    /// `invalid_definition`, `dependency_cycle_flag`, `dependency_cycle_cohort`,
+    /// `dependency_too_deep`.
+    pub flags_upstream_rejected: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,10 +123,34 @@ impl Default for Metrics {
         registry.register("flags_snapshot_stale", "Whether the upstream flag snapshot is stale", flags_snapshot_stale.clone());
         let flags_upstream_failures = Counter::default();
         registry.register("flags_upstream_failures", "Failed polls of the upstream PostHog", flags_upstream_failures.clone());
+        let flags_upstream_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "flags_upstream_rejected",
+            "Upstream flag snapshots refused by validation (the last good one kept), by reason",
+            flags_upstream_rejected.clone(),
+        );
+        let connections = ConnectionMetrics { open: Gauge::default(), refused: Family::default() };
+        registry.register("http_connections_open", "HTTP connections open now", connections.open.clone());
+        registry.register("http_connections_refused", "Connections past http.max_connections, by outcome", connections.refused.clone());
+        let in_flight_refused = Counter::default();
+        registry.register("in_flight_refused", "Requests answered 503 because limits.max_in_flight_bytes was reached", in_flight_refused.clone());
+        let log_retention_deleted = Family::<TableLabels, Counter>::default();
+        registry.register("log_retention_deleted", "Rows retention deleted from the event log, by table", log_retention_deleted.clone());
+        let person_properties_dropped = Counter::default();
+        registry.register(
+            "person_properties_dropped",
+            "Person or group properties dropped at limits.max_person_properties or limits.max_person_properties_bytes",
+            person_properties_dropped.clone(),
+        );
         Metrics {
+            log_retention_deleted,
+            person_properties_dropped,
+            connections,
+            in_flight_refused,
             flags_snapshot_age,
             flags_snapshot_stale,
             flags_upstream_failures,
+            flags_upstream_rejected,
             flag_evaluations,
             flag_evaluation_latency,
             registry,

@@ -8,13 +8,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use switchyard_event::Event;
-use switchyard_store::{EventLog, Selection};
+use switchyard_store::{EventLog, PropertyLimits, Selection};
 use tokio::sync::watch;
 
 use crate::api::{authorize, ApiError};
 use crate::AppState;
 
-const CONSUMER: &str = "persons";
+/// The person processor's cursor in the event log.
+pub const CONSUMER: &str = "persons";
 const BATCH: usize = 2000;
 
 /// Runs until `stop` turns true: reads the log after the committed cursor, applies the events,
@@ -43,7 +44,18 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 async fn process_batch(state: &AppState) -> anyhow::Result<usize> {
     let batch = state.log.read(CONSUMER, BATCH, Selection::PersonUpdates).await?;
     let Some(position) = batch.position else { return Ok(0) };
-    let entries = batch.entries;
+    let read = batch.entries.len();
+    // Parsing and the control store's work run on a blocking thread, never on the async
+    // workers that serve requests.
+    let worker = state.clone();
+    tokio::task::spawn_blocking(move || apply(&worker, batch.entries)).await??;
+    state.log.commit(CONSUMER, position).await?;
+    Ok(read)
+}
+
+/// Applies logged events to persons and groups (in small transactions, see
+/// `ControlStore::apply_person_events`), then reloads the flags of projects with a new group type.
+fn apply(state: &AppState, entries: Vec<switchyard_store::LogEntry>) -> anyhow::Result<()> {
     let mut events = Vec::with_capacity(entries.len());
     for entry in &entries {
         match serde_json::from_str::<Event>(&entry.body) {
@@ -51,13 +63,25 @@ async fn process_batch(state: &AppState) -> anyhow::Result<usize> {
             Err(error) => tracing::error!(seq = entry.seq, %error, "logged event is not readable; skipped by the person processor"),
         }
     }
-    let worker = state.clone();
-    let changed = tokio::task::spawn_blocking(move || worker.control.apply_person_events(&events)).await??;
-    for project_id in changed {
+    drop(entries);
+    let limits = PropertyLimits {
+        max_properties: state.config.limits.max_person_properties,
+        max_bytes: state.config.limits.max_person_properties_bytes,
+    };
+    let applied = state.control.apply_person_events(&events, limits)?;
+    if applied.dropped_properties > 0 {
+        state.metrics.person_properties_dropped.inc_by(applied.dropped_properties);
+        tracing::warn!(
+            dropped = applied.dropped_properties,
+            max_properties = limits.max_properties,
+            max_bytes = limits.max_bytes,
+            "properties dropped: persons or groups at their limits (limits.max_person_properties, limits.max_person_properties_bytes)"
+        );
+    }
+    for project_id in applied.new_group_types {
         state.flags.reload(&state.control, project_id)?;
     }
-    state.log.commit(CONSUMER, position).await?;
-    Ok(entries.len())
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
@@ -74,7 +98,11 @@ pub async fn get_person(
 ) -> Result<Response, ApiError> {
     let project_id = authorize(&state, &headers, &project)?;
     let Query(p) = params.map_err(|_| ApiError::invalid("distinct_id", "`distinct_id` is required"))?;
-    let person = state.control.person(project_id, &p.distinct_id).map_err(ApiError::unavailable)?;
+    let store = state.clone();
+    let person = tokio::task::spawn_blocking(move || store.control.person(project_id, &p.distinct_id))
+        .await
+        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::unavailable)?;
     Ok(axum::Json(json!({"results": person.into_iter().collect::<Vec<_>>(), "next": null})).into_response())
 }
 
@@ -93,7 +121,12 @@ pub async fn get_group(
 ) -> Result<Response, ApiError> {
     let project_id = authorize(&state, &headers, &project)?;
     let Query(p) = params.map_err(|_| ApiError::invalid("group_type", "`group_type` and `group_key` are required"))?;
-    match state.control.group(project_id, &p.group_type, &p.group_key).map_err(ApiError::unavailable)? {
+    let store = state.clone();
+    let group = tokio::task::spawn_blocking(move || store.control.group(project_id, &p.group_type, &p.group_key))
+        .await
+        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::unavailable)?;
+    match group {
         Some(group) => Ok(axum::Json(json!({"results": [group], "next": null})).into_response()),
         None => Ok((StatusCode::OK, axum::Json(json!({"results": [], "next": null}))).into_response()),
     }

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::config::UpstreamSettings;
-use crate::flags::project_flags_from_posthog;
+use crate::flags::{persisted_project_flags, project_flags_from_posthog, SnapshotRejected};
+use crate::metrics::ReasonLabels;
 use crate::AppState;
 
 /// What the mirror knows about its snapshot.
@@ -20,14 +21,13 @@ pub struct MirrorState {
     interval: Duration,
     /// When the snapshot being served was last confirmed by upstream.
     fetched_at: Mutex<Option<DateTime<Utc>>>,
-    last_error: Mutex<Option<String>>,
     failing: AtomicBool,
     etag: Mutex<Option<String>>,
 }
 
 impl MirrorState {
     pub fn new(interval: Duration) -> Self {
-        MirrorState { interval, fetched_at: Mutex::new(None), last_error: Mutex::new(None), failing: AtomicBool::new(false), etag: Mutex::new(None) }
+        MirrorState { interval, fetched_at: Mutex::new(None), failing: AtomicBool::new(false), etag: Mutex::new(None) }
     }
 
     pub fn age_seconds(&self) -> Option<i64> {
@@ -46,7 +46,6 @@ impl MirrorState {
             "fetched_at": self.fetched_at.lock().expect("mirror lock").map(|t| t.to_rfc3339()),
             "age_seconds": self.age_seconds(),
             "stale": self.is_stale(),
-            "last_error": *self.last_error.lock().expect("mirror lock"),
         })
     }
 }
@@ -57,7 +56,9 @@ pub fn restore(state: &AppState, project_id: i64, settings: &UpstreamSettings) -
     state.flags.set_mirrored(project_id, mirror.clone());
     if let Some((body, fetched_at)) = state.control.load_flag_snapshot(project_id)? {
         let value: Value = serde_json::from_str(&body)?;
-        let flags = project_flags_from_posthog(&value).map_err(|e| anyhow::anyhow!("persisted flag snapshot: {e}"))?;
+        // Persisted by this or an older version (which did not check definitions): served
+        // whatever it holds; a broken flag evaluates to an error instead of stopping the start.
+        let flags = persisted_project_flags(&value).map_err(|e| anyhow::anyhow!("persisted flag snapshot: {e}"))?;
         state.flags.install(project_id, flags);
         *mirror.fetched_at.lock().expect("mirror lock") = DateTime::parse_from_rfc3339(&fetched_at).ok().map(|t| t.with_timezone(&Utc));
         tracing::info!(%fetched_at, "serving the persisted upstream flag snapshot until upstream answers");
@@ -67,7 +68,9 @@ pub fn restore(state: &AppState, project_id: i64, settings: &UpstreamSettings) -
 
 /// Polls upstream until `stop`.
 pub async fn run(state: AppState, project_id: i64, settings: UpstreamSettings, mirror: Arc<MirrorState>, mut stop: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(settings.timeout_secs)).build() {
+    let client = match crate::outbound::client(state.config.tls.ca_file.as_deref())
+        .and_then(|builder| Ok(builder.timeout(Duration::from_secs(settings.timeout_secs)).build()?))
+    {
         Ok(c) => c,
         Err(error) => {
             tracing::error!(%error, "cannot build the upstream HTTP client");
@@ -78,12 +81,10 @@ pub async fn run(state: AppState, project_id: i64, settings: UpstreamSettings, m
         match fetch(&state, &client, project_id, &settings, &mirror).await {
             Ok(()) => {
                 mirror.failing.store(false, Ordering::SeqCst);
-                *mirror.last_error.lock().expect("mirror lock") = None;
             }
             Err(error) => {
                 tracing::warn!(%error, "upstream flags unavailable; serving the last snapshot");
                 mirror.failing.store(true, Ordering::SeqCst);
-                *mirror.last_error.lock().expect("mirror lock") = Some(error.to_string());
                 state.metrics.flags_upstream_failures.inc();
             }
         }
@@ -121,9 +122,20 @@ async fn fetch(state: &AppState, client: &reqwest::Client, project_id: i64, sett
         anyhow::bail!("upstream answered {}", response.status());
     }
     let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = response.text().await?;
-    let value: Value = serde_json::from_str(&body)?;
-    let flags = project_flags_from_posthog(&value).map_err(|e| anyhow::anyhow!("upstream snapshot rejected: {e}"))?;
+    let body = String::from_utf8(crate::outbound::read_limited(response, settings.max_response_bytes).await?)?;
+    // A snapshot that is not sound is never swapped in nor persisted: the last good one keeps
+    // being served (marked stale), and the refusal is counted by reason and logged.
+    let flags = serde_json::from_str::<Value>(&body)
+        .map_err(|e| SnapshotRejected { reason: "invalid_json", message: format!("not JSON: {e}") })
+        .and_then(|value| project_flags_from_posthog(&value));
+    let flags = match flags {
+        Ok(flags) => flags,
+        Err(rejected) => {
+            state.metrics.flags_upstream_rejected.get_or_create(&ReasonLabels { reason: rejected.reason }).inc();
+            tracing::warn!(reason = rejected.reason, error = %rejected, "upstream flag snapshot refused; the last good one is kept");
+            anyhow::bail!("upstream snapshot rejected ({}): {rejected}", rejected.reason);
+        }
+    };
     state.control.save_flag_snapshot(project_id, &body, &now.to_rfc3339())?;
     state.flags.install(project_id, flags);
     *mirror.fetched_at.lock().expect("mirror lock") = Some(now);

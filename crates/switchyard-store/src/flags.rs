@@ -123,27 +123,9 @@ impl ControlStore {
         definition: Map<String, Value>,
         key_id: Option<i64>,
     ) -> Result<StoredFlag, ControlError> {
-        let definition = strip_store_fields(definition);
-        let text = serde_json::to_string(&definition).expect("JSON serializes");
-        let at = now();
         let mut conn = self.conn.lock().expect("control lock");
         let tx = conn.transaction()?;
-        ensure_key_free(&tx, project_id, key, None)?;
-        tx.execute(
-            "INSERT INTO feature_flags (project_id, key, definition, version, deleted, created_at, updated_at) VALUES (?1, ?2, ?3, 1, 0, ?4, ?4)",
-            params![project_id, key, text, at],
-        )?;
-        let flag = StoredFlag {
-            id: tx.last_insert_rowid(),
-            project_id,
-            key: key.to_owned(),
-            version: 1,
-            deleted: false,
-            created_at: at.clone(),
-            updated_at: at.clone(),
-            definition,
-        };
-        audit(&tx, &flag, &at, key_id, "created", None, Some(flag.to_posthog_json()))?;
+        let flag = insert_flag(&tx, project_id, key, definition, key_id, &now())?;
         tx.commit()?;
         Ok(flag)
     }
@@ -161,41 +143,55 @@ impl ControlStore {
         deleted: bool,
         key_id: Option<i64>,
     ) -> Result<StoredFlag, ControlError> {
-        let definition = strip_store_fields(definition);
-        let text = serde_json::to_string(&definition).expect("JSON serializes");
-        let at = now();
         let mut conn = self.conn.lock().expect("control lock");
         let tx = conn.transaction()?;
-        let before = tx
-            .query_row(&format!("SELECT {FLAG_COLUMNS} FROM feature_flags WHERE project_id = ?1 AND id = ?2"), params![project_id, id], flag_from_row)
-            .optional()?
-            .map(parse_flag)
-            .ok_or(ControlError::FlagNotFound)??;
-        if let Some(expected) = expected_version {
-            if expected != before.version {
-                return Err(ControlError::VersionConflict { current: before.version, expected });
-            }
-        }
-        if !deleted && key != before.key {
-            ensure_key_free(&tx, project_id, key, Some(id))?;
-        }
-        let version = before.version + 1;
-        tx.execute(
-            "UPDATE feature_flags SET key = ?3, definition = ?4, version = ?5, deleted = ?6, updated_at = ?7 WHERE project_id = ?1 AND id = ?2",
-            params![project_id, id, key, text, version, deleted, at],
-        )?;
-        let after = StoredFlag {
-            key: key.to_owned(),
-            version,
-            deleted,
-            updated_at: at.clone(),
-            definition,
-            ..before.clone()
-        };
-        let action = if deleted && !before.deleted { "deleted" } else { "updated" };
-        audit(&tx, &after, &at, key_id, action, Some(before.to_posthog_json()), Some(after.to_posthog_json()))?;
+        let change = FlagChange { id, expected_version, key, definition, deleted };
+        let flag = replace_flag(&tx, project_id, change, key_id, &now())?;
         tx.commit()?;
-        Ok(after)
+        Ok(flag)
+    }
+
+    /// Stores an import in one transaction, all or nothing: group types, cohorts, then flags
+    /// (created, or the live flag of that id updated, each version bumped and audited).
+    pub fn import_definitions(&self, project_id: i64, import: FlagImport, key_id: Option<i64>) -> Result<ImportCounts, ControlError> {
+        let at = now();
+        let mut counts = ImportCounts::default();
+        {
+            let mut conn = self.conn.lock().expect("control lock");
+            let tx = conn.transaction()?;
+            for (index, name) in &import.group_types {
+                tx.execute(
+                    "INSERT INTO group_types (project_id, group_type_index, group_type) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (project_id, group_type_index) DO UPDATE SET group_type = excluded.group_type",
+                    params![project_id, index, name],
+                )?;
+            }
+            for (id, definition) in &import.cohorts {
+                tx.execute(
+                    "INSERT INTO cohorts (project_id, id, definition) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (project_id, id) DO UPDATE SET definition = excluded.definition",
+                    params![project_id, id, definition.to_string()],
+                )?;
+            }
+            for flag in import.flags {
+                match flag.existing_id {
+                    Some(id) => {
+                        let change = FlagChange { id, expected_version: None, key: &flag.key, definition: flag.definition, deleted: false };
+                        replace_flag(&tx, project_id, change, key_id, &at)?;
+                        counts.updated += 1;
+                    }
+                    None => {
+                        insert_flag(&tx, project_id, &flag.key, flag.definition, key_id, &at)?;
+                        counts.created += 1;
+                    }
+                }
+            }
+            tx.commit()?;
+        }
+        if !import.group_types.is_empty() {
+            self.refresh_group_types()?;
+        }
+        Ok(counts)
     }
 
     /// The audit log of a project's flags (or one flag), newest first.
@@ -291,6 +287,103 @@ impl ControlStore {
         )?;
         Ok(())
     }
+}
+
+/// What an import stores (see [`ControlStore::import_definitions`]).
+#[derive(Debug, Default)]
+pub struct FlagImport {
+    /// Group type index → name.
+    pub group_types: Vec<(i64, String)>,
+    /// Cohort id → its property groups.
+    pub cohorts: Vec<(i64, Value)>,
+    pub flags: Vec<ImportedFlag>,
+}
+
+/// One flag of an import: created, or the live flag `existing_id` updated.
+#[derive(Debug)]
+pub struct ImportedFlag {
+    pub existing_id: Option<i64>,
+    pub key: String,
+    pub definition: Map<String, Value>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImportCounts {
+    pub created: usize,
+    pub updated: usize,
+}
+
+fn insert_flag(
+    tx: &rusqlite::Transaction<'_>,
+    project_id: i64,
+    key: &str,
+    definition: Map<String, Value>,
+    key_id: Option<i64>,
+    at: &str,
+) -> Result<StoredFlag, ControlError> {
+    let definition = strip_store_fields(definition);
+    let text = serde_json::to_string(&definition).expect("JSON serializes");
+    ensure_key_free(tx, project_id, key, None)?;
+    tx.execute(
+        "INSERT INTO feature_flags (project_id, key, definition, version, deleted, created_at, updated_at) VALUES (?1, ?2, ?3, 1, 0, ?4, ?4)",
+        params![project_id, key, text, at],
+    )?;
+    let flag = StoredFlag {
+        id: tx.last_insert_rowid(),
+        project_id,
+        key: key.to_owned(),
+        version: 1,
+        deleted: false,
+        created_at: at.to_owned(),
+        updated_at: at.to_owned(),
+        definition,
+    };
+    audit(tx, &flag, at, key_id, "created", None, Some(flag.to_posthog_json()))?;
+    Ok(flag)
+}
+
+/// A change to one stored flag.
+struct FlagChange<'a> {
+    id: i64,
+    expected_version: Option<i64>,
+    key: &'a str,
+    definition: Map<String, Value>,
+    deleted: bool,
+}
+
+fn replace_flag(tx: &rusqlite::Transaction<'_>, project_id: i64, change: FlagChange<'_>, key_id: Option<i64>, at: &str) -> Result<StoredFlag, ControlError> {
+    let FlagChange { id, expected_version, key, definition, deleted } = change;
+    let definition = strip_store_fields(definition);
+    let text = serde_json::to_string(&definition).expect("JSON serializes");
+    let before = tx
+        .query_row(&format!("SELECT {FLAG_COLUMNS} FROM feature_flags WHERE project_id = ?1 AND id = ?2"), params![project_id, id], flag_from_row)
+        .optional()?
+        .map(parse_flag)
+        .ok_or(ControlError::FlagNotFound)??;
+    if let Some(expected) = expected_version {
+        if expected != before.version {
+            return Err(ControlError::VersionConflict { current: before.version, expected });
+        }
+    }
+    if !deleted && key != before.key {
+        ensure_key_free(tx, project_id, key, Some(id))?;
+    }
+    let version = before.version + 1;
+    tx.execute(
+        "UPDATE feature_flags SET key = ?3, definition = ?4, version = ?5, deleted = ?6, updated_at = ?7 WHERE project_id = ?1 AND id = ?2",
+        params![project_id, id, key, text, version, deleted, at],
+    )?;
+    let after = StoredFlag {
+        key: key.to_owned(),
+        version,
+        deleted,
+        updated_at: at.to_owned(),
+        definition,
+        ..before.clone()
+    };
+    let action = if deleted && !before.deleted { "deleted" } else { "updated" };
+    audit(tx, &after, at, key_id, action, Some(before.to_posthog_json()), Some(after.to_posthog_json()))?;
+    Ok(after)
 }
 
 /// A live flag key belongs to one flag of a project (`except` is the flag being changed).

@@ -6,10 +6,13 @@ pub mod flags;
 pub mod log;
 pub mod persons;
 
-pub use control::{ControlError, ControlStore, ExplicitKeys, KeyKind, KeyRef, NewProjectKeys};
-pub use flags::{AuditEntry, StoredFlag};
-pub use persons::{Group, Person};
+pub use control::{
+    check_key_value, ControlError, ControlStore, CreatedKey, ExplicitKeys, KeyInfo, KeyKind, KeyOrigin, KeyRef, NewProjectKeys,
+    MIN_SECRET_KEY_CHARS,
+};
+pub use flags::{AuditEntry, FlagImport, ImportCounts, ImportedFlag, StoredFlag};
+pub use persons::{AppliedEvents, Group, Person, PropertyLimits};
 pub use log::{
     AppendBatch, AppendReceipt, EventLog, EventQuery, LogEntry, LogError, LogRecord,
-    CommitObserver, QuarantineEntry, QuarantineQuery, QuarantineRecord, ReadBatch, Selection, SqliteLog, SqliteLogConfig,
+    CommitObserver, QuarantineEntry, QuarantineQuery, QuarantineRecord, ReadBatch, RetentionObserver, RetentionPass, Selection, SqliteLog, SqliteLogConfig,
 };

@@ -22,6 +22,15 @@
 //! - Closing drains: every batch queued before [`SqliteLog::close`] is committed or answered
 //!   with an error before the writer exits.
 //!
+//! # Staying bounded
+//!
+//! - A quarantined raw form longer than `quarantine_raw_bytes` keeps its first bytes, its size
+//!   and SHA-256 (`cut_quarantined`, in `append`, whoever built the record).
+//! - The size cap counts every database of the data directory (see `SizeCap`).
+//! - Retention deletes old rows, events only behind every consumer's cursor, from the log's
+//!   start, never its newest row (see `retention_pass`).
+//! - Inspection queries stop at a byte budget (`max_bytes`).
+//!
 //! # Restart
 //!
 //! Nothing is kept in memory that SQLite does not have: on restart the log is the database.
@@ -75,7 +84,9 @@ impl LogRecord {
     }
 }
 
-/// An invalid event kept with its reason and raw form.
+/// An invalid event kept with its reason and raw form. A raw form longer than
+/// [`SqliteLogConfig::quarantine_raw_bytes`] is kept as its first bytes, with its size and
+/// SHA-256 beside them (done by [`SqliteLog`]'s `append`, whoever built the record).
 #[derive(Debug, Clone)]
 pub struct QuarantineRecord {
     pub project_id: i64,
@@ -214,6 +225,9 @@ pub struct EventQuery {
     /// Only entries with a seq below this (pagination cursor).
     pub before_seq: Option<i64>,
     pub limit: usize,
+    /// Stop adding results once their bodies add up to this many bytes (the one that passes it
+    /// included, so a page always makes progress). None: only `limit` bounds the answer.
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -222,6 +236,8 @@ pub struct QuarantineQuery {
     pub code: Option<String>,
     pub before_seq: Option<i64>,
     pub limit: usize,
+    /// As [`EventQuery::max_bytes`], counting the raw forms.
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -231,7 +247,36 @@ pub struct QuarantineEntry {
     pub received_at: String,
     pub code: String,
     pub reason: String,
+    /// The raw form, or its first bytes when `raw_sha256` is set.
     pub raw: String,
+    /// The raw form's size in bytes, when only its first bytes were kept.
+    pub raw_size: Option<i64>,
+    /// The whole raw form's SHA-256 (hex), when only its first bytes were kept.
+    pub raw_sha256: Option<String>,
+}
+
+impl QuarantineEntry {
+    /// Whether only the first bytes of the raw form were kept.
+    pub fn raw_truncated(&self) -> bool {
+        self.raw_sha256.is_some()
+    }
+}
+
+/// What one retention pass deleted (see [`SqliteLogConfig::retention`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPass {
+    pub events: u64,
+    pub quarantine: u64,
+}
+
+/// Called after every retention pass with what it deleted (zeros included), for metrics.
+#[derive(Clone)]
+pub struct RetentionObserver(pub Arc<dyn Fn(RetentionPass) + Send + Sync>);
+
+impl std::fmt::Debug for RetentionObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetentionObserver")
+    }
 }
 
 /// Called by the writer after every committed transaction with the number of events
@@ -252,8 +297,29 @@ pub struct SqliteLogConfig {
     pub queue_capacity: usize,
     /// Most events one transaction groups.
     pub max_txn_events: usize,
-    /// Largest size of the log file; appends beyond it fail with `Full`.
+    /// Largest size of everything the data directory's databases hold: the log's database and
+    /// WAL, the trace index's database and WAL, and `counted_files` (with their WALs), all by
+    /// their size on disk. Appends that would pass it fail with `Full` (see `SizeCap`).
     pub max_size_bytes: Option<u64>,
+    /// Other databases whose files (and `-wal` files) count against `max_size_bytes`: the
+    /// control store's.
+    pub counted_files: Vec<std::path::PathBuf>,
+    /// Longest raw form a quarantine row keeps whole; a longer one keeps its first bytes (cut
+    /// at a character boundary), its size and SHA-256.
+    pub quarantine_raw_bytes: usize,
+    /// Delete events and quarantine rows received longer ago than this, once every consumer's
+    /// cursor is past them (see `retention_loop`). None: keep everything.
+    pub retention: Option<Duration>,
+    /// Time between retention passes.
+    pub retention_interval: Duration,
+    /// Most rows one retention transaction deletes.
+    pub retention_batch: usize,
+    /// Consumers that must have read an event before retention deletes it even before their
+    /// first commit (a missing cursor is position 0). Every cursor in the log counts besides,
+    /// and the trace index's.
+    pub retention_consumers: Vec<String>,
+    /// Told about every retention pass.
+    pub on_retention: Option<RetentionObserver>,
     /// WAL length in frames (pages) at which the WAL is started over (see `checkpoint_loop`).
     pub restart_wal_frames: i64,
     /// Told about every committed transaction that held events.
@@ -269,6 +335,13 @@ impl Default for SqliteLogConfig {
             queue_capacity: 4096,
             max_txn_events: 20_000,
             max_size_bytes: None,
+            counted_files: Vec::new(),
+            quarantine_raw_bytes: QUARANTINE_RAW_BYTES,
+            retention: None,
+            retention_interval: Duration::from_secs(60),
+            retention_batch: 5_000,
+            retention_consumers: Vec::new(),
+            on_retention: None,
             restart_wal_frames: RESTART_WAL_FRAMES,
             on_commit: None,
             cached_tail_bytes: CACHED_TAIL_BYTES,
@@ -276,10 +349,44 @@ impl Default for SqliteLogConfig {
     }
 }
 
+/// Default longest raw form a quarantine row keeps whole: 64 KiB.
+pub const QUARANTINE_RAW_BYTES: usize = 64 << 10;
+
+/// What is kept of a raw form cut to its first bytes: its whole size and SHA-256 (hex).
+struct RawDigest {
+    size: i64,
+    sha256: String,
+}
+
+/// Cuts every quarantined raw form of `batch` longer than `max` bytes to its first bytes (at
+/// a character boundary), returning each record's digest (None: kept whole).
+fn cut_quarantined(batch: &mut AppendBatch, max: usize) -> Vec<Option<RawDigest>> {
+    use sha2::{Digest, Sha256};
+    batch
+        .quarantined
+        .iter_mut()
+        .map(|q| {
+            if q.raw.len() <= max {
+                return None;
+            }
+            let digest = Sha256::digest(q.raw.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            let size = q.raw.len() as i64;
+            let mut end = max;
+            while !q.raw.is_char_boundary(end) {
+                end -= 1;
+            }
+            q.raw.truncate(end);
+            q.raw.shrink_to_fit();
+            Some(RawDigest { size, sha256: digest })
+        })
+        .collect()
+}
+
 enum WriteOp {
     /// Answered with the batch itself, so that the appending task frees its events (on its
     /// own thread, where the allocator frees fastest) and the writer goes on to the next group.
-    Append(AppendBatch, oneshot::Sender<Result<(AppendReceipt, AppendBatch), LogError>>),
+    /// With the digests of the quarantined raw forms that were cut (see `cut_quarantined`).
+    Append(AppendBatch, Vec<Option<RawDigest>>, oneshot::Sender<Result<(AppendReceipt, AppendBatch), LogError>>),
     Commit(String, i64, oneshot::Sender<Result<(), LogError>>),
     /// From the checkpoint thread: the WAL is long and mostly copied back; checkpoint the
     /// rest between two groups, so the next transaction starts the WAL over. The checkpoint
@@ -307,6 +414,7 @@ pub struct SqliteLog {
     background: Mutex<Vec<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: std::path::PathBuf,
+    quarantine_raw_bytes: usize,
     /// The database file, which the checkpoint thread syncs after its passes. Declared last so
     /// it closes after every connection: closing any descriptor of a file drops the process's
     /// POSIX locks on it, SQLite's included.
@@ -337,7 +445,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     received_at TEXT NOT NULL,
     code TEXT NOT NULL,
     reason TEXT NOT NULL,
-    raw TEXT NOT NULL
+    raw TEXT NOT NULL,
+    -- Set when `raw` holds only the first bytes of the raw form: its size and SHA-256.
+    raw_size INTEGER,
+    raw_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT PRIMARY KEY,
@@ -375,6 +486,18 @@ CREATE TABLE IF NOT EXISTS built_from (
     log_id TEXT NOT NULL
 );
 ";
+
+/// Quarantine tables made before raw forms were cut get the columns that describe a cut one.
+fn migrate_quarantine(conn: &Connection) -> Result<(), LogError> {
+    let has_digest: bool =
+        conn.query_row("SELECT count(*) FROM pragma_table_info('quarantine') WHERE name = 'raw_sha256'", [], |r| r.get(0))?;
+    if !has_digest {
+        conn.execute_batch(
+            "BEGIN; ALTER TABLE quarantine ADD COLUMN raw_size INTEGER; ALTER TABLE quarantine ADD COLUMN raw_sha256 TEXT; COMMIT;",
+        )?;
+    }
+    Ok(())
+}
 
 /// Where the trace index of the log at `path` is kept: `events.db` → `events.traces.db`.
 pub fn trace_index_path(path: &Path) -> std::path::PathBuf {
@@ -428,14 +551,30 @@ impl SqliteLog {
     pub fn open(path: &Path, config: SqliteLogConfig) -> Result<Self, LogError> {
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate_quarantine(&conn)?;
         let mut indexer = open_trace_indexer(path)?;
         migrate_trace_index(&mut indexer)?;
         drop_trace_index_of_another_log(&mut indexer)?;
-        if let Some(max) = config.max_size_bytes {
-            let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-            let pages = (max as i64 / page_size).max(16);
-            conn.pragma_update(None, "max_page_count", pages)?;
-        }
+        let mut restart_wal_frames = config.restart_wal_frames.max(1);
+        let size_cap = match config.max_size_bytes {
+            Some(max_bytes) => {
+                let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+                // The WALs count against the cap by their files' size: each is started over (and
+                // its file cut back) at an eighth of the cap, so that they take about that much.
+                let wal_bytes = (max_bytes / 8).clamp(16 * page_size as u64, (RESTART_WAL_FRAMES * page_size) as u64);
+                restart_wal_frames = restart_wal_frames.min(wal_bytes as i64 / page_size);
+                conn.pragma_update(None, "journal_size_limit", wal_bytes as i64)?;
+                indexer.pragma_update(None, "wal_autocheckpoint", (wal_bytes as i64 / page_size / 4).clamp(16, 1000))?;
+                indexer.pragma_update(None, "journal_size_limit", (wal_bytes / 4) as i64)?;
+                let mut others = vec![wal_path(path), trace_index_path(path), wal_path(&trace_index_path(path))];
+                for file in &config.counted_files {
+                    others.push(file.clone());
+                    others.push(wal_path(file));
+                }
+                Some(SizeCap { max_bytes, page_size: page_size as u64, wal: wal_path(path), wal_limit: wal_bytes, others, pages: None })
+            }
+            None => None,
+        };
         let mut readers = Vec::new();
         for _ in 0..2 {
             readers.push(open_reader(path)?);
@@ -444,7 +583,6 @@ impl SqliteLog {
         // connection, PASSIVE, so group commits do not wait for them (see `checkpoint_loop`).
         // SQLite's own checkpoint after a commit is only a backstop, far past the point where
         // the background thread asks the writer to restart the WAL.
-        let restart_wal_frames = config.restart_wal_frames.max(1);
         let cached_tail_bytes = config.cached_tail_bytes;
         conn.pragma_update(None, "wal_autocheckpoint", 4 * restart_wal_frames)?;
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
@@ -472,14 +610,34 @@ impl SqliteLog {
         let max_txn_events = config.max_txn_events.max(1);
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
-            .spawn(move || writer_loop(conn, receiver, max_txn_events, config.on_commit))
+            .spawn(move || writer_loop(conn, receiver, max_txn_events, size_cap, config.on_commit))
             .map_err(|e| LogError::Storage(e.to_string()))?;
+        let mut background = vec![(stop_checkpoints, checkpointer), (stop_indexing, trace_indexer)];
+        if let Some(retention) = config.retention {
+            let settings = Retention {
+                retention,
+                interval: config.retention_interval,
+                batch: config.retention_batch.max(1),
+                consumers: config.retention_consumers,
+                observer: config.on_retention,
+            };
+            let conn = open_reader(path)?;
+            // Deletions need not survive a power loss: the next pass deletes again.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let (stop_retention, retention_stop) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name("event-log-retention".into())
+                .spawn(move || retention_loop(conn, settings, retention_stop))
+                .map_err(|e| LogError::Storage(e.to_string()))?;
+            background.push((stop_retention, thread));
+        }
         Ok(SqliteLog {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
-            background: Mutex::new(vec![(stop_checkpoints, checkpointer), (stop_indexing, trace_indexer)]),
+            background: Mutex::new(background),
             readers: Arc::new(Mutex::new(readers)),
             path: path.to_owned(),
+            quarantine_raw_bytes: config.quarantine_raw_bytes,
             _db_file: db_file,
         })
     }
@@ -565,10 +723,8 @@ impl SqliteLog {
             }
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit));
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args), log_entry)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), log_entry)?;
+            take_up_to(rows, q.max_bytes, |e| e.body.len())
         })
         .await
     }
@@ -577,34 +733,56 @@ impl SqliteLog {
     pub async fn query_quarantine(&self, q: QuarantineQuery) -> Result<Vec<QuarantineEntry>, LogError> {
         self.with_reader(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT seq, protocol, received_at, code, reason, raw FROM quarantine
+                "SELECT seq, protocol, received_at, code, reason, raw, raw_size, raw_sha256 FROM quarantine
                  WHERE project_id = ?1 AND (?2 IS NULL OR code = ?2) AND (?3 IS NULL OR seq < ?3)
                  ORDER BY seq DESC LIMIT ?4",
             )?;
-            let rows = stmt
-                .query_map(params![q.project_id, q.code, q.before_seq, q.limit as i64], |r| {
-                    Ok(QuarantineEntry {
-                        seq: r.get(0)?,
-                        protocol: r.get(1)?,
-                        received_at: r.get(2)?,
-                        code: r.get(3)?,
-                        reason: r.get(4)?,
-                        raw: r.get(5)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let rows = stmt.query_map(params![q.project_id, q.code, q.before_seq, q.limit as i64], |r| {
+                Ok(QuarantineEntry {
+                    seq: r.get(0)?,
+                    protocol: r.get(1)?,
+                    received_at: r.get(2)?,
+                    code: r.get(3)?,
+                    reason: r.get(4)?,
+                    raw: r.get(5)?,
+                    raw_size: r.get(6)?,
+                    raw_sha256: r.get(7)?,
+                })
+            })?;
+            take_up_to(rows, q.max_bytes, |e| e.raw.len() + e.reason.len())
         })
         .await
     }
 }
 
+/// Collects rows until their sizes add up to `max_bytes` (the row that reaches it included):
+/// SQLite reads a row only when asked for it, so the rest is never read.
+fn take_up_to<T>(
+    rows: impl Iterator<Item = rusqlite::Result<T>>,
+    max_bytes: Option<usize>,
+    size: impl Fn(&T) -> usize,
+) -> Result<Vec<T>, LogError> {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for row in rows {
+        let row = row?;
+        total += size(&row);
+        out.push(row);
+        if max_bytes.is_some_and(|max| total >= max) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 impl EventLog for SqliteLog {
-    fn append(&self, batch: AppendBatch) -> BoxFuture<'_, Result<AppendReceipt, LogError>> {
+    fn append(&self, mut batch: AppendBatch) -> BoxFuture<'_, Result<AppendReceipt, LogError>> {
         Box::pin(async move {
             let sender = self.sender()?;
+            // Here, not on the writer thread: hashing a long raw form is the appender's work.
+            let digests = cut_quarantined(&mut batch, self.quarantine_raw_bytes);
             let (reply, answer) = oneshot::channel();
-            sender.try_send(WriteOp::Append(batch, reply)).map_err(|e| match e {
+            sender.try_send(WriteOp::Append(batch, digests, reply)).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => LogError::Closed,
             })?;
@@ -654,10 +832,97 @@ impl EventLog for SqliteLog {
     }
 }
 
+/// `path`'s WAL: `events.db` → `events.db-wal`.
+fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut wal = path.to_owned().into_os_string();
+    wal.push("-wal");
+    wal.into()
+}
+
+/// The size cap ([`SqliteLogConfig::max_size_bytes`]) as the writer applies it. Before every
+/// transaction it measures what the other files hold (the log's WAL, the trace index's database
+/// and WAL, the control store's) and lets the log's database grow only into what is left:
+/// SQLite's `max_page_count`, which fails a transaction that would pass it with SQLITE_FULL
+/// (nothing of it stays). The database is counted by its pages, those still in the WAL
+/// included, so a page in both is counted twice: the cap is reached early, never late. What
+/// one transaction adds to the WAL is counted from the next one on.
+struct SizeCap {
+    max_bytes: u64,
+    page_size: u64,
+    /// The log's WAL.
+    wal: std::path::PathBuf,
+    /// The length the log's WAL file is cut back to when it starts over (`journal_size_limit`).
+    wal_limit: u64,
+    /// Every file counted besides the log's database, its WAL included.
+    others: Vec<std::path::PathBuf>,
+    /// The `max_page_count` set last.
+    pages: Option<i64>,
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+impl SizeCap {
+    /// Sets the database's page budget from what the other files hold now.
+    fn apply(&mut self, conn: &Connection) -> Result<(), LogError> {
+        let others: u64 = self.others.iter().map(|f| file_size(f)).sum();
+        // At least one page: SQLite keeps the limit at the database's size anyway.
+        let pages = (self.max_bytes.saturating_sub(others) / self.page_size).max(1) as i64;
+        if self.pages != Some(pages) {
+            conn.pragma_update(None, "max_page_count", pages)?;
+            self.pages = Some(pages);
+        }
+        Ok(())
+    }
+
+    /// After a transaction failed for the cap: a WAL file longer than its limit (it grew in a
+    /// burst, or a refused transaction spilled pages into it) is copied back and cut to nothing,
+    /// so that it stops counting. Returns whether it was (then the transaction is worth
+    /// another try). Tries again for ~200 ms while the checkpoint thread's pass holds the
+    /// checkpoint lock (a busy answer at once); readers of older snapshots are waited for by the
+    /// writer's busy handler.
+    fn reclaim_wal(&self, conn: &Connection) -> bool {
+        if file_size(&self.wal) <= self.wal_limit {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(200) {
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+                Ok(0) => return true,
+                // Busy: the checkpoint thread's pass, or a reader of an older snapshot.
+                Ok(_) => {}
+                Err(error) if is_io_error(&error) => stop_after_lost_write("a WAL checkpoint for the size cap", &error),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
+                Err(error) => {
+                    tracing::warn!(%error, "WAL checkpoint for the size cap failed");
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+}
+
+/// Writes `ops` in one transaction under the size cap (see [`SizeCap`]).
+fn write_capped(conn: &mut Connection, ops: &[WriteOp], cap: &mut Option<SizeCap>) -> Result<Vec<Option<i64>>, LogError> {
+    let Some(cap) = cap else { return write_group(conn, ops) };
+    cap.apply(conn)?;
+    match write_group(conn, ops) {
+        Err(LogError::Full) if cap.reclaim_wal(conn) => {
+            cap.apply(conn)?;
+            write_group(conn, ops)
+        }
+        result => result,
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut receiver: mpsc::Receiver<WriteOp>,
     max_txn_events: usize,
+    mut size_cap: Option<SizeCap>,
     on_commit: Option<CommitObserver>,
 ) {
     while let Some(first) = receiver.blocking_recv() {
@@ -679,14 +944,14 @@ fn writer_loop(
                 _ => None,
             })
             .collect();
-        match write_group(&mut conn, &ops) {
+        match write_capped(&mut conn, &ops, &mut size_cap) {
             Ok(last_seqs) => answer_committed(ops, last_seqs, events, on_commit.as_ref()),
             Err(error) if requests(&ops) > 1 => {
                 // One request's failure (one too big for the size cap) must not fail the others
                 // grouped with it: each gets a transaction of its own. Only ever after a failure.
                 tracing::warn!(%error, requests = ops.len(), "event log transaction failed; writing its requests one by one");
                 for op in ops {
-                    match write_group(&mut conn, std::slice::from_ref(&op)) {
+                    match write_capped(&mut conn, std::slice::from_ref(&op), &mut size_cap) {
                         Ok(last_seqs) => {
                             let events = op_len(&op);
                             answer_committed(vec![op], last_seqs, events, on_commit.as_ref());
@@ -724,13 +989,13 @@ fn requests(ops: &[WriteOp]) -> usize {
 
 /// Answers the requests of a committed transaction of `events` events.
 fn answer_committed(ops: Vec<WriteOp>, last_seqs: Vec<Option<i64>>, events: usize, on_commit: Option<&CommitObserver>) {
-    let appended: usize = ops.iter().map(|op| if let WriteOp::Append(batch, _) = op { batch.len() } else { 0 }).sum();
+    let appended: usize = ops.iter().map(|op| if let WriteOp::Append(batch, ..) = op { batch.len() } else { 0 }).sum();
     if let (Some(observer), true) = (on_commit, appended > 0) {
         (observer.0)(appended);
     }
     for (op, last_seq) in ops.into_iter().zip(last_seqs) {
         match op {
-            WriteOp::Append(batch, reply) => {
+            WriteOp::Append(batch, _, reply) => {
                 let _ = reply.send(Ok((AppendReceipt { last_seq, transaction_events: events }, batch)));
             }
             WriteOp::Commit(_, _, reply) => {
@@ -749,7 +1014,7 @@ fn answer_failed(ops: Vec<WriteOp>, error: &LogError) {
     }
     for op in ops {
         match op {
-            WriteOp::Append(_, reply) => {
+            WriteOp::Append(_, _, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             WriteOp::Commit(_, _, reply) => {
@@ -944,6 +1209,145 @@ fn index_traces(conn: &mut Connection) -> Result<bool, LogError> {
     Ok(upto < end)
 }
 
+/// What the retention thread is told (see [`SqliteLogConfig::retention`]).
+struct Retention {
+    retention: Duration,
+    interval: Duration,
+    batch: usize,
+    consumers: Vec<String>,
+    observer: Option<RetentionObserver>,
+}
+
+/// Deletes old events and quarantine rows: a pass at start, then one every `interval`, on its
+/// own thread and connection (a reader's, with the trace index attached). Each transaction
+/// deletes at most `batch` rows, a range of seqs at the log's start (a few milliseconds of the
+/// write lock), with a pause between two, so group commits go on in between.
+fn retention_loop(conn: Connection, settings: Retention, stop: std::sync::mpsc::Receiver<()>) {
+    loop {
+        let mut pass = RetentionPass::default();
+        if let Err(error) = retention_pass(&conn, &settings, &stop, &mut pass) {
+            tracing::warn!(%error, "retention pass failed; the next one retries");
+        }
+        if pass != RetentionPass::default() {
+            tracing::debug!(events = pass.events, quarantine = pass.quarantine, "retention pass deleted old rows");
+        }
+        if let Some(observer) = &settings.observer {
+            (observer.0)(pass);
+        }
+        match stop.recv_timeout(settings.interval) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// One retention pass. Events go once they were received before the retention period and
+/// every consumer's cursor is past them (`retention_bound`); quarantine rows once they were
+/// received before it. Both in log order from the start, stopping at the first row that stays,
+/// and never the newest row of a table: seqs are rowids, and SQLite would hand an emptied
+/// table's seqs out again from 1, under the consumers' cursors. The trace index's rows go
+/// with the last event of their block (`drop_trace_runs_of_deleted_blocks`).
+fn retention_pass(
+    conn: &Connection,
+    settings: &Retention,
+    stop: &std::sync::mpsc::Receiver<()>,
+    done: &mut RetentionPass,
+) -> Result<(), LogError> {
+    let Some(cutoff) = chrono::TimeDelta::from_std(settings.retention)
+        .ok()
+        .and_then(|period| chrono::Utc::now().checked_sub_signed(period))
+    else {
+        return Ok(());
+    };
+    let cutoff = switchyard_event::model::format_time(cutoff);
+    let bound = retention_bound(conn, &settings.consumers)?;
+    for (table, bound) in [("events", Some(bound)), ("quarantine", None)] {
+        loop {
+            let deleted = delete_old_prefix(conn, table, &cutoff, bound, settings.batch)?;
+            match table {
+                "events" => done.events += deleted,
+                _ => done.quarantine += deleted,
+            }
+            if deleted < settings.batch as u64 {
+                break;
+            }
+            // A pause between two transactions; and a stop asked for ends the pass here.
+            match stop.recv_timeout(Duration::from_millis(10)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+    if done.events > 0 {
+        drop_trace_runs_of_deleted_blocks(conn)?;
+    }
+    Ok(())
+}
+
+/// The last seq every consumer has read: the least of every cursor in the log, the trace
+/// index's, and 0 for a consumer of `consumers` that never committed.
+fn retention_bound(conn: &Connection, consumers: &[String]) -> Result<i64, LogError> {
+    let mut bound: i64 = conn
+        .query_row("SELECT position FROM traces.cursors WHERE consumer = ?1", [TRACE_INDEX_CURSOR], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut stmt = conn.prepare_cached("SELECT consumer, position FROM main.cursors")?;
+    let mut seen = std::collections::HashSet::new();
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (consumer, position) = row?;
+        bound = bound.min(position);
+        seen.insert(consumer);
+    }
+    if consumers.iter().any(|c| !seen.contains(c)) {
+        return Ok(0);
+    }
+    Ok(bound)
+}
+
+/// Deletes, in one transaction, the rows at the start of `table` (at most `batch`, up to `bound`
+/// and never its newest row) received before `cutoff`, up to the first one that was not.
+/// Returns how many.
+fn delete_old_prefix(conn: &Connection, table: &str, cutoff: &str, bound: Option<i64>, batch: usize) -> Result<u64, LogError> {
+    let newest: Option<i64> = conn.query_row(&format!("SELECT max(seq) FROM main.{table}"), [], |r| r.get(0))?;
+    let Some(newest) = newest else { return Ok(0) };
+    let limit = bound.map_or(newest - 1, |bound| bound.min(newest - 1));
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT seq, received_at < ?1 FROM main.{table} WHERE seq <= ?2 ORDER BY seq LIMIT ?3"))?;
+    let mut upto = None;
+    for row in stmt.query_map(params![cutoff, limit, batch as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))? {
+        match row? {
+            (seq, true) => upto = Some(seq),
+            (_, false) => break,
+        }
+    }
+    drop(stmt);
+    let Some(upto) = upto else { return Ok(0) };
+    // Every row left at or below `upto` was just read as old: one range of the table's B-tree.
+    let deleted = conn.execute(&format!("DELETE FROM main.{table} WHERE seq <= ?1"), [upto])?;
+    Ok(deleted as u64)
+}
+
+/// Drops the trace index's rows of every block of the log retention has emptied. Rows of the
+/// block it is deleting from stay until the block is empty: a trace query reads the events
+/// their seqs name, and a deleted one is simply not found.
+fn drop_trace_runs_of_deleted_blocks(conn: &Connection) -> Result<(), LogError> {
+    let first: Option<i64> = conn.query_row("SELECT min(seq) FROM main.events", [], |r| r.get(0))?;
+    let Some(first) = first else { return Ok(()) };
+    let emptied_below = first >> TRACE_BLOCK_BITS;
+    if emptied_below == 0 {
+        return Ok(());
+    }
+    // One range per project (the index is keyed by project first), each found with a seek.
+    let mut after = i64::MIN;
+    loop {
+        let project: Option<i64> =
+            conn.query_row("SELECT min(project_id) FROM traces.trace_runs WHERE project_id > ?1", [after], |r| r.get(0))?;
+        let Some(project) = project else { return Ok(()) };
+        conn.execute("DELETE FROM traces.trace_runs WHERE project_id = ?1 AND block < ?2", params![project, emptied_below])?;
+        after = project;
+    }
+}
+
 /// An index built from another log (the log's database replaced, or restored from a backup,
 /// the index's kept) points at events this log does not have, and would never index the events
 /// this log has up to its position. Such an index carries another log's identity, or (a backup
@@ -1029,7 +1433,7 @@ fn migrate_trace_index(conn: &mut Connection) -> Result<(), LogError> {
 
 fn op_len(op: &WriteOp) -> usize {
     match op {
-        WriteOp::Append(batch, _) => batch.len(),
+        WriteOp::Append(batch, ..) => batch.len(),
         WriteOp::Commit(..) => 1,
         WriteOp::RestartWal(_) => 0,
     }
@@ -1045,13 +1449,13 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let mut insert_quarantine = tx.prepare_cached(
-            "INSERT INTO quarantine (project_id, protocol, received_at, code, reason, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO quarantine (project_id, protocol, received_at, code, reason, raw, raw_size, raw_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut upsert_cursor = tx.prepare_cached(UPSERT_CURSOR)?;
         for op in ops {
             match op {
-                WriteOp::Append(batch, _) => {
+                WriteOp::Append(batch, digests, _) => {
                     let mut last = None;
                     for r in &batch.events {
                         insert_event.execute(params![
@@ -1068,14 +1472,17 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                         ])?;
                         last = Some(tx.last_insert_rowid());
                     }
-                    for q in &batch.quarantined {
+                    for (i, q) in batch.quarantined.iter().enumerate() {
+                        let digest = digests.get(i).and_then(Option::as_ref);
                         insert_quarantine.execute(params![
                             q.project_id,
                             q.protocol,
                             q.received_at,
                             q.code,
                             q.reason,
-                            q.raw
+                            q.raw,
+                            digest.map(|d| d.size),
+                            digest.map(|d| &d.sha256)
                         ])?;
                     }
                     last_seqs.push(last);

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -19,13 +21,23 @@ use switchyard_event::{Event, EventType};
 
 use crate::control::{ControlError, ControlStore};
 
-/// Cached person properties. `generation` moves on every committed change; a lookup that read
-/// the database under an older generation does not fill the cache.
+/// Cached person properties, shared (`Arc`), bounded in bytes ([`PERSON_CACHE_BYTES`]).
+/// `generation` moves on every committed change; a lookup that read the database under an
+/// older generation does not fill the cache.
 #[derive(Default)]
 pub(crate) struct PersonCache {
     generation: u64,
-    entries: HashMap<(i64, String), Option<Map<String, Value>>>,
+    entries: HashMap<(i64, String), Option<Arc<Map<String, Value>>>>,
+    /// What the entries hold, roughly: their properties' JSON length and keys.
+    bytes: usize,
 }
+
+/// Most bytes the person-property cache holds (properties as JSON, plus keys); past it, it
+/// starts over empty.
+pub const PERSON_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Entries the cache holds at most, whatever their size.
+const PERSON_CACHE_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Person {
@@ -98,12 +110,12 @@ fn save_person(tx: &Transaction<'_>, person: &PersonRow) -> Result<(), ControlEr
     Ok(())
 }
 
-fn apply_updates(properties: &mut Map<String, Value>, event: &Event) {
+fn apply_updates(properties: &mut Capped<'_>, event: &Event) {
     for (k, v) in &event.traits_set_once {
-        properties.entry(k.clone()).or_insert_with(|| v.clone());
+        properties.set_once(k, v);
     }
     for (k, v) in &event.traits {
-        properties.insert(k.clone(), v.clone());
+        properties.set(k, v);
     }
     if let Some(Value::Array(keys)) = event.properties.get("$unset") {
         for key in keys.iter().filter_map(Value::as_str) {
@@ -112,29 +124,140 @@ fn apply_updates(properties: &mut Map<String, Value>, event: &Event) {
     }
 }
 
-impl ControlStore {
-    /// Applies a batch of logged events to persons and groups, in one transaction. Returns the
-    /// projects that got a new group type (their flags need the new mapping).
-    pub fn apply_person_events(&self, events: &[Event]) -> Result<Vec<i64>, ControlError> {
-        let mut conn = self.conn.lock().expect("control lock");
-        let tx = conn.transaction()?;
-        let mut known_group_types = std::collections::HashSet::new();
-        let mut new_group_types = Vec::new();
-        for event in events {
-            apply_one(&tx, event, &mut known_group_types, &mut new_group_types)?;
+/// Bounds on what one person's (or group's) stored properties hold. Properties past them are
+/// dropped (counted in [`AppliedEvents::dropped_properties`]); values already stored stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PropertyLimits {
+    /// Most properties.
+    pub max_properties: usize,
+    /// Longest JSON text of all the properties, in bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for PropertyLimits {
+    fn default() -> Self {
+        PropertyLimits { max_properties: 10_000, max_bytes: 1 << 20 }
+    }
+}
+
+/// What applying a batch of events did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedEvents {
+    /// Projects that got a new group type (their flags need the new mapping).
+    pub new_group_types: Vec<i64>,
+    /// Transactions the batch was committed in.
+    pub transactions: usize,
+    /// Properties left out because a person or group was at its [`PropertyLimits`].
+    pub dropped_properties: u64,
+}
+
+/// Most events one transaction of the person processor applies ...
+pub const EVENTS_PER_TRANSACTION: usize = 100;
+/// ... and the longest it goes on adding events to it. The control store's lock is released
+/// between two transactions, so whatever else needs the store waits about that long at most.
+pub const TRANSACTION_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Counts bytes written.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length of `"key":value,` in a JSON object.
+fn member_bytes(key: &str, value: &Value) -> usize {
+    let mut count = ByteCount(2);
+    let _ = serde_json::to_writer(&mut count, key);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Properties being changed under [`PropertyLimits`], their JSON length kept as they change.
+struct Capped<'a> {
+    properties: &'a mut Map<String, Value>,
+    limits: PropertyLimits,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl<'a> Capped<'a> {
+    fn new(properties: &'a mut Map<String, Value>, limits: PropertyLimits) -> Self {
+        let bytes = 2 + properties.iter().map(|(k, v)| member_bytes(k, v)).sum::<usize>();
+        Capped { properties, limits, bytes, dropped: 0 }
+    }
+
+    /// Sets `key`, unless that would pass a limit (a change that does not grow them passes).
+    fn set(&mut self, key: &str, value: &Value) {
+        let old = self.properties.get(key).map(|old| member_bytes(key, old));
+        let new = member_bytes(key, value);
+        let too_many = old.is_none() && self.properties.len() >= self.limits.max_properties;
+        let too_big = new > old.unwrap_or(0) && self.bytes - old.unwrap_or(0) + new > self.limits.max_bytes;
+        if too_many || too_big {
+            self.dropped += 1;
+            return;
         }
-        tx.commit()?;
-        drop(conn);
-        let mut cache = self.person_cache.lock().expect("cache lock");
-        cache.generation += 1;
-        cache.entries.clear();
-        drop(cache);
-        new_group_types.sort_unstable();
-        new_group_types.dedup();
-        if !new_group_types.is_empty() {
+        self.bytes = self.bytes - old.unwrap_or(0) + new;
+        self.properties.insert(key.to_owned(), value.clone());
+    }
+
+    fn set_once(&mut self, key: &str, value: &Value) {
+        if !self.properties.contains_key(key) {
+            self.set(key, value);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.properties.remove(key) {
+            self.bytes -= member_bytes(key, &old);
+        }
+    }
+}
+
+impl ControlStore {
+    /// Applies a batch of logged events to persons and groups, in small transactions (at most
+    /// [`EVENTS_PER_TRANSACTION`] events, or what fits in [`TRANSACTION_BUDGET`]), releasing
+    /// the store between two, so a batch of heavy `$set`s never holds it for long. Should one
+    /// fail, the transactions before it stay: the updates are idempotent, and the batch is
+    /// applied again.
+    pub fn apply_person_events(&self, events: &[Event], limits: PropertyLimits) -> Result<AppliedEvents, ControlError> {
+        let mut applied = AppliedEvents::default();
+        let mut known_group_types = std::collections::HashSet::new();
+        let mut rest = events;
+        while !rest.is_empty() {
+            let mut conn = self.conn.lock().expect("control lock");
+            let tx = conn.transaction()?;
+            let started = std::time::Instant::now();
+            let mut done = 0;
+            while done < rest.len() && done < EVENTS_PER_TRANSACTION && (done == 0 || started.elapsed() < TRANSACTION_BUDGET) {
+                apply_one(&tx, &rest[done], limits, &mut known_group_types, &mut applied)?;
+                done += 1;
+            }
+            tx.commit()?;
+            drop(conn);
+            rest = &rest[done..];
+            applied.transactions += 1;
+            let mut cache = self.person_cache.lock().expect("cache lock");
+            cache.generation += 1;
+            cache.entries.clear();
+            cache.bytes = 0;
+            drop(cache);
+            if !rest.is_empty() {
+                // A mutex is not fair: without a pause this thread would take it straight back.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        applied.new_group_types.sort_unstable();
+        applied.new_group_types.dedup();
+        if !applied.new_group_types.is_empty() {
             self.refresh_group_types()?;
         }
-        Ok(new_group_types)
+        Ok(applied)
     }
 
     /// The person a distinct id belongs to.
@@ -149,8 +272,7 @@ impl ControlStore {
     }
 
     /// A person's stored properties, for flag evaluation (one cached statement).
-    pub fn person_properties(&self, project_id: i64, distinct_id: &str) -> Result<Option<Map<String, Value>>, ControlError> {
-        const CACHE_ENTRIES: usize = 100_000;
+    pub fn person_properties(&self, project_id: i64, distinct_id: &str) -> Result<Option<Arc<Map<String, Value>>>, ControlError> {
         let key = (project_id, distinct_id.to_owned());
         let generation = {
             let cache = self.person_cache.lock().expect("cache lock");
@@ -159,30 +281,46 @@ impl ControlStore {
             }
             cache.generation
         };
-        let found = self.person_properties_uncached(project_id, distinct_id)?;
+        let (found, bytes) = self.person_properties_uncached(project_id, distinct_id)?;
+        let found = found.map(Arc::new);
         let mut cache = self.person_cache.lock().expect("cache lock");
         if cache.generation == generation {
-            if cache.entries.len() >= CACHE_ENTRIES {
+            let bytes = bytes + distinct_id.len() + 64;
+            if cache.entries.len() >= PERSON_CACHE_ENTRIES || cache.bytes + bytes > PERSON_CACHE_BYTES {
                 cache.entries.clear();
+                cache.bytes = 0;
             }
-            cache.entries.insert(key, found.clone());
+            if bytes <= PERSON_CACHE_BYTES / 16 {
+                cache.bytes += bytes;
+                cache.entries.insert(key, found.clone());
+            }
         }
         Ok(found)
     }
 
-    fn person_properties_uncached(&self, project_id: i64, distinct_id: &str) -> Result<Option<Map<String, Value>>, ControlError> {
-        let conn = self.conn.lock().expect("control lock");
+    /// The cached answer of [`Self::person_properties`], if the cache has one: never touches
+    /// SQLite, so request handlers may call it on an async worker.
+    pub fn cached_person_properties(&self, project_id: i64, distinct_id: &str) -> Option<Option<Arc<Map<String, Value>>>> {
+        let cache = self.person_cache.lock().expect("cache lock");
+        cache.entries.get(&(project_id, distinct_id.to_owned())).cloned()
+    }
+
+    /// The properties and the length of their JSON text.
+    fn person_properties_uncached(&self, project_id: i64, distinct_id: &str) -> Result<(Option<Map<String, Value>>, usize), ControlError> {
+        let conn = self.reader.lock().expect("control reader lock");
         let mut stmt = conn.prepare_cached(
             "SELECT p.properties FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
              WHERE d.project_id = ?1 AND d.distinct_id = ?2",
         )?;
         let text: Option<String> = stmt.query_row(params![project_id, distinct_id], |r| r.get(0)).optional()?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| ControlError::Corrupt(format!("person properties: {e}")))).transpose()
+        let bytes = text.as_ref().map_or(0, String::len);
+        let found = text.map(|t| serde_json::from_str(&t).map_err(|e| ControlError::Corrupt(format!("person properties: {e}")))).transpose()?;
+        Ok((found, bytes))
     }
 
     /// A group's stored properties.
     pub fn group(&self, project_id: i64, group_type: &str, group_key: &str) -> Result<Option<Group>, ControlError> {
-        let conn = self.conn.lock().expect("control lock");
+        let conn = self.reader.lock().expect("control reader lock");
         let mut stmt = conn.prepare_cached(
             "SELECT g.properties, t.group_type_index FROM groups g JOIN group_types t ON t.project_id = g.project_id AND t.group_type = g.group_type
              WHERE g.project_id = ?1 AND g.group_type = ?2 AND g.group_key = ?3",
@@ -236,8 +374,9 @@ fn ensure_group_type(tx: &Transaction<'_>, project_id: i64, group_type: &str) ->
 fn apply_one(
     tx: &Transaction<'_>,
     event: &Event,
+    limits: PropertyLimits,
     known_group_types: &mut std::collections::HashSet<(i64, String)>,
-    new_group_types: &mut Vec<i64>,
+    applied: &mut AppliedEvents,
 ) -> Result<(), ControlError> {
     let project_id = event.project_id;
     let mut added = false;
@@ -254,9 +393,11 @@ fn apply_one(
                 .query_row("SELECT properties FROM groups WHERE project_id = ?1 AND group_type = ?2 AND group_key = ?3", params![project_id, group_type, key], |r| r.get(0))
                 .optional()?;
             let mut properties: Map<String, Value> = current.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let mut capped = Capped::new(&mut properties, limits);
             for (k, v) in &event.traits {
-                properties.insert(k.clone(), v.clone());
+                capped.set(k, v);
             }
+            applied.dropped_properties += capped.dropped;
             tx.execute(
                 "INSERT INTO groups (project_id, group_type, group_key, properties) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (project_id, group_type, group_key) DO UPDATE SET properties = excluded.properties",
@@ -265,7 +406,7 @@ fn apply_one(
         }
     }
     if added {
-        new_group_types.push(project_id);
+        applied.new_group_types.push(project_id);
     }
     if event.kind == EventType::Group {
         return Ok(());
@@ -296,9 +437,11 @@ fn apply_one(
             }
             Some(other) if other.id != person.id && !other.is_identified => {
                 // Merge the other person into this one; this person's values win.
-                for (k, v) in other.properties {
-                    person.properties.entry(k).or_insert(v);
+                let mut capped = Capped::new(&mut person.properties, limits);
+                for (k, v) in &other.properties {
+                    capped.set_once(k, v);
                 }
+                applied.dropped_properties += capped.dropped;
                 tx.execute("UPDATE person_distinct_ids SET person_id = ?1 WHERE person_id = ?2", params![person.id, other.id])?;
                 tx.execute("DELETE FROM persons WHERE id = ?1", [other.id])?;
             }
@@ -308,7 +451,12 @@ fn apply_one(
             person.is_identified = true;
         }
     }
-    apply_updates(&mut person.properties, event);
+    let mut capped = Capped::new(&mut person.properties, limits);
+    apply_updates(&mut capped, event);
+    if capped.dropped > 0 {
+        tracing::debug!(project_id, person_id = person.id, dropped = capped.dropped, "person properties at their limits");
+    }
+    applied.dropped_properties += capped.dropped;
     save_person(tx, &person)?;
     Ok(())
 }

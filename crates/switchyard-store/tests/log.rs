@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use switchyard_store::log::trace_index_path;
-use switchyard_store::{AppendBatch, EventLog, EventQuery, LogError, LogRecord, QuarantineRecord, Selection, SqliteLog, SqliteLogConfig};
+use switchyard_store::{
+    AppendBatch, EventLog, EventQuery, LogError, LogRecord, QuarantineQuery, QuarantineRecord, RetentionObserver, RetentionPass, Selection,
+    SqliteLog, SqliteLogConfig,
+};
 
 fn record(i: usize) -> LogRecord {
     LogRecord {
@@ -84,7 +87,7 @@ async fn consumer_cursor_is_durable() {
 async fn a_full_log_refuses_appends_and_keeps_what_it_has() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
-    let config = SqliteLogConfig { max_size_bytes: Some(256 * 1024), ..Default::default() };
+    let config = SqliteLogConfig { max_size_bytes: Some(2 << 20), ..Default::default() };
     let log = SqliteLog::open(&path, config).unwrap();
     let mut stored = 0;
     let mut full = false;
@@ -105,6 +108,7 @@ async fn a_full_log_refuses_appends_and_keeps_what_it_has() {
         }
     }
     assert!(full, "the size cap was never reached");
+    assert!(stored > 0, "nothing fitted under the cap");
     let all = log.query_events(EventQuery { project_id: 1, limit: 100_000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), stored, "a failed append must leave nothing behind, and lose nothing before it");
 }
@@ -113,7 +117,9 @@ async fn a_full_log_refuses_appends_and_keeps_what_it_has() {
 async fn one_append_too_big_for_the_cap_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
-    let config = SqliteLogConfig { max_size_bytes: Some(4 << 20), ..Default::default() };
+    // Room for the ten rounds' small appends (~4 MiB), the WAL (an eighth of the cap) and the
+    // trace index, not for one huge append (~16 MiB).
+    let config = SqliteLogConfig { max_size_bytes: Some(8 << 20), ..Default::default() };
     let log = Arc::new(SqliteLog::open(&path, config).unwrap());
     let sized = |from: usize, n: usize, bytes: usize| AppendBatch {
         events: (from..from + n).map(|i| LogRecord { body: "x".repeat(bytes), ..record(i) }).collect(),
@@ -122,9 +128,9 @@ async fn one_append_too_big_for_the_cap_fails_alone() {
     for round in 0..10 {
         let base = round * 10_000;
         // While the writer inserts a first append of many small events, small appends and one
-        // that cannot fit under the cap (~8 MiB) queue up, and the writer takes them as one
+        // that cannot fit under the cap (~16 MiB) queue up, and the writer takes them as one
         // group: the small ones fit and must be kept.
-        let (first, huge) = (sized(base, 2000, 50), sized(base + 2000, 8000, 1000));
+        let (first, huge) = (sized(base, 2000, 50), sized(base + 2000, 8000, 2000));
         let small: Vec<AppendBatch> = (0..20).map(|i| sized(base + 9000 + i, 1, 100)).collect();
         let first = tokio::spawn({
             let log = log.clone();
@@ -564,5 +570,251 @@ async fn events_stored_without_their_column_members_read_back_whole() {
     let queried = log.query_events(EventQuery { project_id: 1, limit: 10, ..Default::default() }).await.unwrap();
     let queried: Vec<serde_json::Value> = queried.iter().rev().map(|e| parse(&e.body)).collect();
     assert_eq!(queried, read);
+    log.close().await;
+}
+
+fn quarantined(raw: String, received_at: &str) -> QuarantineRecord {
+    QuarantineRecord {
+        project_id: 1,
+        protocol: "posthog",
+        received_at: received_at.into(),
+        code: "event_too_large".into(),
+        reason: "event 0: too large".into(),
+        raw,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_quarantined_raws_keep_their_first_bytes_size_and_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let config = SqliteLogConfig { quarantine_raw_bytes: 1000, ..Default::default() };
+    let log = SqliteLog::open(&path, config).unwrap();
+    // 3-byte characters: 1000 is not a character boundary, the cut goes back to 999.
+    let big = format!("{{\"properties\":\"{}\"}}", "€".repeat(100_000));
+    let small = "{\"event\":\"x\"}".to_owned();
+    let batch = AppendBatch {
+        events: vec![record(0)],
+        quarantined: vec![quarantined(big.clone(), "2026-11-25T12:00:00.000000Z"), quarantined(small.clone(), "2026-11-25T12:00:00.000000Z")],
+    };
+    log.append(batch).await.unwrap();
+    let rows = log.query_quarantine(QuarantineQuery { project_id: 1, limit: 10, ..Default::default() }).await.unwrap();
+    let (small_row, big_row) = (&rows[0], &rows[1]);
+    assert_eq!(small_row.raw, small);
+    assert!(!small_row.raw_truncated() && small_row.raw_size.is_none());
+    assert!(big_row.raw_truncated());
+    assert_eq!(big_row.raw.len(), 999, "cut at the last character boundary under the limit");
+    assert!(big.starts_with(&big_row.raw));
+    assert_eq!(big_row.raw_size, Some(big.len() as i64));
+    assert_eq!(big_row.raw_sha256.as_deref(), Some(sha256_hex(big.as_bytes()).as_str()));
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored: i64 = conn.query_row("SELECT sum(length(CAST(raw AS BLOB))) FROM quarantine", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 999 + small.len() as i64, "only the first bytes reach the disk");
+
+    // A page of the listing stops at its byte budget, the row that reaches it included.
+    let capped = QuarantineQuery { project_id: 1, limit: 10, max_bytes: Some(10), ..Default::default() };
+    assert_eq!(log.query_quarantine(capped).await.unwrap().len(), 1);
+    let events = EventQuery { project_id: 1, limit: 10, max_bytes: Some(1), ..Default::default() };
+    log.append(AppendBatch { events: vec![record(1), record(2)], quarantined: vec![] }).await.unwrap();
+    assert_eq!(log.query_events(events).await.unwrap().len(), 1);
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_of_an_earlier_version_gets_the_digest_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE quarantine (seq INTEGER PRIMARY KEY, project_id INTEGER NOT NULL, protocol TEXT NOT NULL,
+                                      received_at TEXT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL, raw TEXT NOT NULL);
+             INSERT INTO quarantine VALUES (1, 1, 'posthog', 't', 'c', 'r', '{\"old\":true}');",
+        )
+        .unwrap();
+    }
+    let config = SqliteLogConfig { quarantine_raw_bytes: 10, ..Default::default() };
+    let log = SqliteLog::open(&path, config).unwrap();
+    log.append(AppendBatch { events: vec![record(0)], quarantined: vec![quarantined("x".repeat(50), "t")] }).await.unwrap();
+    let rows = log.query_quarantine(QuarantineQuery { project_id: 1, limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!((rows[0].raw.as_str(), rows[0].raw_size), ("xxxxxxxxxx", Some(50)));
+    assert_eq!((rows[1].raw.as_str(), rows[1].raw_size, rows[1].raw_truncated()), ("{\"old\":true}", None, false));
+    log.close().await;
+}
+
+/// Counts retention passes and what they deleted.
+#[derive(Default)]
+struct RetentionCounts {
+    passes: std::sync::atomic::AtomicU64,
+    events: std::sync::atomic::AtomicU64,
+    quarantine: std::sync::atomic::AtomicU64,
+}
+
+impl RetentionCounts {
+    fn observer(self: &Arc<Self>) -> RetentionObserver {
+        let counts = self.clone();
+        RetentionObserver(Arc::new(move |pass: RetentionPass| {
+            use std::sync::atomic::Ordering::SeqCst;
+            counts.events.fetch_add(pass.events, SeqCst);
+            counts.quarantine.fetch_add(pass.quarantine, SeqCst);
+            counts.passes.fetch_add(1, SeqCst);
+        }))
+    }
+
+    /// Waits until two more passes have ended: one whole pass ran after this call.
+    async fn whole_pass(&self) {
+        let start = self.passes.load(std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        while self.passes.load(std::sync::atomic::Ordering::SeqCst) < start + 2 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "no retention pass");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const LONG_AGO: &str = "2020-01-01T00:00:00.000000Z";
+
+fn now_formatted() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+async fn seqs(log: &SqliteLog) -> Vec<i64> {
+    let mut seqs: Vec<i64> =
+        log.query_events(EventQuery { project_id: 1, limit: 1_000_000, ..Default::default() }).await.unwrap().iter().map(|e| e.seq).collect();
+    seqs.reverse();
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_rows_behind_every_cursor_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let counts = Arc::new(RetentionCounts::default());
+    let config = SqliteLogConfig {
+        retention: Some(std::time::Duration::from_secs(86_400)),
+        retention_interval: std::time::Duration::from_millis(30),
+        retention_batch: 7,
+        retention_consumers: vec!["persons".into()],
+        on_retention: Some(counts.observer()),
+        ..Default::default()
+    };
+    let log = SqliteLog::open(&path, config).unwrap();
+    let now = now_formatted();
+    // Seqs 1..=30 received long ago, 31..=40 now; quarantine rows: 5 old, then 2 new.
+    let old: Vec<LogRecord> = (0..30).map(|i| LogRecord { received_at: LONG_AGO.into(), ..record(i) }).collect();
+    let old_quarantine = (0..5).map(|_| quarantined("{}".into(), LONG_AGO)).collect();
+    log.append(AppendBatch { events: old, quarantined: old_quarantine }).await.unwrap();
+    let new: Vec<LogRecord> = (30..40).map(|i| LogRecord { received_at: now.clone(), ..record(i) }).collect();
+    let new_quarantine = (0..2).map(|_| quarantined("{}".into(), &now)).collect();
+    log.append(AppendBatch { events: new, quarantined: new_quarantine }).await.unwrap();
+    wait_for_trace_index(&path, 40).await;
+
+    // `persons` has no cursor yet: it has read nothing, so no event goes.
+    log.commit("warehouse", 25).await.unwrap();
+    counts.whole_pass().await;
+    assert_eq!(seqs(&log).await, (1..=40).collect::<Vec<_>>(), "no event before every consumer read it");
+    let quarantine = log.query_quarantine(QuarantineQuery { project_id: 1, limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(quarantine.iter().map(|q| q.received_at.as_str()).collect::<Vec<_>>(), [now.as_str(), now.as_str()], "old quarantine rows go");
+
+    // The slowest cursor bounds what goes.
+    log.commit("persons", 12).await.unwrap();
+    counts.whole_pass().await;
+    assert_eq!(seqs(&log).await, (13..=40).collect::<Vec<_>>());
+    log.commit("persons", 40).await.unwrap();
+    counts.whole_pass().await;
+    assert_eq!(seqs(&log).await, (26..=40).collect::<Vec<_>>(), "`warehouse` is at 25");
+    log.commit("warehouse", 40).await.unwrap();
+    counts.whole_pass().await;
+    assert_eq!(seqs(&log).await, (31..=40).collect::<Vec<_>>(), "events newer than the retention period stay");
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!((counts.events.load(SeqCst), counts.quarantine.load(SeqCst)), (30, 5));
+
+    // Trace queries find what is left, whether the index still names deleted events or not.
+    let traced = log.query_events(EventQuery { project_id: 1, trace_id: Some(format!("{:032x}", 1)), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(traced.iter().map(|e| e.seq).collect::<Vec<_>>(), [40, 37, 34, 31]);
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_emptied_blocks_of_the_trace_index_and_never_reuses_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let counts = Arc::new(RetentionCounts::default());
+    let config = SqliteLogConfig {
+        retention: Some(std::time::Duration::from_secs(3_600)),
+        retention_interval: std::time::Duration::from_millis(30),
+        on_retention: Some(counts.observer()),
+        ..Default::default()
+    };
+    let log = SqliteLog::open(&path, config).unwrap();
+    // 70,000 old events: the trace index's block 0 (seqs below 65,536) and part of block 1.
+    for chunk in 0..7 {
+        let events = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| LogRecord { received_at: LONG_AGO.into(), ..record(i) }).collect();
+        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    }
+    wait_for_trace_index(&path, 70_000).await;
+    log.commit("persons", 70_000).await.unwrap();
+    let started = std::time::Instant::now();
+    while counts.events.load(std::sync::atomic::Ordering::SeqCst) < 69_999 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "retention stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    counts.whole_pass().await;
+    assert_eq!(seqs(&log).await, [70_000], "every old event read by every consumer goes, but the newest");
+    let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
+    let blocks: Vec<i64> = index.prepare("SELECT DISTINCT block FROM trace_runs ORDER BY 1").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(blocks, [1], "the emptied block's runs are gone");
+    let receipt = log.append(AppendBatch { events: vec![record(70_000)], quarantined: vec![] }).await.unwrap();
+    assert_eq!(receipt.last_seq, Some(70_001), "seqs go on from the newest, never from 1 again");
+    log.close().await;
+}
+
+/// Bytes of the database at `path` and its WAL on disk.
+fn database_bytes(path: &std::path::Path) -> u64 {
+    let mut wal = path.to_owned().into_os_string();
+    wal.push("-wal");
+    [path.to_owned(), wal.into()].iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_cap_counts_every_database_of_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let control = dir.path().join("control.db");
+    // The control store holds 3 MiB; the cap is 6 MiB.
+    std::fs::write(&control, vec![0u8; 3 << 20]).unwrap();
+    let cap = 6u64 << 20;
+    let config = SqliteLogConfig { max_size_bytes: Some(cap), counted_files: vec![control.clone()], ..Default::default() };
+    let log = SqliteLog::open(&path, config).unwrap();
+    let batch = |round: usize| AppendBatch {
+        events: (0..50).map(|i| LogRecord { body: "x".repeat(2000), ..record(round * 50 + i) }).collect(),
+        quarantined: vec![],
+    };
+    let mut stored = 0usize;
+    let mut full = false;
+    for round in 0..200 {
+        match log.append(batch(round)).await {
+            Ok(_) => stored += 50,
+            Err(LogError::Full) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(full, "the cap was never reached");
+    let total = database_bytes(&path) + database_bytes(&trace_index_path(&path)) + database_bytes(&control);
+    assert!(total <= cap + (512 << 10), "the databases take {total} bytes under a cap of {cap}");
+    assert!(stored * 2000 < 3 << 20, "{stored} events of 2,000 bytes: the control store's 3 MiB were not counted");
+    assert!(stored > 0);
+
+    // The control store shrinks: the room is the log's again.
+    std::fs::write(&control, b"").unwrap();
+    log.append(batch(1000)).await.expect("room again once the control store shrank");
     log.close().await;
 }

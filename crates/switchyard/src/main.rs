@@ -14,8 +14,44 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Self-hosted analytics, feature-flag and event-routing server")]
 struct Cli {
+    /// A PEM file of CA certificates to trust besides the built-in roots, for a server whose
+    /// certificate comes from a private CA (client commands).
+    #[arg(long, env = "SWITCHYARD_TLS_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Let client commands send the secret key over plain http to a host that is not loopback.
+    #[arg(long, global = true)]
+    allow_insecure_http: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How client commands reach the server, set once from the global options.
+static CLIENT: std::sync::OnceLock<ClientSettings> = std::sync::OnceLock::new();
+
+struct ClientSettings {
+    ca_file: Option<PathBuf>,
+    allow_insecure_http: bool,
+}
+
+/// The HTTP client of the client commands: TLS with the built-in roots and `--ca-file`'s.
+fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
+    let settings = CLIENT.get().expect("client settings are set in main");
+    switchyard_server::outbound::blocking_client(settings.ca_file.as_deref())
+}
+
+/// Refuses to send the secret key in the clear off this machine: `http://` only to loopback,
+/// unless `--allow-insecure-http`.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--url {url} is not a URL"))?;
+    let host = parsed.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let allowed = CLIENT.get().is_some_and(|c| c.allow_insecure_http);
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allowed => Ok(()),
+        "http" => anyhow::bail!("refusing to send the secret key over plain http to {url}: use https, or pass --allow-insecure-http"),
+        other => anyhow::bail!("--url must be http or https, not {other}"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,6 +103,31 @@ enum Command {
         #[command(subcommand)]
         action: FlagsAction,
     },
+    /// Manage the project's keys through the keys API (the secret key's project).
+    Keys {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000", global = true)]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY", global = true)]
+        secret_key: Option<String>,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// One line per key: id, kind, prefix, origin, created, revoked time (or `active`). Never
+    /// a key's value.
+    List,
+    /// Create a key; its value is printed once, here only (secret keys are stored hashed).
+    Create {
+        #[arg(long, default_value = "secret_key", value_parser = ["secret_key", "project_token", "write_key"])]
+        kind: String,
+    },
+    /// Revoke a key by id: it stops working at once. The last active secret key cannot be.
+    Revoke { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +146,7 @@ enum FlagsAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _ = CLIENT.set(ClientSettings { ca_file: cli.ca_file, allow_insecure_http: cli.allow_insecure_http });
     match cli.command {
         Command::Serve { config } => run_server(config),
         Command::Events { url, secret_key, event, distinct_id, trace_id, after, before, limit, quarantine } => {
@@ -97,7 +159,8 @@ fn main() -> anyhow::Result<()> {
                     query.push((name, value));
                 }
             }
-            let response = reqwest::blocking::Client::new()
+            check_url(&url)?;
+            let response = http_client()?
                 .get(format!("{}/api/projects/@current/{collection}/", url.trim_end_matches('/')))
                 .bearer_auth(secret_key)
                 .query(&query)
@@ -114,12 +177,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Flags { url, secret_key, action } => run_flags(&url, secret_key, action),
+        Command::Keys { url, secret_key, action } => run_keys(&url, secret_key, action),
     }
 }
 
 /// Calls the management API; non-2xx answers become errors with the server's detail.
 fn api(method: reqwest::Method, url: &str, secret: &str, body: Option<String>) -> anyhow::Result<serde_json::Value> {
-    let mut request = reqwest::blocking::Client::new().request(method, url).bearer_auth(secret);
+    check_url(url)?;
+    let mut request = http_client()?.request(method, url).bearer_auth(secret);
     if let Some(body) = body {
         request = request.header("content-type", "application/json").body(body);
     }
@@ -173,6 +238,41 @@ fn run_flags(url: &str, secret: Option<String>, action: FlagsAction) -> anyhow::
     Ok(())
 }
 
+fn run_keys(url: &str, secret: Option<String>, action: KeysAction) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let secret = secret.context("the secret key is needed: --secret-key or SWITCHYARD_SECRET_KEY")?;
+    let base = format!("{}/api/projects/@current/keys", url.trim_end_matches('/'));
+    let line = |key: &serde_json::Value| {
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            key["id"],
+            key["kind"].as_str().unwrap_or_default(),
+            key["prefix"].as_str().map(|p| format!("{p}…")).unwrap_or_else(|| "?".into()),
+            key["origin"].as_str().unwrap_or_default(),
+            key["created_at"].as_str().unwrap_or_default(),
+            key["revoked_at"].as_str().map(|at| format!("revoked {at}")).unwrap_or_else(|| "active".into()),
+        )
+    };
+    match action {
+        KeysAction::List => {
+            let list = api(Method::GET, &format!("{base}/"), &secret, None)?;
+            for key in list["results"].as_array().into_iter().flatten() {
+                println!("{}", line(key));
+            }
+        }
+        KeysAction::Create { kind } => {
+            let created = api(Method::POST, &format!("{base}/"), &secret, Some(serde_json::json!({"kind": kind}).to_string()))?;
+            println!("{}", line(&created));
+            println!("{} (shown only now)", created["key"].as_str().unwrap_or_default());
+        }
+        KeysAction::Revoke { id } => {
+            let revoked = api(Method::DELETE, &format!("{base}/{id}/"), &secret, None)?;
+            println!("{}", line(&revoked));
+        }
+    }
+    Ok(())
+}
+
 fn set_active(base: &str, secret: &str, key: &str, active: bool) -> anyhow::Result<()> {
     let flag = api(reqwest::Method::PATCH, &format!("{base}/{key}/"), secret, Some(serde_json::json!({"active": active}).to_string()))?;
     println!("{} is now {} (version {})", key, if active { "active" } else { "inactive" }, flag["version"]);
@@ -192,10 +292,22 @@ fn run_server(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let listen = config.listen;
         let (state, new_keys) = AppState::open(config)?;
         if let Some(keys) = new_keys {
-            println!("Created the default project (id {}). Keep these keys; the secret key is shown only now:", keys.project_id);
-            println!("  project token (PostHog SDKs):          {}", keys.project_token);
-            println!("  write key (RudderStack/Segment SDKs):  {}", keys.write_key);
-            println!("  secret key (events API, admin):        {}", keys.secret_key);
+            // Only generated keys are shown (once); configured ones are never printed.
+            let generated = [
+                ("project token (PostHog SDKs):         ", keys.project_token),
+                ("write key (RudderStack/Segment SDKs): ", keys.write_key),
+                ("secret key (events API, admin):       ", keys.secret_key),
+            ];
+            if generated.iter().all(|(_, key)| key.is_none()) {
+                println!("Created the default project (id {}) with the configured keys.", keys.project_id);
+            } else {
+                println!("Created the default project (id {}). Keep these generated keys; they are shown only now:", keys.project_id);
+                for (label, key) in generated {
+                    if let Some(key) = key {
+                        println!("  {label} {key}");
+                    }
+                }
+            }
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await

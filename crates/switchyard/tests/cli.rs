@@ -55,3 +55,72 @@ fn flags_cli_round_trip() {
     let (ok, _, err) = cli(&["flags", "--url", &server.url, "--secret-key", "phs_wrong", "list"]);
     assert!(!ok && err.contains("401"), "{err}");
 }
+
+/// Starts the binary with its stdout captured; returns the server and what it printed by the
+/// time it was ready.
+fn start_printing(dir: &std::path::Path, adjust: impl FnOnce(&mut std::process::Command)) -> (common::Server, String) {
+    use std::io::Read;
+    let mut server = common::start_with(dir, |command| {
+        command.stdout(std::process::Stdio::piped());
+        adjust(command);
+    });
+    let mut stdout = server.child.stdout.take().unwrap();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let mut printed = String::new();
+    stdout.read_to_string(&mut printed).unwrap();
+    (server, printed)
+}
+
+#[test]
+fn keys_cli_list_create_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    // First start with configured keys: nothing secret is printed.
+    let (_, printed) = start_printing(dir.path(), |_| {});
+    assert!(!printed.contains(SECRET) && !printed.contains(common::TOKEN), "configured keys are never printed: {printed}");
+    let server = start(dir.path());
+    let keys = |secret: &str, args: &[&str]| {
+        let mut all = vec!["keys", "--url", &server.url, "--secret-key", secret];
+        all.extend_from_slice(args);
+        cli(&all)
+    };
+
+    let (ok, out, err) = keys(SECRET, &["list"]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.iter().map(|l| l[1]).collect::<Vec<_>>(), ["project_token", "write_key", "secret_key"]);
+    assert!(lines.iter().all(|l| l[5] == "active" && l[3] == "config"), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
+    let configured_secret = lines[2][0].to_owned();
+
+    let (ok, out, err) = keys(SECRET, &["create"]);
+    assert!(ok, "{err}");
+    let new_secret = out.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(new_secret.starts_with("phs_") && new_secret.len() >= 32, "{out}");
+    let new_id = out.lines().next().unwrap().split('\t').next().unwrap().to_owned();
+
+    let (ok, out, err) = keys(&new_secret, &["revoke", &configured_secret]);
+    assert!(ok, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let (ok, _, err) = keys(SECRET, &["list"]);
+    assert!(!ok && err.contains("401"), "the revoked key is refused at once: {err}");
+    let (ok, _, err) = keys(&new_secret, &["revoke", &new_id]);
+    assert!(!ok && err.contains("400") && err.contains("last active secret key"), "{err}");
+    let (ok, out, _) = keys(&new_secret, &["list"]);
+    assert!(ok && !out.contains(&new_secret), "{out}");
+    drop(server);
+
+    // Without configured keys, the first start prints the generated ones, once.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, printed) = start_printing(dir.path(), |command| {
+        command.env_remove("SWITCHYARD_SECRET_KEY");
+    });
+    let generated = printed.lines().find(|l| l.contains("secret key")).and_then(|l| l.split_whitespace().last()).unwrap().to_owned();
+    assert!(generated.starts_with("phs_") && !printed.contains(common::TOKEN), "{printed}");
+    let server = common::start_with(dir.path(), |command| {
+        command.env_remove("SWITCHYARD_SECRET_KEY");
+    });
+    let (ok, out, err) = cli(&["keys", "--url", &server.url, "--secret-key", &generated, "list"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.contains("secret_key") && l.contains("generated")), "{out}");
+}

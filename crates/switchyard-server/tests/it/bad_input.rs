@@ -295,3 +295,49 @@ async fn a_body_that_cannot_be_read_gets_an_answer_sdks_retry() {
     assert!(server.events("").await.is_empty());
     assert!(server.metrics().await.contains("switchyard_events_rejected_total{reason=\"body_read_error\"} 2"));
 }
+
+#[tokio::test]
+async fn an_oversize_quarantined_event_keeps_its_first_bytes_size_and_hash() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_event_bytes = 4000;
+        c.log.quarantine_raw_bytes = 1000;
+    })
+    .await;
+    let batch = json!({"api_key": TOKEN, "batch": [
+        event("flow_executed", "user_1"),
+        {"event": "rag_query_triggered", "distinct_id": "u", "properties": {"blob": "x".repeat(100_000)}},
+    ]});
+    let (status, text) = post(&server, "/batch/", batch.to_string().into_bytes(), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let quarantine = server.quarantine().await;
+    let entry = &quarantine[0];
+    assert_eq!(entry["reason"], "event_too_large");
+    assert_eq!(entry["raw_truncated"], true, "{entry}");
+    let raw = entry["raw"].as_str().unwrap();
+    assert_eq!(raw.len(), 1000);
+    assert!(raw.contains("rag_query_triggered"), "{raw}");
+    assert!(entry["raw_size"].as_u64().unwrap() > 100_000, "{entry}");
+    assert_eq!(entry["raw_sha256"].as_str().unwrap().len(), 64);
+}
+
+#[tokio::test]
+async fn listing_pages_stop_at_their_byte_cap_and_link_the_rest() {
+    let server = TestServer::start().await;
+    // Ten events of ~1 MB: past one page's 8 MiB.
+    let batch: Vec<Value> = (0..10)
+        .map(|i| json!({"event": "big", "distinct_id": "u", "properties": {"i": i, "blob": "b".repeat(1_000_000)}}))
+        .collect();
+    let (status, text) = post(&server, "/batch/", json!({"api_key": TOKEN, "batch": batch}).to_string().into_bytes(), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let page = |path: String| {
+        let client = server.client.clone();
+        async move { client.get(path).bearer_auth(SECRET).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let first = page(format!("{}/api/projects/@current/events/?limit=100", server.url)).await;
+    let count = first["results"].as_array().unwrap().len();
+    assert!((1..10).contains(&count), "{count} events of ~1 MB in one page");
+    let next = first["next"].as_str().expect("a link to the rest");
+    let rest = page(format!("{}{next}", server.url)).await;
+    assert_eq!(count + rest["results"].as_array().unwrap().len(), 10);
+    assert!(rest["next"].is_null());
+}

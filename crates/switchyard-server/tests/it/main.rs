@@ -4,8 +4,11 @@
 mod bad_input;
 mod flags;
 mod fixtures;
+mod hostile_flags;
+mod keys;
 mod lifecycle;
 mod persons;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -15,7 +18,7 @@ use tokio::sync::oneshot;
 
 pub const TOKEN: &str = "phc_test_project_key";
 pub const WRITE_KEY: &str = "rs_write_key_test";
-pub const SECRET: &str = "phs_test_secret";
+pub const SECRET: &str = "phs_test_secret_0123456789abcdefghij";
 
 pub struct TestServer {
     pub url: String,

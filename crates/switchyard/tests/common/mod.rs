@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "phc_durability";
 pub const WRITE_KEY: &str = "wk_durability";
-pub const SECRET: &str = "phs_durability";
+pub const SECRET: &str = "phs_durability_0123456789abcdefghij";
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
