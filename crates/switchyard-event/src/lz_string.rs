@@ -101,7 +101,10 @@ pub(crate) fn decompress_from_base64(chars: impl Iterator<Item = u8>, max_units:
     let max_units = max_units.min(u32::MAX as usize - MAX_LITERALS - 2);
     let max_entries = max_units + MAX_LITERALS + 1;
     let Some(mut bits) = Bits::new(chars) else { return Ok(Vec::new()) };
-    let mut out: Vec<u16> = Vec::new();
+    // The whole bound at once: memory the allocator maps but that becomes resident only as it
+    // is written, where growing by doubling would copy (and, with mimalloc, keep) every smaller
+    // buffer on the way: a bomb stopped at a 20 MB limit peaked at 120 MB that way.
+    let mut out: Vec<u16> = Vec::with_capacity(max_units.min(1 << 31));
     // Entry `FIRST_ENTRY + i` is `out[start..start + len]` for `dict[i] = (start, len)`.
     let mut dict: Vec<(u32, u32)> = Vec::new();
 

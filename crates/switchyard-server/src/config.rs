@@ -314,10 +314,10 @@ impl Config {
         if self.upstream.url.is_some() && self.upstream.personal_api_key.is_none() {
             return Err(ConfigError::Invalid("upstream.personal_api_key is required when upstream.url is set".into()));
         }
-        let smallest_budget = l.max_request_bytes.saturating_add(l.max_decompressed_bytes.saturating_mul(4));
+        let smallest_budget = l.max_request_bytes.saturating_add(l.max_decompressed_bytes.saturating_mul(3));
         if l.max_in_flight_bytes < smallest_budget {
             return Err(ConfigError::Invalid(format!(
-                "limits.max_in_flight_bytes ({}) must be at least limits.max_request_bytes + 4 × limits.max_decompressed_bytes ({smallest_budget}), or the largest request could never be served",
+                "limits.max_in_flight_bytes ({}) must be at least limits.max_request_bytes + 3 × limits.max_decompressed_bytes ({smallest_budget}), or the largest request could never be served",
                 l.max_in_flight_bytes
             )));
         }

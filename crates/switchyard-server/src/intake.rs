@@ -189,15 +189,43 @@ fn busy(state: &AppState, family: Family) -> IntakeError {
     IntakeError { family, kind: IntakeErrorKind::Busy }
 }
 
-/// Holds a decoded body against the budget, with what is built from it: PostHog events are
-/// kept as text borrowed from the body (twice its size, with the stored JSON), Segment events
-/// are parsed into values (four times).
+/// Whether a capture request may be lz-string (`compression=lz64` in its query or form body).
+fn mentions_lz_string(query: Option<&str>, body: &[u8]) -> bool {
+    query.is_some_and(|q| q.contains("compression=lz")) || memchr::memmem::find(body, b"compression=lz").is_some()
+}
+
+/// What parsing a decoded body may cost in memory, estimated from its bytes before parsing.
+/// PostHog events are kept as text borrowed from the body (about three times its size with the
+/// stored JSON), but a top-level value still costs a `Value` per element; Segment events are
+/// parsed into values, where every object is a B-tree node of ~640 bytes however small it is
+/// (`[{"a":0},…]` is 7 bytes an object) and every element a 32-byte `Value`. Braces and commas
+/// inside strings are counted too: an overestimate, never an under.
+fn parse_cost(family: Family, decoded: &[u8]) -> usize {
+    let commas = memchr::memchr_iter(b',', decoded).count();
+    match family {
+        Family::Posthog => decoded.len().saturating_mul(3).saturating_add(commas.saturating_mul(16)),
+        Family::Segment => {
+            let objects = memchr::memchr_iter(b'{', decoded).count();
+            decoded.len().saturating_mul(2).saturating_add(objects.saturating_mul(640)).saturating_add(commas.saturating_mul(32))
+        }
+    }
+}
+
+/// Holds a decoded body against the budget, at what parsing it may cost ([`parse_cost`]):
+/// 413 when that is more than the whole budget (it could never be served), 503 when the
+/// budget does not have it now.
 fn hold_decoded(state: &AppState, family: Family, held: &mut InFlight, decoded: &[u8]) -> Result<(), IntakeError> {
-    let factor = match family {
-        Family::Posthog => 2,
-        Family::Segment => 4,
-    };
-    if held.reserve(decoded.len().saturating_mul(factor)) {
+    let cost = parse_cost(family, decoded);
+    if cost > state.config.limits.max_in_flight_bytes {
+        let message = format!(
+            "the request's {} bytes would take about {cost} bytes to parse, more than limits.max_in_flight_bytes ({}); send fewer or smaller events per request",
+            decoded.len(),
+            state.config.limits.max_in_flight_bytes
+        );
+        state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: "too_costly_to_parse" }).inc();
+        return Err(reject(family, Rejection::new(413, "too_costly_to_parse", message)));
+    }
+    if held.reserve(cost) {
         Ok(())
     } else {
         Err(busy(state, family))
@@ -386,7 +414,11 @@ pub async fn posthog_capture(
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: r.code }).inc();
         reject(family, r)
     };
+    // lz-string decodes into UTF-16 before UTF-8: up to three times the decompressed limit for
+    // a moment. One at a time (posthog-js has sent gzip since 2023; lz64 is its old format).
+    let _lz_turn = if mentions_lz_string(uri.query(), &body) { Some(state.lz_decodes.acquire().await) } else { None };
     let json = decode_posthog_body(&body, &hints, decode_limits(&state)).map_err(rejected)?;
+    drop(_lz_turn);
     hold_decoded(&state, family, &mut held, &json)?;
     let request = posthog::parse_capture_request(&json, query.sent_at_ms, &state.event_limits()).map_err(rejected)?;
     let project_id = state.control.lookup(KeyKind::ProjectToken, &request.token).ok_or_else(|| {

@@ -42,6 +42,8 @@ pub struct Shared {
     pub flags: flags::FlagRegistry,
     /// The process-wide budget of request bytes in flight (`limits.max_in_flight_bytes`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// lz-string bodies are decoded one at a time (see `intake::posthog_capture`).
+    pub lz_decodes: tokio::sync::Semaphore,
     ready: AtomicBool,
     /// Upstream mode: the mirrored project and its mirror.
     mirror: std::sync::OnceLock<(i64, Arc<upstream::MirrorState>)>,
@@ -101,6 +103,7 @@ impl AppState {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight_bytes));
         let state = AppState(Arc::new(Shared {
             in_flight,
+            lz_decodes: tokio::sync::Semaphore::new(1),
             config,
             log,
             control,

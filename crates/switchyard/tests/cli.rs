@@ -124,3 +124,80 @@ fn keys_cli_list_create_revoke() {
     assert!(ok, "{err}");
     assert!(out.lines().any(|l| l.contains("secret_key") && l.contains("generated")), "{out}");
 }
+
+/// A CA made for the test, and a TLS server config for `localhost`/`127.0.0.1` it signed.
+fn test_pki() -> (String, std::sync::Arc<tokio_rustls::rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use tokio_rustls::rustls;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "Switchyard CLI test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    (ca.pem(), std::sync::Arc::new(config))
+}
+
+/// Terminates TLS on a random loopback port and forwards each connection to `backend`, as a
+/// reverse proxy in front of the server does. Returns the port; runs until the test ends.
+fn tls_proxy(backend: String, tls: std::sync::Arc<tokio_rustls::rustls::ServerConfig>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (acceptor, backend) = (acceptor.clone(), backend.clone());
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(stream).await else { return };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&backend).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn cli_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (ca_pem, tls) = test_pki();
+    let port = tls_proxy(server.url.trim_start_matches("http://").to_owned(), tls);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let https = format!("https://localhost:{port}");
+
+    let (ok, out, err) = cli(&["flags", "--url", &https, "--secret-key", SECRET, "--ca-file", ca_file.to_str().unwrap(), "import", EXAMPLE]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "created 4, updated 0");
+    let (ok, out, err) = cli(&["events", "--url", &https, "--secret-key", SECRET, "--ca-file", ca_file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.is_empty(), "no events yet: {out}");
+
+    // Without the CA the certificate is refused, and nothing is sent.
+    let (ok, _, err) = cli(&["flags", "--url", &https, "--secret-key", SECRET, "list"]);
+    assert!(!ok);
+    assert!(err.to_lowercase().contains("certificate") || err.contains("cannot reach"), "{err}");
+
+    // Plain http off this machine is refused before anything is sent, unless allowed.
+    let (ok, _, err) = cli(&["flags", "--url", "http://switchyard.example.internal:8000", "--secret-key", SECRET, "list"]);
+    assert!(!ok);
+    assert!(err.contains("--allow-insecure-http"), "{err}");
+    let (ok, _, err) = cli(&["flags", "--url", "http://switchyard.example.internal:8000", "--secret-key", SECRET, "--allow-insecure-http", "list"]);
+    assert!(!ok && err.contains("cannot reach"), "allowed, then it tries: {err}");
+}

@@ -41,6 +41,7 @@ fn assert_healthy(server: &Server) {
     let response = client.post(format!("{}/i/v0/e/", server.url)).json(&event).send().unwrap();
     assert_eq!(response.status(), 200, "capture still works");
     let peak = peak_rss_kb(server);
+    eprintln!("peak RSS: {peak} kB");
     assert!(peak < MAX_PEAK_KB, "peak RSS {peak} kB ≥ {MAX_PEAK_KB} kB");
 }
 
@@ -182,6 +183,47 @@ fn empty_object_bombs_are_refused_within_bounded_memory() {
             });
         }
     });
+    assert_healthy(&server);
+}
+
+#[test]
+fn bodies_that_cost_more_to_parse_than_to_send_are_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let client = client();
+    // One Segment event holding a million tiny objects: each costs a B-tree node once parsed.
+    let mut segment = br#"{"batch":[{"type":"track","event":"tool_used","userId":"u","properties":{"x":["#.to_vec();
+    while segment.len() < 16 * 1024 * 1024 {
+        segment.extend_from_slice(br#"{"a":0},"#);
+    }
+    segment.extend_from_slice(br#"{"a":0}]}}]}"#);
+    // A PostHog batch whose one "event" is an array of millions of numbers.
+    let mut posthog = format!(r#"{{"api_key":"{TOKEN}","batch":[["#).into_bytes();
+    while posthog.len() < 18 * 1024 * 1024 {
+        posthog.extend_from_slice(b"0,");
+    }
+    posthog.extend_from_slice(b"0]]}");
+    let (segment, posthog) = (gzip(&segment), gzip(&posthog));
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            let (client, server, segment, posthog) = (&client, &server, &segment, &posthog);
+            scope.spawn(move || {
+                let response = client
+                    .post(format!("{}/v1/batch", server.url))
+                    .basic_auth(common::WRITE_KEY, Some(""))
+                    .header("content-encoding", "gzip")
+                    .body(segment.clone())
+                    .send()
+                    .unwrap();
+                assert_eq!(response.status(), 413, "{}", response.text().unwrap());
+                let response = client.post(format!("{}/batch/", server.url)).header("content-encoding", "gzip").body(posthog.clone()).send().unwrap();
+                assert_eq!(response.status(), 413, "{}", response.text().unwrap());
+            });
+        }
+    });
+    let metrics = client.get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    assert!(metrics.contains(r#"switchyard_events_rejected_total{reason="too_costly_to_parse"} 6"#), "{metrics}");
     assert_healthy(&server);
 }
 
@@ -332,5 +374,72 @@ fn hostile_flag_definitions_are_refused() {
     assert!(response.text().unwrap().contains("f"), "the answer names a flag");
     let answer = client.post(format!("{}/flags/?v=2", server.url)).json(&json!({"token": TOKEN, "distinct_id": "u"})).send().unwrap();
     assert_eq!(answer.status(), 200);
+    assert_healthy(&server);
+}
+
+#[test]
+fn huge_person_updates_do_not_stall_flags_or_liveness() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let client = client();
+    let flags = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/platform-flags.json")).unwrap();
+    let imported = client.post(format!("{}/api/projects/@current/feature_flags/import/", server.url)).bearer_auth(SECRET).body(flags).send().unwrap();
+    assert_eq!(imported.status(), 200);
+
+    // 2,000 identifies, each setting 200 properties of 200 bytes: 80 MB of `$set` for the
+    // person processor, logged before it starts on them.
+    let value = "x".repeat(200);
+    for request in 0..40 {
+        let batch: Vec<Value> = (0..50)
+            .map(|i| {
+                let set: serde_json::Map<String, Value> = (0..200).map(|p| (format!("trait_{p}"), json!(format!("{value}{request}{i}")))).collect();
+                json!({"event": "$identify", "distinct_id": format!("heavy_{}", (request * 50 + i) % 400), "properties": {"$set": set}})
+            })
+            .collect();
+        let response = client.post(format!("{}/batch/", server.url)).json(&json!({"api_key": TOKEN, "batch": batch})).send().unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    // While the processor works through them, probes for other people answer at once.
+    let probe = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let last_set = |probe: &reqwest::blocking::Client| -> Value {
+        let person: Value = probe
+            .get(format!("{}/api/projects/@current/persons/?distinct_id=heavy_399", server.url))
+            .bearer_auth(SECRET)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap_or(Value::Null);
+        person["results"][0]["properties"]["trait_0"].clone()
+    };
+    let final_value = json!(format!("{value}3949"));
+    let processed_before = last_set(&probe) == final_value;
+    let (mut slowest_liveness, mut slowest_flags) = (Duration::ZERO, Duration::ZERO);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut probes = 0;
+    while Instant::now() < until {
+        let started = Instant::now();
+        assert_eq!(probe.get(format!("{}/_liveness", server.url)).send().unwrap().status(), 200);
+        slowest_liveness = slowest_liveness.max(started.elapsed());
+        let started = Instant::now();
+        let body = json!({"token": TOKEN, "distinct_id": format!("light_{probes}"), "person_properties": {"plan": "pro"}});
+        let answer = probe.post(format!("{}/flags/?v=2", server.url)).json(&body).send().unwrap();
+        assert_eq!(answer.status(), 200);
+        slowest_flags = slowest_flags.max(started.elapsed());
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{probes} probes; slowest liveness {slowest_liveness:?}, slowest /flags {slowest_flags:?}; processed before probing: {processed_before}");
+    assert!(!processed_before, "the probes ran while the person processor was busy");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while last_set(&probe) != final_value {
+        assert!(Instant::now() < deadline, "the person processor finished the updates");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = probe.get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    assert!(slowest_liveness < Duration::from_millis(100), "liveness took {slowest_liveness:?}");
+    assert!(slowest_flags < Duration::from_millis(100), "/flags took {slowest_flags:?}");
+    assert!(metrics.contains("switchyard_events_logged_total"), "{metrics}");
     assert_healthy(&server);
 }
