@@ -227,3 +227,12 @@ pub async fn list_quarantine(
         .collect();
     Ok(axum::Json(json!({"results": results, "next": next})).into_response())
 }
+
+/// Runs a management handler's work, which reads and writes SQLite, on a blocking thread:
+/// never on an async worker, where a busy store would stall every request on that worker.
+pub async fn off_runtime<F>(state: crate::AppState, work: F) -> Result<axum::response::Response, ApiError>
+where
+    F: FnOnce(&crate::AppState) -> Result<axum::response::Response, ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || work(&state)).await.map_err(ApiError::unavailable)?
+}

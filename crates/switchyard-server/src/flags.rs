@@ -1056,10 +1056,13 @@ fn with_defaults(mut def: Map<String, Value>) -> Map<String, Value> {
 }
 
 pub async fn list_flags(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let key = crate::api::authorize(&state, &headers, &project)?;
-    let flags = state.control.list_flags(key, false).map_err(control_error)?;
-    let results: Vec<Value> = flags.iter().map(StoredFlag::to_posthog_json).collect();
-    Ok(axum::Json(json!({"count": results.len(), "next": null, "previous": null, "results": results})).into_response())
+    crate::api::off_runtime(state, move |state| {
+        let key = crate::api::authorize(state, &headers, &project)?;
+        let flags = state.control.list_flags(key, false).map_err(control_error)?;
+        let results: Vec<Value> = flags.iter().map(StoredFlag::to_posthog_json).collect();
+        Ok(axum::Json(json!({"count": results.len(), "next": null, "previous": null, "results": results})).into_response())
+    })
+    .await
 }
 
 fn refuse_mirrored(state: &AppState, project_id: i64) -> Result<(), ApiError> {
@@ -1082,27 +1085,33 @@ fn live_flag_for_change(state: &AppState, headers: &HeaderMap, project: &str, id
 }
 
 pub async fn create_flag(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let actor = authorize_key(&state, &headers)?;
-    let project_id = crate::api::authorize(&state, &headers, &project)?;
-    refuse_mirrored(&state, project_id)?;
-    let def = with_defaults(body_object(&body)?);
-    let flag_key = validate_definition(&def)?;
-    let mut flags = state.control.list_flags(project_id, false).map_err(control_error)?;
-    if flags.iter().any(|f| f.key == flag_key) {
-        return Err(control_error(ControlError::DuplicateFlagKey(flag_key)));
-    }
-    flags.push(unsaved_flag(-1, &flag_key, &def));
-    let changed = HashSet::from([Subject::Flag(flag_key.clone())]);
-    check_project_change(&state, project_id, ProjectChange { flags, group_types: Map::new(), cohorts: Map::new(), changed })?;
-    let flag = state.control.create_flag(project_id, &flag_key, def, Some(actor.key_id)).map_err(control_error)?;
-    state.flags.reload(&state.control, project_id).map_err(control_error)?;
-    Ok((StatusCode::CREATED, axum::Json(flag.to_posthog_json())).into_response())
+    crate::api::off_runtime(state, move |state| {
+        let actor = authorize_key(state, &headers)?;
+        let project_id = crate::api::authorize(state, &headers, &project)?;
+        refuse_mirrored(state, project_id)?;
+        let def = with_defaults(body_object(&body)?);
+        let flag_key = validate_definition(&def)?;
+        let mut flags = state.control.list_flags(project_id, false).map_err(control_error)?;
+        if flags.iter().any(|f| f.key == flag_key) {
+            return Err(control_error(ControlError::DuplicateFlagKey(flag_key)));
+        }
+        flags.push(unsaved_flag(-1, &flag_key, &def));
+        let changed = HashSet::from([Subject::Flag(flag_key.clone())]);
+        check_project_change(state, project_id, ProjectChange { flags, group_types: Map::new(), cohorts: Map::new(), changed })?;
+        let flag = state.control.create_flag(project_id, &flag_key, def, Some(actor.key_id)).map_err(control_error)?;
+        state.flags.reload(&state.control, project_id).map_err(control_error)?;
+        Ok((StatusCode::CREATED, axum::Json(flag.to_posthog_json())).into_response())
+    })
+    .await
 }
 
 pub async fn get_flag(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let project_id = crate::api::authorize(&state, &headers, &project)?;
-    let flag = state.control.get_flag(project_id, &id).map_err(control_error)?;
-    Ok(axum::Json(flag.to_posthog_json()).into_response())
+    crate::api::off_runtime(state, move |state| {
+        let project_id = crate::api::authorize(state, &headers, &project)?;
+        let flag = state.control.get_flag(project_id, &id).map_err(control_error)?;
+        Ok(axum::Json(flag.to_posthog_json()).into_response())
+    })
+    .await
 }
 
 pub async fn update_flag(
@@ -1112,56 +1121,65 @@ pub async fn update_flag(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let (actor, project_id, current) = live_flag_for_change(&state, &headers, &project, &id)?;
-    let mut patch = body_object(&body)?;
-    let expected_version = match patch.remove("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(|| invalid("version", "`version` must be an integer"))?),
-    };
-    let deleted = patch.remove("deleted").and_then(|d| d.as_bool()).unwrap_or(false);
-    let mut def = if method == Method::PUT { Map::new() } else { current.definition.clone() };
-    def.insert("key".into(), Value::String(current.key.clone()));
-    def.extend(patch);
-    let def = with_defaults(def);
-    let flag_key = validate_definition(&def)?;
-    let mut flags: Vec<StoredFlag> = state.control.list_flags(project_id, false).map_err(control_error)?.into_iter().filter(|f| f.id != current.id).collect();
-    let mut changed = HashSet::new();
-    if !deleted {
-        if flags.iter().any(|f| f.key == flag_key) {
-            return Err(control_error(ControlError::DuplicateFlagKey(flag_key)));
+    crate::api::off_runtime(state, move |state| {
+        let (actor, project_id, current) = live_flag_for_change(state, &headers, &project, &id)?;
+        let mut patch = body_object(&body)?;
+        let expected_version = match patch.remove("version") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| invalid("version", "`version` must be an integer"))?),
+        };
+        let deleted = patch.remove("deleted").and_then(|d| d.as_bool()).unwrap_or(false);
+        let mut def = if method == Method::PUT { Map::new() } else { current.definition.clone() };
+        def.insert("key".into(), Value::String(current.key.clone()));
+        def.extend(patch);
+        let def = with_defaults(def);
+        let flag_key = validate_definition(&def)?;
+        let mut flags: Vec<StoredFlag> = state.control.list_flags(project_id, false).map_err(control_error)?.into_iter().filter(|f| f.id != current.id).collect();
+        let mut changed = HashSet::new();
+        if !deleted {
+            if flags.iter().any(|f| f.key == flag_key) {
+                return Err(control_error(ControlError::DuplicateFlagKey(flag_key)));
+            }
+            flags.push(unsaved_flag(current.id, &flag_key, &def));
+            changed.insert(Subject::Flag(flag_key.clone()));
         }
-        flags.push(unsaved_flag(current.id, &flag_key, &def));
-        changed.insert(Subject::Flag(flag_key.clone()));
-    }
-    check_project_change(&state, project_id, ProjectChange { flags, group_types: Map::new(), cohorts: Map::new(), changed })?;
-    let flag = state
-        .control
-        .update_flag(project_id, current.id, expected_version, &flag_key, def, deleted, Some(actor.key_id))
-        .map_err(control_error)?;
-    state.flags.reload(&state.control, project_id).map_err(control_error)?;
-    Ok(axum::Json(flag.to_posthog_json()).into_response())
+        check_project_change(state, project_id, ProjectChange { flags, group_types: Map::new(), cohorts: Map::new(), changed })?;
+        let flag = state
+            .control
+            .update_flag(project_id, current.id, expected_version, &flag_key, def, deleted, Some(actor.key_id))
+            .map_err(control_error)?;
+        state.flags.reload(&state.control, project_id).map_err(control_error)?;
+        Ok(axum::Json(flag.to_posthog_json()).into_response())
+    })
+    .await
 }
 
 pub async fn delete_flag(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (actor, project_id, current) = live_flag_for_change(&state, &headers, &project, &id)?;
-    let def = current.definition.clone();
-    state
-        .control
-        .update_flag(project_id, current.id, None, &current.key, def, true, Some(actor.key_id))
-        .map_err(control_error)?;
-    state.flags.reload(&state.control, project_id).map_err(control_error)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    crate::api::off_runtime(state, move |state| {
+        let (actor, project_id, current) = live_flag_for_change(state, &headers, &project, &id)?;
+        let def = current.definition.clone();
+        state
+            .control
+            .update_flag(project_id, current.id, None, &current.key, def, true, Some(actor.key_id))
+            .map_err(control_error)?;
+        state.flags.reload(&state.control, project_id).map_err(control_error)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
 }
 
 pub async fn flag_activity(State(state): State<AppState>, Path(params): Path<HashMap<String, String>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let project = params.get("project_id").cloned().unwrap_or_default();
-    let project_id = crate::api::authorize(&state, &headers, &project)?;
-    let flag_id = match params.get("id") {
-        Some(id) => Some(state.control.get_flag(project_id, id).map_err(control_error)?.id),
-        None => None,
-    };
-    let entries = state.control.flag_audit(project_id, flag_id, 1000).map_err(control_error)?;
-    Ok(axum::Json(json!({"results": entries, "next": null})).into_response())
+    crate::api::off_runtime(state, move |state| {
+        let project = params.get("project_id").cloned().unwrap_or_default();
+        let project_id = crate::api::authorize(state, &headers, &project)?;
+        let flag_id = match params.get("id") {
+            Some(id) => Some(state.control.get_flag(project_id, id).map_err(control_error)?.id),
+            None => None,
+        };
+        let entries = state.control.flag_audit(project_id, flag_id, 1000).map_err(control_error)?;
+        Ok(axum::Json(json!({"results": entries, "next": null})).into_response())
+    })
+    .await
 }
 
 /// `POST /api/projects/{id}/feature_flags/import/`: PostHog's local evaluation JSON
@@ -1171,64 +1189,67 @@ pub async fn flag_activity(State(state): State<AppState>, Path(params): Path<Has
 /// stores them (the order of the flags does not matter); bad input is a 400 naming the flag or
 /// cohort. Linear in the size of the project's definitions.
 pub async fn import_flags(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let actor = authorize_key(&state, &headers)?;
-    let project_id = crate::api::authorize(&state, &headers, &project)?;
-    refuse_mirrored(&state, project_id)?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parse_error", format!("JSON parse error - {e}")))?;
-    let (flags, mapping, cohorts) = match body {
-        Value::Array(flags) => (flags, Map::new(), Map::new()),
-        Value::Object(mut map) => (
-            match map.remove("flags") {
-                Some(Value::Array(flags)) => flags,
-                _ => return Err(invalid("flags", "`flags` must be an array")),
-            },
-            object(map.get("group_type_mapping")),
-            object(map.get("cohorts")),
-        ),
-        _ => return Err(invalid("body", "expected `{flags, group_type_mapping, cohorts}` or an array of flags")),
-    };
-    let mut import = FlagImport::default();
-    let mut group_types = Map::new();
-    for (index, name) in mapping {
-        let index: i64 = index.parse().map_err(|_| invalid("group_type_mapping", format!("index {index:?} is not a number")))?;
-        let Value::String(name) = name else { return Err(invalid("group_type_mapping", "group type names must be strings")) };
-        group_types.insert(index.to_string(), Value::String(name.clone()));
-        import.group_types.push((index, name));
-    }
-    let mut changed = HashSet::new();
-    let mut imported_cohorts = Map::new();
-    for (id, definition) in cohorts {
-        let id: i64 = id.parse().map_err(|_| invalid("cohorts", format!("cohort id {id:?} is not a number")))?;
-        changed.insert(Subject::Cohort(id.to_string()));
-        imported_cohorts.insert(id.to_string(), definition.clone());
-        import.cohorts.push((id, definition));
-    }
+    crate::api::off_runtime(state, move |state| {
+        let actor = authorize_key(state, &headers)?;
+        let project_id = crate::api::authorize(state, &headers, &project)?;
+        refuse_mirrored(state, project_id)?;
+        let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "parse_error", format!("JSON parse error - {e}")))?;
+        let (flags, mapping, cohorts) = match body {
+            Value::Array(flags) => (flags, Map::new(), Map::new()),
+            Value::Object(mut map) => (
+                match map.remove("flags") {
+                    Some(Value::Array(flags)) => flags,
+                    _ => return Err(invalid("flags", "`flags` must be an array")),
+                },
+                object(map.get("group_type_mapping")),
+                object(map.get("cohorts")),
+            ),
+            _ => return Err(invalid("body", "expected `{flags, group_type_mapping, cohorts}` or an array of flags")),
+        };
+        let mut import = FlagImport::default();
+        let mut group_types = Map::new();
+        for (index, name) in mapping {
+            let index: i64 = index.parse().map_err(|_| invalid("group_type_mapping", format!("index {index:?} is not a number")))?;
+            let Value::String(name) = name else { return Err(invalid("group_type_mapping", "group type names must be strings")) };
+            group_types.insert(index.to_string(), Value::String(name.clone()));
+            import.group_types.push((index, name));
+        }
+        let mut changed = HashSet::new();
+        let mut imported_cohorts = Map::new();
+        for (id, definition) in cohorts {
+            let id: i64 = id.parse().map_err(|_| invalid("cohorts", format!("cohort id {id:?} is not a number")))?;
+            changed.insert(Subject::Cohort(id.to_string()));
+            imported_cohorts.insert(id.to_string(), definition.clone());
+            import.cohorts.push((id, definition));
+        }
 
-    let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
-    let mut after: Vec<StoredFlag> = existing;
-    let index_by_key: HashMap<String, usize> = after.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
-    for (n, flag) in flags.into_iter().enumerate() {
-        let Value::Object(def) = flag else { return Err(invalid("flags", format!("flag {}: every flag must be an object", n + 1))) };
-        let def = with_defaults(def);
-        let key = definition_problem(&def).map_err(|(attr, detail)| {
-            let name = def.get("key").and_then(Value::as_str).map_or_else(|| format!("flag {}", n + 1), |k| format!("flag `{k}`"));
-            // The compiler's messages already name the flag.
-            let detail = if detail.starts_with(&name) { detail } else { format!("{name}: {detail}") };
-            invalid(attr, detail)
-        })?;
-        if !changed.insert(Subject::Flag(key.clone())) {
-            return Err(invalid("key", format!("flag `{key}` appears twice in the import")));
+        let existing = state.control.list_flags(project_id, false).map_err(control_error)?;
+        let mut after: Vec<StoredFlag> = existing;
+        let index_by_key: HashMap<String, usize> = after.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
+        for (n, flag) in flags.into_iter().enumerate() {
+            let Value::Object(def) = flag else { return Err(invalid("flags", format!("flag {}: every flag must be an object", n + 1))) };
+            let def = with_defaults(def);
+            let key = definition_problem(&def).map_err(|(attr, detail)| {
+                let name = def.get("key").and_then(Value::as_str).map_or_else(|| format!("flag {}", n + 1), |k| format!("flag `{k}`"));
+                // The compiler's messages already name the flag.
+                let detail = if detail.starts_with(&name) { detail } else { format!("{name}: {detail}") };
+                invalid(attr, detail)
+            })?;
+            if !changed.insert(Subject::Flag(key.clone())) {
+                return Err(invalid("key", format!("flag `{key}` appears twice in the import")));
+            }
+            let existing_id = index_by_key.get(&key).map(|&i| after[i].id);
+            match index_by_key.get(&key) {
+                Some(&i) => after[i].definition = def.clone(),
+                // Not stored yet: a made-up id no stored flag has.
+                None => after.push(unsaved_flag(-(n as i64) - 1, &key, &def)),
+            }
+            import.flags.push(ImportedFlag { existing_id, key, definition: def });
         }
-        let existing_id = index_by_key.get(&key).map(|&i| after[i].id);
-        match index_by_key.get(&key) {
-            Some(&i) => after[i].definition = def.clone(),
-            // Not stored yet: a made-up id no stored flag has.
-            None => after.push(unsaved_flag(-(n as i64) - 1, &key, &def)),
-        }
-        import.flags.push(ImportedFlag { existing_id, key, definition: def });
-    }
-    check_project_change(&state, project_id, ProjectChange { flags: after, group_types, cohorts: imported_cohorts, changed })?;
-    let counts = state.control.import_definitions(project_id, import, Some(actor.key_id)).map_err(control_error)?;
-    state.flags.reload(&state.control, project_id).map_err(control_error)?;
-    Ok(axum::Json(json!({"created": counts.created, "updated": counts.updated})).into_response())
+        check_project_change(state, project_id, ProjectChange { flags: after, group_types, cohorts: imported_cohorts, changed })?;
+        let counts = state.control.import_definitions(project_id, import, Some(actor.key_id)).map_err(control_error)?;
+        state.flags.reload(&state.control, project_id).map_err(control_error)?;
+        Ok(axum::Json(json!({"created": counts.created, "updated": counts.updated})).into_response())
+    })
+    .await
 }

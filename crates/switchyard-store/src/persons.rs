@@ -27,10 +27,13 @@ use crate::control::{ControlError, ControlStore};
 #[derive(Default)]
 pub(crate) struct PersonCache {
     generation: u64,
-    entries: HashMap<(i64, String), Option<Arc<Map<String, Value>>>>,
+    entries: HashMap<(i64, String), CachedProperties>,
     /// What the entries hold, roughly: their properties' JSON length and keys.
     bytes: usize,
 }
+
+/// A person's properties as cached: `None` when there is no such person.
+type CachedProperties = Option<Arc<Map<String, Value>>>;
 
 /// Most bytes the person-property cache holds (properties as JSON, plus keys); past it, it
 /// starts over empty.
@@ -300,7 +303,7 @@ impl ControlStore {
 
     /// The cached answer of [`Self::person_properties`], if the cache has one: never touches
     /// SQLite, so request handlers may call it on an async worker.
-    pub fn cached_person_properties(&self, project_id: i64, distinct_id: &str) -> Option<Option<Arc<Map<String, Value>>>> {
+    pub fn cached_person_properties(&self, project_id: i64, distinct_id: &str) -> Option<CachedProperties> {
         let cache = self.person_cache.lock().expect("cache lock");
         cache.entries.get(&(project_id, distinct_id.to_owned())).cloned()
     }

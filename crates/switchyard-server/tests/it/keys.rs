@@ -47,7 +47,7 @@ async fn keys_rotation_by_configuration_revokes_the_old_keys() {
     assert_eq!(status, 200);
     assert_eq!(server.capture_status(TOKEN).await, 401, "the old project token is revoked");
     assert_eq!(server.capture_status("phc_rotated_token").await, 200);
-    let old_secret = list["results"].as_array().unwrap().iter().find(|k| k["kind"] == "secret_key" && k["prefix"] == &SECRET[..8]).unwrap();
+    let old_secret = list["results"].as_array().unwrap().iter().find(|k| k["kind"] == "secret_key" && k["prefix"] == SECRET[..8]).unwrap();
     assert_eq!(old_secret["active"], false);
     assert!(old_secret["revoked_at"].is_string());
     let dir = server.stop().await;
