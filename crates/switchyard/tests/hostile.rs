@@ -447,3 +447,33 @@ fn huge_person_updates_do_not_stall_flags_or_liveness() {
     assert!(metrics.contains("switchyard_events_logged_total"), "{metrics}");
     assert_healthy(&server);
 }
+
+#[test]
+fn revoked_keys_and_cross_origin_reads_are_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let client = client();
+    let keys_url = format!("{}/api/projects/@current/keys/", server.url);
+
+    // A second public token, used, then revoked: 401 from the next request on.
+    let created: Value = client.post(&keys_url).bearer_auth(SECRET).json(&json!({"kind": "project_token"})).send().unwrap().json().unwrap();
+    let token = created["key"].as_str().unwrap().to_owned();
+    let event = |token: &str| json!({"api_key": token, "event": "tool_used", "distinct_id": "u", "properties": {"trace_id": "t"}});
+    assert_eq!(client.post(format!("{}/i/v0/e/", server.url)).json(&event(&token)).send().unwrap().status(), 200);
+    let revoked = client.delete(format!("{keys_url}{}/", created["id"])).bearer_auth(SECRET).send().unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(client.post(format!("{}/i/v0/e/", server.url)).json(&event(&token)).send().unwrap().status(), 401);
+    let listed = client.get(&keys_url).bearer_auth(SECRET).send().unwrap().text().unwrap();
+    assert!(!listed.contains(&token) && !listed.contains(SECRET), "no key values in a listing");
+
+    // Browsers' SDK routes answer other origins; the management API and metrics do not.
+    let origin = "https://app.example.com";
+    let flags = client.post(format!("{}/flags/?v=2", server.url)).header("origin", origin).json(&json!({"token": TOKEN, "distinct_id": "u"})).send().unwrap();
+    assert_eq!(flags.headers()["access-control-allow-origin"], origin);
+    for path in ["/api/projects/@current/events/", "/metrics", "/flags/definitions"] {
+        let response = client.get(format!("{}{path}", server.url)).header("origin", origin).bearer_auth(SECRET).send().unwrap();
+        assert!(!response.headers().contains_key("access-control-allow-origin"), "{path} allows other origins");
+    }
+    assert_healthy(&server);
+}
