@@ -242,14 +242,16 @@ impl ControlStore {
                 done += 1;
             }
             tx.commit()?;
-            drop(conn);
-            rest = &rest[done..];
-            applied.transactions += 1;
+            // Emptied before the store is let go: whoever reads the change through the store
+            // next (the persons API, a client told by it) finds no stale cached properties.
             let mut cache = self.person_cache.lock().expect("cache lock");
             cache.generation += 1;
             cache.entries.clear();
             cache.bytes = 0;
             drop(cache);
+            drop(conn);
+            rest = &rest[done..];
+            applied.transactions += 1;
             if !rest.is_empty() {
                 // A mutex is not fair: without a pause this thread would take it straight back.
                 std::thread::sleep(std::time::Duration::from_millis(1));

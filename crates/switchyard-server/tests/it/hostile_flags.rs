@@ -4,12 +4,12 @@
 //! stored them: `/flags` keeps answering, the broken flags evaluate to errors.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use switchyard_flags::MAX_DEPENDENCY_DEPTH;
 
-use crate::{TestServer, SECRET, TOKEN};
+use crate::{wait_until, TestServer, SECRET, TOKEN};
 
 fn depends_on(key: &str) -> Value {
     json!({"groups": [{"properties": [{"key": key, "type": "flag", "operator": "flag_evaluates_to", "value": true}], "rollout_percentage": 100}]})
@@ -230,28 +230,12 @@ fn posthog_chain(length: usize) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn upstream_snapshots_that_fail_validation_keep_the_last_good_one() {
     let good = json!({"flags": [posthog_flag(1, "good", everyone())], "group_type_mapping": {}, "cohorts": {}});
     let upstream = FakeUpstream::start(good).await;
     let url = upstream.url.clone();
-    let mirror = TestServer::start_with(move |c| {
-        c.upstream.url = Some(url);
-        c.upstream.personal_api_key = Some(SECRET.into());
-        c.upstream.project_token = Some(TOKEN.into());
-        c.upstream.poll_interval_secs = 1;
-        c.upstream.timeout_secs = 5;
-        c.upstream.allow_insecure_http = true;
-    })
-    .await;
+    let mirror = TestServer::start_with(crate::mirror_of(url)).await;
     wait_until("the mirror serves the good snapshot", async || evaluate(&mirror, "user_1").await["flags"]["good"]["enabled"] == true).await;
 
     let refusals = [

@@ -12,6 +12,7 @@ mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use switchyard_server::{serve, AppState, Config};
 use tokio::sync::oneshot;
@@ -98,4 +99,25 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
+}
+
+/// Upstream mode against `upstream_url` (plain http allowed: the fakes are loopback HTTP servers).
+pub fn mirror_of(upstream_url: String) -> impl FnOnce(&mut Config) {
+    move |c| {
+        c.upstream.url = Some(upstream_url);
+        c.upstream.personal_api_key = Some(SECRET.into());
+        c.upstream.project_token = Some(TOKEN.into());
+        c.upstream.poll_interval_secs = 1;
+        c.upstream.timeout_secs = 2;
+        c.upstream.allow_insecure_http = true;
+    }
+}
+
+/// Polls `check` until it holds; fails the test after 20 s naming `what`.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

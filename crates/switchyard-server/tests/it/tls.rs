@@ -3,7 +3,6 @@
 //! unless allowed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use serde_json::{json, Value};
@@ -61,14 +60,6 @@ pub async fn serve_https(router: axum::Router, tls: Arc<rustls::ServerConfig>) -
     port
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn upstream_mirror_over_https_with_a_private_ca() {
     let pki = test_pki();
@@ -100,7 +91,7 @@ async fn upstream_mirror_over_https_with_a_private_ca() {
 
     // Trusting the test's CA: the snapshot is fetched and served.
     let mirror = TestServer::start_with(mirror_of(Some(ca_file.clone()))).await;
-    eventually("the mirror fetched the snapshot over https", async || {
+    crate::wait_until("the mirror fetched the snapshot over https", async || {
         mirror.client.get(format!("{}/_readiness/flags", mirror.url)).send().await.unwrap().status() == 200
     })
     .await;
@@ -118,7 +109,7 @@ async fn upstream_mirror_over_https_with_a_private_ca() {
 
     // Without it the certificate is refused: no snapshot, intake still ready.
     let untrusting = TestServer::start_with(mirror_of(None)).await;
-    eventually("a failed poll is counted", async || {
+    crate::wait_until("a failed poll is counted", async || {
         !untrusting.metrics().await.contains("switchyard_flags_upstream_failures_total 0")
     })
     .await;

@@ -1,30 +1,10 @@
 //! Upstream mode: a second Switchyard plays the upstream PostHog. Flags keep being served
 //! when it stops, and after a restart while it is still down, marked stale.
 
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{TestServer, SECRET, TOKEN};
-
-fn mirror_of(upstream_url: String) -> impl FnOnce(&mut switchyard_server::Config) {
-    move |c| {
-        c.upstream.url = Some(upstream_url);
-        c.upstream.personal_api_key = Some(SECRET.into());
-        c.upstream.project_token = Some(TOKEN.into());
-        c.upstream.poll_interval_secs = 1;
-        c.upstream.timeout_secs = 2;
-        c.upstream.allow_insecure_http = true;
-    }
-}
-
-async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::{mirror_of, wait_until, TestServer, SECRET, TOKEN};
 
 async fn evaluate(server: &TestServer) -> Value {
     server
