@@ -65,6 +65,16 @@ async fn evaluate(server: &TestServer, distinct_id: &str) -> Value {
     response.json().await.unwrap()
 }
 
+/// The answer once flags are ready; `Null` while a mirror has no snapshot yet (503).
+async fn evaluate_when_ready(server: &TestServer, distinct_id: &str) -> Value {
+    let response = server.client.post(format!("{}/flags/?v=2", server.url)).json(&json!({"token": TOKEN, "distinct_id": distinct_id})).send().await.unwrap();
+    match response.status().as_u16() {
+        200 => response.json().await.unwrap(),
+        503 => Value::Null,
+        other => panic!("/flags answered {other}"),
+    }
+}
+
 fn assert_refused(status: u16, body: &Value, attr: &str, needles: &[&str]) {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["attr"], attr, "{body}");
@@ -236,7 +246,7 @@ async fn upstream_snapshots_that_fail_validation_keep_the_last_good_one() {
     let upstream = FakeUpstream::start(good).await;
     let url = upstream.url.clone();
     let mirror = TestServer::start_with(crate::mirror_of(url)).await;
-    wait_until("the mirror serves the good snapshot", async || evaluate(&mirror, "user_1").await["flags"]["good"]["enabled"] == true).await;
+    wait_until("the mirror serves the good snapshot", async || evaluate_when_ready(&mirror, "user_1").await["flags"]["good"]["enabled"] == true).await;
 
     let refusals = [
         ("dependency_cycle_cohort", json!({"flags": [posthog_flag(2, "in_seven", in_cohort_seven())], "group_type_mapping": {}, "cohorts": {"7": self_referencing_cohort()}})),
@@ -278,7 +288,7 @@ async fn upstream_snapshots_that_fail_validation_keep_the_last_good_one() {
         c.upstream.allow_insecure_http = true;
     })
     .await;
-    wait_until("the newer snapshot is served", async || evaluate(&polling, "user_1").await["flags"]["newer"]["enabled"] == true).await;
+    wait_until("the newer snapshot is served", async || evaluate_when_ready(&polling, "user_1").await["flags"]["newer"]["enabled"] == true).await;
 }
 
 fn depends_on_posthog(key: &str) -> Value {
