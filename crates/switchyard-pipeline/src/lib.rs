@@ -1,0 +1,10 @@
+//! Consumers of the event log. The router: every enabled destination is a consumer with its own
+//! durable cursor, filter → transform → map → batch → send → confirm → commit (see
+//! `docs/routing.md`).
+
+pub mod destination;
+pub mod retry;
+pub mod transform;
+pub mod wire;
+
+pub use destination::{DestinationConfig, DestinationKind, DestinationSpec, InvalidField};

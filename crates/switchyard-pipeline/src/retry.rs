@@ -1,0 +1,1 @@
+//! What a response means for delivery, and when to try again.
