@@ -3,8 +3,11 @@
 //! `docs/routing.md`).
 
 pub mod destination;
+pub mod outbound;
 pub mod retry;
+pub mod router;
 pub mod transform;
 pub mod wire;
 
-pub use destination::{DestinationConfig, DestinationKind, DestinationSpec, InvalidField};
+pub use destination::{DestinationConfig, DestinationKind, DestinationSpec, InvalidField, Start};
+pub use router::{Router, RouterConfig, RouterMetrics, Stores};

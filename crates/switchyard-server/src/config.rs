@@ -37,6 +37,53 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub http: HttpSettings,
     pub tls: TlsSettings,
+    pub routing: RoutingSettings,
+}
+
+/// Delivery to destinations (see `docs/routing.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// An event is dead-lettered only once it had at least this many attempts…
+    pub retry_min_attempts: u32,
+    /// …and its first attempt is at least this many seconds old.
+    pub retry_max_age_secs: u64,
+    /// First wait between attempts, in milliseconds; doubles up to `retry_max_backoff_secs`
+    /// (each wait drawn at random below it: full jitter). A `Retry-After` asking for longer
+    /// (up to 5 minutes) is honoured.
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_secs: u64,
+    /// Seconds one request may take, answer included; past it, it is retried.
+    pub request_timeout_secs: u64,
+    /// Deliver to private, loopback, link-local and similar addresses (destinations inside
+    /// your own network). Off: such addresses are refused, whatever a name resolves to.
+    pub allow_private_addresses: bool,
+    /// Events a destination reads from the log at a time (its cursor moves past them once
+    /// all are delivered or dead-lettered).
+    pub window_events: usize,
+    /// Requests a destination has in flight at once (lanes keyed by distinct id).
+    pub lanes: usize,
+    /// Time limit of one JavaScript transformation call, in milliseconds.
+    pub js_time_limit_ms: u64,
+    /// Memory limit of a destination's JavaScript runtime, in MiB.
+    pub js_memory_mib: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            retry_min_attempts: 3,
+            retry_max_age_secs: 3 * 3600,
+            retry_initial_backoff_ms: 1000,
+            retry_max_backoff_secs: 300,
+            request_timeout_secs: 30,
+            allow_private_addresses: false,
+            window_events: 5000,
+            lanes: 4,
+            js_time_limit_ms: 4000,
+            js_memory_mib: 64,
+        }
+    }
 }
 
 /// Bounds on connections: what a slow or idle client may hold.
@@ -59,6 +106,31 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings { header_read_timeout_secs: 10, body_read_timeout_secs: 30, keep_alive_timeout_secs: 10, max_connections: 4096 }
+    }
+}
+
+impl RoutingSettings {
+    /// The router's settings.
+    pub fn router_config(&self, ca_file: Option<&Path>) -> switchyard_pipeline::RouterConfig {
+        use std::time::Duration;
+        switchyard_pipeline::RouterConfig {
+            retry: switchyard_pipeline::retry::RetryPolicy {
+                initial_backoff: Duration::from_millis(self.retry_initial_backoff_ms),
+                max_backoff: Duration::from_secs(self.retry_max_backoff_secs),
+                min_attempts: self.retry_min_attempts,
+                max_age: Duration::from_secs(self.retry_max_age_secs),
+            },
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            allow_private_addresses: self.allow_private_addresses,
+            ca_file: ca_file.map(Path::to_path_buf),
+            window_events: self.window_events,
+            lanes: self.lanes,
+            js: switchyard_pipeline::transform::JsLimits {
+                time_limit: Duration::from_millis(self.js_time_limit_ms),
+                memory_bytes: self.js_memory_mib << 20,
+            },
+            ..switchyard_pipeline::RouterConfig::default()
+        }
     }
 }
 
@@ -128,6 +200,7 @@ impl Default for Config {
             upstream: UpstreamSettings::default(),
             http: HttpSettings::default(),
             tls: TlsSettings::default(),
+            routing: RoutingSettings::default(),
         }
     }
 }
@@ -303,6 +376,12 @@ impl Config {
             ("http.header_read_timeout_secs", self.http.header_read_timeout_secs as usize),
             ("http.body_read_timeout_secs", self.http.body_read_timeout_secs as usize),
             ("http.keep_alive_timeout_secs", self.http.keep_alive_timeout_secs as usize),
+            ("routing.retry_min_attempts", self.routing.retry_min_attempts as usize),
+            ("routing.request_timeout_secs", self.routing.request_timeout_secs as usize),
+            ("routing.window_events", self.routing.window_events),
+            ("routing.lanes", self.routing.lanes),
+            ("routing.js_time_limit_ms", self.routing.js_time_limit_ms as usize),
+            ("routing.js_memory_mib", self.routing.js_memory_mib),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));

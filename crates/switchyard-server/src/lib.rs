@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod destinations;
 pub mod flags;
 pub mod http;
 pub mod intake;
@@ -47,6 +48,21 @@ pub struct Shared {
     ready: AtomicBool,
     /// Upstream mode: the mirrored project and its mirror.
     mirror: std::sync::OnceLock<(i64, Arc<upstream::MirrorState>)>,
+    /// Delivery to destinations. It holds the state (its stores), so it is let go when the
+    /// server stops (see `serve`).
+    router: std::sync::Mutex<Option<switchyard_pipeline::Router>>,
+}
+
+/// What the router uses of the state.
+struct RouterStores(AppState);
+
+impl switchyard_pipeline::Stores for RouterStores {
+    fn log(&self) -> &SqliteLog {
+        &self.0.log
+    }
+    fn control(&self) -> &ControlStore {
+        &self.0.control
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -111,7 +127,12 @@ impl AppState {
             flags,
             ready: AtomicBool::new(true),
             mirror: std::sync::OnceLock::new(),
+            router: std::sync::Mutex::new(None),
         }));
+        let router_config = state.config.routing.router_config(state.config.tls.ca_file.as_deref());
+        let router = switchyard_pipeline::Router::new(Arc::new(RouterStores(state.clone())), router_config, state.metrics.router.clone())
+            .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
+        *state.router.lock().unwrap() = Some(router);
         if state.config.upstream.url.is_some() {
             let project_id = match state.config.upstream.project_id {
                 Some(id) => id,
@@ -138,6 +159,11 @@ impl AppState {
     /// rotation.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The router, while the server runs.
+    pub fn router(&self) -> Option<switchyard_pipeline::Router> {
+        self.router.lock().unwrap().clone()
     }
 
     /// Flags are ready too: loaded (in upstream mode: a snapshot to serve).
@@ -172,6 +198,20 @@ pub fn app(state: AppState) -> Router {
         router = router
             .route(&format!("/api/projects/{{project_id}}/keys{suffix}"), get(keys::list_keys).post(keys::create_key))
             .route(&format!("/api/projects/{{project_id}}/keys/{{id}}{suffix}"), axum::routing::delete(keys::revoke_key));
+        let base = "/api/projects/{project_id}/destinations";
+        router = router
+            .route(&format!("{base}{suffix}"), get(destinations::list_destinations).post(destinations::create_destination))
+            .route(
+                &format!("{base}/{{id}}{suffix}"),
+                get(destinations::get_destination).patch(destinations::update_destination).delete(destinations::delete_destination),
+            )
+            .route(&format!("{base}/{{id}}/status{suffix}"), get(destinations::destination_status))
+            .route(
+                &format!("{base}/{{id}}/dead_letters{suffix}"),
+                get(destinations::list_dead_letters).delete(destinations::discard_dead_letters),
+            )
+            .route(&format!("{base}/{{id}}/dead_letters/replay{suffix}"), post(destinations::replay_dead_letters))
+            .route(&format!("/api/projects/{{project_id}}/transformations/test{suffix}"), post(destinations::test_transformations));
     }
     // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
     // too (axum would answer it as a GET: link checkers would send events).
@@ -334,6 +374,7 @@ pub async fn serve(
     let router = app(state.clone());
     let (stop_processor, processor_stop) = tokio::sync::watch::channel(false);
     let processor = tokio::spawn(persons::run(state.clone(), processor_stop.clone()));
+    let routing = state.router().map(|router| tokio::spawn(router.run(processor_stop.clone())));
     let poller = state.mirror.get().map(|(project_id, mirror)| {
         tokio::spawn(upstream::run(state.clone(), *project_id, state.config.upstream.clone(), mirror.clone(), processor_stop))
     });
@@ -370,6 +411,11 @@ pub async fn serve(
     state.ready.store(false, Ordering::SeqCst);
     let _ = stop_processor.send(true);
     let _ = processor.await;
+    if let Some(routing) = routing {
+        let _ = routing.await;
+    }
+    // The router holds the state: let it go, so the stores close with the last handle.
+    state.router.lock().unwrap().take();
     if let Some(poller) = poller {
         let _ = poller.await;
     }

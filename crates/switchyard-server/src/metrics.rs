@@ -52,6 +52,8 @@ pub struct TableLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// Delivery to destinations, per destination.
+    pub router: switchyard_pipeline::RouterMetrics,
     /// Rows retention (`log.retention_days`) deleted from the event log, by table.
     pub log_retention_deleted: Family<TableLabels, Counter>,
     /// Person or group properties the person processor dropped: the person or group was at
@@ -142,7 +144,10 @@ impl Default for Metrics {
             "Person or group properties dropped at limits.max_person_properties or limits.max_person_properties_bytes",
             person_properties_dropped.clone(),
         );
+        let router = switchyard_pipeline::RouterMetrics::new();
+        router.register(&mut registry);
         Metrics {
+            router,
             log_retention_deleted,
             person_properties_dropped,
             connections,

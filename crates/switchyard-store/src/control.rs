@@ -282,6 +282,30 @@ CREATE TABLE IF NOT EXISTS cohorts (
     definition TEXT NOT NULL,
     PRIMARY KEY (project_id, id)
 );
+CREATE TABLE IF NOT EXISTS destinations (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    deleted_at TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    destination_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_status INTEGER,
+    last_response TEXT,
+    first_attempt_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    replay_requested INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (destination_id, seq)
+);
+CREATE INDEX IF NOT EXISTS dead_letters_replay ON dead_letters (destination_id, replay_requested);
 ";
 
 fn random_key(prefix: &str) -> String {

@@ -2,6 +2,7 @@
 //! (projects and keys), with their embedded SQLite implementations.
 
 pub mod control;
+pub mod destinations;
 pub mod flags;
 pub mod log;
 pub mod persons;
@@ -10,6 +11,7 @@ pub use control::{
     check_key_value, ControlError, ControlStore, CreatedKey, ExplicitKeys, KeyInfo, KeyKind, KeyOrigin, KeyRef, NewProjectKeys,
     MIN_SECRET_KEY_CHARS,
 };
+pub use destinations::{DeadLetter, NewDeadLetter, StoredDestination};
 pub use flags::{AuditEntry, FlagImport, ImportCounts, ImportedFlag, StoredFlag};
 pub use persons::{AppliedEvents, Group, Person, PropertyLimits};
 pub use log::{

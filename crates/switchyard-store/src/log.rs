@@ -130,6 +130,8 @@ pub enum Selection {
     /// Only events marked as changing persons or groups at append (a JetStream or Kafka log
     /// would put them on their own subject or topic).
     PersonUpdates,
+    /// Only one project's events (a destination's).
+    Project(i64),
 }
 
 /// What a consumer read: the entries, and the position to commit once they are processed
@@ -388,6 +390,8 @@ enum WriteOp {
     /// With the digests of the quarantined raw forms that were cut (see `cut_quarantined`).
     Append(AppendBatch, Vec<Option<RawDigest>>, oneshot::Sender<Result<(AppendReceipt, AppendBatch), LogError>>),
     Commit(String, i64, oneshot::Sender<Result<(), LogError>>),
+    /// Removes a consumer's cursor (it no longer holds retention back).
+    Forget(String, oneshot::Sender<Result<(), LogError>>),
     /// From the checkpoint thread: the WAL is long and mostly copied back; checkpoint the
     /// rest between two groups, so the next transaction starts the WAL over. The checkpoint
     /// thread waits for the answer, so the two checkpoints never collide.
@@ -681,6 +685,47 @@ impl SqliteLog {
         .map_err(|e| LogError::Storage(e.to_string()))?
     }
 
+    /// Removes `consumer`'s cursor, so it no longer holds retention back (a deleted destination).
+    pub async fn forget(&self, consumer: &str) -> Result<(), LogError> {
+        let sender = self.sender()?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(WriteOp::Forget(consumer.to_owned(), reply)).await.map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// `consumer`'s committed cursor, if it has one.
+    pub async fn cursor(&self, consumer: &str) -> Result<Option<i64>, LogError> {
+        let consumer = consumer.to_owned();
+        self.with_reader(move |conn| {
+            Ok(conn.query_row("SELECT position FROM cursors WHERE consumer = ?1", [consumer], |r| r.get(0)).optional()?)
+        })
+        .await
+    }
+
+    /// The last position in the log (0 when empty).
+    pub async fn end(&self) -> Result<i64, LogError> {
+        self.with_reader(|conn| Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)).await
+    }
+
+    /// How far `consumer` is behind: positions between its cursor and the log's end, and when
+    /// the first event after its cursor (of `project_id`) was received.
+    pub async fn lag(&self, consumer: &str, project_id: i64) -> Result<(i64, Option<String>), LogError> {
+        let consumer = consumer.to_owned();
+        self.with_reader(move |conn| {
+            let position = cursor_position(conn, &consumer)?;
+            let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+            let oldest: Option<String> = conn
+                .query_row(
+                    "SELECT received_at FROM events WHERE seq > ?1 AND project_id = ?2 ORDER BY seq LIMIT 1",
+                    params![position, project_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(((end - position).max(0), oldest))
+        })
+        .await
+    }
+
     /// Inspection: events matching `q`, newest first.
     pub async fn query_events(&self, q: EventQuery) -> Result<Vec<LogEntry>, LogError> {
         self.with_reader(move |conn| {
@@ -797,16 +842,18 @@ impl EventLog for SqliteLog {
             // One snapshot for both queries, so nothing committed in between is skipped.
             let conn = conn.unchecked_transaction()?;
             let position = cursor_position(&conn, &consumer)?;
-            let filter = match selection {
-                Selection::All => "",
-                Selection::PersonUpdates => "person_update = 1 AND",
+            let (filter, project) = match selection {
+                Selection::All => ("", None),
+                Selection::PersonUpdates => ("person_update = 1 AND", None),
+                Selection::Project(id) => ("project_id = ?3 AND", Some(id)),
             };
             let sql = format!("SELECT {ENTRY_COLUMNS} FROM events WHERE {filter} seq > ?1 ORDER BY seq LIMIT ?2");
             let mut stmt = conn.prepare_cached(&sql)?;
-            let entries = stmt
-                .query_map(params![position, max as i64], log_entry)?
-                .collect::<Result<Vec<_>, _>>()?;
-            let position = if selection == Selection::PersonUpdates && entries.len() < max {
+            let entries = match project {
+                Some(id) => stmt.query_map(params![position, max as i64, id], log_entry)?.collect::<Result<Vec<_>, _>>()?,
+                None => stmt.query_map(params![position, max as i64], log_entry)?.collect::<Result<Vec<_>, _>>()?,
+            };
+            let position = if selection != Selection::All && entries.len() < max {
                 // Everything up to the log's end was looked at: the skipped rest is done too.
                 let end: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
                 end.filter(|end| *end > position)
@@ -998,7 +1045,7 @@ fn answer_committed(ops: Vec<WriteOp>, last_seqs: Vec<Option<i64>>, events: usiz
             WriteOp::Append(batch, _, reply) => {
                 let _ = reply.send(Ok((AppendReceipt { last_seq, transaction_events: events }, batch)));
             }
-            WriteOp::Commit(_, _, reply) => {
+            WriteOp::Commit(_, _, reply) | WriteOp::Forget(_, reply) => {
                 let _ = reply.send(Ok(()));
             }
             WriteOp::RestartWal(_) => {}
@@ -1017,7 +1064,7 @@ fn answer_failed(ops: Vec<WriteOp>, error: &LogError) {
             WriteOp::Append(_, _, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
-            WriteOp::Commit(_, _, reply) => {
+            WriteOp::Commit(_, _, reply) | WriteOp::Forget(_, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             WriteOp::RestartWal(_) => {}
@@ -1434,7 +1481,7 @@ fn migrate_trace_index(conn: &mut Connection) -> Result<(), LogError> {
 fn op_len(op: &WriteOp) -> usize {
     match op {
         WriteOp::Append(batch, ..) => batch.len(),
-        WriteOp::Commit(..) => 1,
+        WriteOp::Commit(..) | WriteOp::Forget(..) => 1,
         WriteOp::RestartWal(_) => 0,
     }
 }
@@ -1489,6 +1536,10 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                 }
                 WriteOp::Commit(consumer, position, _) => {
                     upsert_cursor.execute(params![consumer, position])?;
+                    last_seqs.push(None);
+                }
+                WriteOp::Forget(consumer, _) => {
+                    tx.execute("DELETE FROM cursors WHERE consumer = ?1", [consumer])?;
                     last_seqs.push(None);
                 }
                 WriteOp::RestartWal(_) => last_seqs.push(None),

@@ -8,6 +8,7 @@ mod hostile_flags;
 mod keys;
 mod lifecycle;
 mod persons;
+mod routing;
 mod tls;
 mod upstream;
 

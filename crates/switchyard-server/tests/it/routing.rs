@@ -1,0 +1,419 @@
+//! Routing: destinations managed by API, events delivered from the log to real HTTP receivers
+//! that fail, throttle, hang and refuse; retries, splitting, dead letters and replay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+
+use crate::{wait_until, TestServer, SECRET, TOKEN};
+
+/// What the receiver does with the next requests.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    Accept,
+    /// Answers this status to the next `n` requests, then accepts.
+    Fail { status: u16, times: usize },
+    /// 429 with `Retry-After: secs` once, then accepts.
+    Throttle { secs: u64 },
+    /// Never answers within the client's timeout.
+    Hang,
+    /// 400 to any batch holding an event whose `properties.poison` is true.
+    RefusePoison,
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub status: u16,
+}
+
+/// A real HTTP server on a random loopback port that records every request.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    pub requests: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Receiver {
+        let receiver = Receiver {
+            url: String::new(),
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            requests: Arc::new(Mutex::new(Vec::new())),
+        };
+        let state = receiver.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move { state.answer(headers, body).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, ..receiver }
+    }
+
+    async fn answer(&self, headers: HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let behaviour = self.behaviour.lock().unwrap().clone();
+        let (status, retry_after) = match behaviour {
+            Behaviour::Accept => (200, None),
+            Behaviour::Fail { status, times } => {
+                let mut b = self.behaviour.lock().unwrap();
+                *b = if times <= 1 { Behaviour::Accept } else { Behaviour::Fail { status, times: times - 1 } };
+                (status, None)
+            }
+            Behaviour::Throttle { secs } => {
+                *self.behaviour.lock().unwrap() = Behaviour::Accept;
+                (429, Some(secs))
+            }
+            Behaviour::Hang => {
+                self.record(headers, body, 0);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return StatusCode::OK.into_response();
+            }
+            Behaviour::RefusePoison => {
+                let poisoned = events_of(&body).iter().any(|e| e["properties"]["poison"] == true);
+                (if poisoned { 400 } else { 200 }, None)
+            }
+        };
+        self.record(headers, body, status);
+        let mut response = (StatusCode::from_u16(status).unwrap(), "{\"status\":\"see code\"}").into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        response
+    }
+
+    fn record(&self, headers: HeaderMap, body: Value, status: u16) {
+        self.requests.lock().unwrap().push(Received { at: Instant::now(), headers, body, status });
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Events of accepted requests, in arrival order.
+    pub fn delivered(&self) -> Vec<Value> {
+        self.received().iter().filter(|r| r.status == 200).flat_map(|r| events_of(&r.body)).collect()
+    }
+}
+
+/// The events of a webhook body (an array) or a batch body (`{"batch": [...]}`).
+pub fn events_of(body: &Value) -> Vec<Value> {
+    match body {
+        Value::Array(events) => events.clone(),
+        other => other["batch"].as_array().cloned().unwrap_or_default(),
+    }
+}
+
+/// Routing settings for loopback receivers and quick retries.
+pub fn quick(c: &mut switchyard_server::Config) {
+    c.routing.allow_private_addresses = true;
+    c.routing.retry_initial_backoff_ms = 50;
+    c.routing.retry_max_backoff_secs = 1;
+    c.routing.request_timeout_secs = 2;
+}
+
+pub async fn create(server: &TestServer, body: Value) -> (u16, Value) {
+    let response = server.client.post(format!("{}/api/projects/@current/destinations/", server.url)).bearer_auth(SECRET).json(&body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let response = server.client.get(format!("{}/api/projects/@current/destinations/{path}", server.url)).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Sends `events` (name, distinct id, properties) through PostHog's `/batch/`.
+pub async fn capture(server: &TestServer, events: &[(String, String, Value)]) {
+    let batch: Vec<Value> = events
+        .iter()
+        .map(|(event, distinct_id, properties)| json!({"event": event, "distinct_id": distinct_id, "properties": properties}))
+        .collect();
+    let response = server.client.post(format!("{}/batch/", server.url)).json(&json!({"api_key": TOKEN, "batch": batch})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// `n` events over `users` distinct ids, each numbered in its user's order.
+fn numbered(n: usize, users: usize) -> Vec<(String, String, Value)> {
+    (0..n)
+        .map(|i| {
+            let user = format!("user_{}", i % users);
+            ("tool_used".to_string(), user, json!({"n": i, "tool_name": "search", "workspace_id": "ws_1", "trace_id": format!("tr_{i}")}))
+        })
+        .collect()
+}
+
+fn webhook(url: &str) -> Value {
+    json!({"name": "hook", "type": "webhook", "config": {"url": format!("{url}/hook")}})
+}
+
+/// Events of each distinct id arrived in the order they were sent (by their `n`).
+fn assert_ordered_per_user(delivered: &[Value]) {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for e in delivered {
+        let user = e["distinct_id"].as_str().unwrap().to_owned();
+        let n = e["properties"]["n"].as_i64().unwrap();
+        if let Some(prev) = last.get(&user) {
+            assert!(n > *prev, "{user}: {n} arrived after {prev}");
+        }
+        last.insert(user, n);
+    }
+}
+
+#[tokio::test]
+async fn destinations_api_validates_masks_and_deletes() {
+    let server = TestServer::start_with(|c| c.routing.allow_private_addresses = false).await;
+    let (status, body) = create(&server, json!({"name": "x", "type": "webhook", "config": {"url": "ftp://example.com"}})).await;
+    assert_eq!((status, body["attr"].as_str()), (400, Some("config.url")), "{body}");
+    let (status, body) = create(&server, json!({"name": "x", "type": "webhook", "config": {"url": "http://127.0.0.1:9/hook"}})).await;
+    assert_eq!((status, body["attr"].as_str()), (400, Some("config.url")), "loopback refused by default: {body}");
+    assert!(body["detail"].as_str().unwrap().contains("loopback"), "{body}");
+    let (status, body) = create(&server, json!({"name": "x", "type": "segment", "config": {"url": "https://api.segment.io"}})).await;
+    assert_eq!((status, body["attr"].as_str()), (400, Some("config.write_key")), "{body}");
+    let (status, body) = create(&server, json!({"name": "x", "type": "webhook", "config": {"url": "https://hooks.example.com/x"}, "transformations": [{"type": "teleport"}]})).await;
+    assert_eq!((status, body["attr"].as_str()), (400, Some("transformations[0].type")), "{body}");
+
+    let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let (status, created) = create(
+        &server,
+        json!({"name": "warehouse hook", "type": "webhook", "enabled": false, "config": {"url": "https://hooks.example.com/x", "secret": secret, "headers": {"Authorization": "Bearer abc"}}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["config"]["secret"], "********");
+    let id = created["id"].as_i64().unwrap();
+    let fetched = get(&server, &format!("{id}/")).await;
+    assert!(!fetched.to_string().contains("Bearer abc") && !fetched.to_string().contains(secret), "{fetched}");
+    let listed = get(&server, "").await;
+    assert_eq!(listed["results"].as_array().unwrap().len(), 1);
+
+    let patched: Value = server
+        .client
+        .patch(format!("{}/api/projects/@current/destinations/{id}/", server.url))
+        .bearer_auth(SECRET)
+        .json(&json!({"name": "renamed", "config": fetched["config"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["name"], "renamed");
+    let stored = server.state.control.get_destination(1, id).unwrap().unwrap();
+    assert!(stored.spec.contains(secret), "the masked secret sent back keeps the stored one");
+
+    let status = get(&server, &format!("{id}/status")).await;
+    assert_eq!(status["enabled"], false);
+    assert_eq!(status["running"], false);
+
+    let deleted = server.client.delete(format!("{}/api/projects/@current/destinations/{id}/", server.url)).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = server.client.get(format!("{}/api/projects/@current/destinations/{id}/", server.url)).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    let anonymous = server.client.get(format!("{}/api/projects/@current/destinations/", server.url)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(server.state.log.cursor(&format!("destination:{id}")).await.unwrap().is_none(), "a deleted destination's cursor is gone");
+}
+
+#[tokio::test]
+async fn webhook_delivery_survives_failures_in_order_per_user() {
+    let receiver = Receiver::start(Behaviour::Fail { status: 503, times: 3 }).await;
+    let server = TestServer::start_with(|c| {
+        quick(c);
+        c.routing.window_events = 40;
+    })
+    .await;
+    let (status, created) = create(
+        &server,
+        json!({"name": "hook", "type": "webhook", "config": {"url": format!("{}/hook", receiver.url), "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", "max_batch_events": 10}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().unwrap();
+    let events = numbered(200, 7);
+    capture(&server, &events).await;
+    wait_until("every event is delivered", async || receiver.delivered().len() >= 200).await;
+    let delivered = receiver.delivered();
+    let ids: std::collections::HashSet<&str> = delivered.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 200, "each event once (no retried batch was accepted twice)");
+    assert_ordered_per_user(&delivered);
+    assert_eq!(delivered[0]["event"], "tool_used");
+    assert_eq!(delivered[0]["properties"]["tool_name"], "search", "the events API's shape");
+
+    // Signed per Standard Webhooks; a retried batch keeps its webhook-id.
+    let received = receiver.received();
+    let failed: Vec<&Received> = received.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(failed.len(), 3);
+    for r in &received {
+        assert!(r.headers["webhook-signature"].to_str().unwrap().starts_with("v1,"));
+        assert!(r.headers["webhook-id"].to_str().unwrap().starts_with("msg_"));
+        assert!(r.headers["webhook-timestamp"].to_str().unwrap().parse::<i64>().is_ok());
+    }
+    let first_failed_id = failed[0].headers["webhook-id"].clone();
+    let first_failed_events = failed[0].body.clone();
+    let retried = received.iter().find(|r| r.status == 200 && r.body == first_failed_events).expect("the failed batch was sent again");
+    assert_eq!(retried.headers["webhook-id"], first_failed_id);
+
+    let status = get(&server, &format!("{id}/status")).await;
+    assert_eq!(status["delivered"], 200, "{status}");
+    assert_eq!(status["dead_letters"], 0, "{status}");
+    assert_eq!(status["lag"]["events"], 0, "{status}");
+    assert!(status["last_success_at"].is_string(), "{status}");
+    let metrics = server.metrics().await;
+    assert!(metrics.contains(&format!("switchyard_destination_delivered_total{{destination=\"{id}\"}} 200")), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_refused_event_is_found_dead_lettered_and_replayed() {
+    let receiver = Receiver::start(Behaviour::RefusePoison).await;
+    let server = TestServer::start_with(quick).await;
+    let (_, created) = create(&server, webhook(&receiver.url)).await;
+    let id = created["id"].as_i64().unwrap();
+    let mut events = numbered(40, 3);
+    events[17].2["poison"] = json!(true);
+    let poisoned_n = 17;
+    capture(&server, &events).await;
+    wait_until("the 39 good events are delivered", async || receiver.delivered().len() >= 39).await;
+    wait_until("the refused one is dead-lettered", async || get(&server, &format!("{id}/status")).await["dead_letters"] == 1).await;
+    let delivered = receiver.delivered();
+    assert_eq!(delivered.len(), 39);
+    assert!(delivered.iter().all(|e| e["properties"]["n"] != poisoned_n));
+
+    let letters = get(&server, &format!("{id}/dead_letters/")).await;
+    let letter = &letters["results"][0];
+    assert_eq!(letter["event"]["properties"]["n"], poisoned_n, "{letter}");
+    assert_eq!(letter["last_status"], 400, "{letter}");
+    assert!(letter["reason"].as_str().unwrap().contains("400"), "{letter}");
+    assert!(letter["last_response"].as_str().unwrap().contains("see code"), "{letter}");
+
+    // The receiver is fixed; a replay delivers the letter and discards it.
+    receiver.set(Behaviour::Accept);
+    let replay = server
+        .client
+        .post(format!("{}/api/projects/@current/destinations/{id}/dead_letters/replay", server.url))
+        .bearer_auth(SECRET)
+        .json(&json!({"ids": [letter["id"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    wait_until("the replayed event arrives", async || receiver.delivered().iter().any(|e| e["properties"]["n"] == poisoned_n)).await;
+    wait_until("the letter is gone", async || get(&server, &format!("{id}/status")).await["dead_letters"] == 0).await;
+}
+
+#[tokio::test]
+async fn retries_end_in_dead_letters_and_honour_retry_after() {
+    let receiver = Receiver::start(Behaviour::Throttle { secs: 1 }).await;
+    let server = TestServer::start_with(|c| {
+        quick(c);
+        c.routing.retry_min_attempts = 3;
+        c.routing.retry_max_age_secs = 1;
+    })
+    .await;
+    let (_, created) = create(&server, webhook(&receiver.url)).await;
+    let id = created["id"].as_i64().unwrap();
+    capture(&server, &numbered(1, 1)).await;
+    wait_until("the throttled event is delivered", async || receiver.delivered().len() == 1).await;
+    let received = receiver.received();
+    assert_eq!(received[0].status, 429);
+    let waited = received[1].at - received[0].at;
+    assert!(waited >= Duration::from_millis(950), "Retry-After: 1 was honoured ({waited:?})");
+
+    // Always failing: given up after 3 attempts and 1 s, dead-lettered with the last answer.
+    receiver.set(Behaviour::Fail { status: 500, times: usize::MAX });
+    capture(&server, &numbered(2, 2)).await;
+    wait_until("both are dead-lettered", async || get(&server, &format!("{id}/status")).await["dead_letters"] == 2).await;
+    let letters = get(&server, &format!("{id}/dead_letters/?limit=1")).await;
+    assert_eq!(letters["results"].as_array().unwrap().len(), 1);
+    assert!(letters["next"].is_string(), "{letters}");
+    let letter = &letters["results"][0];
+    assert_eq!(letter["last_status"], 500);
+    assert!(letter["attempts"].as_u64().unwrap() >= 3, "{letter}");
+    let status = get(&server, &format!("{id}/status")).await;
+    assert!(status["last_error"].as_str().unwrap().contains("500"), "{status}");
+
+    // Discarded, they are gone.
+    let discarded = server.client.delete(format!("{}/api/projects/@current/destinations/{id}/dead_letters/", server.url)).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(discarded.status(), 200);
+    assert_eq!(get(&server, &format!("{id}/status")).await["dead_letters"], 0);
+}
+
+#[tokio::test]
+async fn a_hanging_destination_does_not_hold_back_another() {
+    let hanging = Receiver::start(Behaviour::Hang).await;
+    let healthy = Receiver::start(Behaviour::Accept).await;
+    let server = TestServer::start_with(|c| {
+        quick(c);
+        c.routing.request_timeout_secs = 1;
+    })
+    .await;
+    let (_, slow) = create(&server, webhook(&hanging.url)).await;
+    create(&server, webhook(&healthy.url)).await;
+    capture(&server, &numbered(100, 10)).await;
+    let started = Instant::now();
+    wait_until("the healthy destination has everything", async || healthy.delivered().len() == 100).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "not held back: {:?}", started.elapsed());
+    let slow_id = slow["id"].as_i64().unwrap();
+    wait_until("the hanging one reports its timeouts", async || {
+        get(&server, &format!("{slow_id}/status")).await["last_error"].as_str().is_some_and(|e| e.contains("timed out"))
+    })
+    .await;
+    let status = get(&server, &format!("{slow_id}/status")).await;
+    assert_eq!(status["delivered"], 0);
+    assert!(status["lag"]["events"].as_i64().unwrap() >= 100, "{status}");
+}
+
+#[tokio::test]
+async fn start_filter_and_transformations_choose_what_is_sent() {
+    let server = TestServer::start_with(quick).await;
+    capture(&server, &numbered(5, 1)).await;
+    let backfill = Receiver::start(Behaviour::Accept).await;
+    let fresh = Receiver::start(Behaviour::Accept).await;
+    let shaped = Receiver::start(Behaviour::Accept).await;
+    let mut earliest = webhook(&backfill.url);
+    earliest["start"] = json!("earliest");
+    create(&server, earliest).await;
+    create(&server, webhook(&fresh.url)).await;
+    let (status, body) = create(
+        &server,
+        json!({
+            "name": "shaped", "type": "webhook", "config": {"url": format!("{}/hook", shaped.url)},
+            "filter": {"events": ["tool_*", "flow_executed"]},
+            "transformations": [
+                {"type": "drop_where", "properties": [{"key": "n", "operator": "gt", "value": 7}]},
+                {"type": "rename_event", "from": "flow_executed", "to": "Flow Executed"},
+                {"type": "remove_property", "key": "workspace_id"}
+            ]
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let mut later = numbered(10, 2);
+    later.push(("flow_executed".into(), "user_0".into(), json!({"n": 1})));
+    later.push(("agent_created".into(), "user_0".into(), json!({"n": 2})));
+    capture(&server, &later).await;
+
+    wait_until("the backfill has all 17", async || backfill.delivered().len() == 17).await;
+    wait_until("the fresh one has the 12 sent after it", async || fresh.delivered().len() == 12).await;
+    wait_until("the shaped one has what passed", async || shaped.delivered().len() == 9).await;
+    let shaped_events = shaped.delivered();
+    assert!(shaped_events.iter().all(|e| e["event"] != "agent_created"), "filtered out by name");
+    assert!(shaped_events.iter().any(|e| e["event"] == "Flow Executed"), "renamed");
+    assert!(shaped_events.iter().all(|e| e["properties"].get("workspace_id").is_none()), "property removed");
+    assert!(shaped_events.iter().all(|e| e["properties"]["n"].as_i64().unwrap() <= 7), "dropped by condition");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(backfill.delivered().len(), 17, "nothing twice");
+}
