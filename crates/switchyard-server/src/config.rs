@@ -294,7 +294,7 @@ pub enum ConfigError {
 
 /// Environment variables that are not configuration fields.
 const NOT_FIELDS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_URL"];
-const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls"];
+const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls", "routing"];
 const STRING_FIELDS: &[&str] =
     &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file"];
 

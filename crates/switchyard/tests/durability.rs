@@ -11,50 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::{start, Server, SECRET, TOKEN, WRITE_KEY};
-
-/// Sends batches from `workers` concurrent clients until `stop` (or a bound) and returns the
-/// ids of every event whose request got a 2xx.
-fn load(url: &str, workers: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<String>>> {
-    (0..workers)
-        .map(|w| {
-            let url = url.to_owned();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-                let mut acked = Vec::new();
-                let started = Instant::now();
-                for round in 0..100_000 {
-                    if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(30) {
-                        break;
-                    }
-                    let ids: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-                    let result = if round % 2 == 0 {
-                        let batch: Vec<Value> = ids
-                            .iter()
-                            .map(|id| json!({"event": "tool_used", "uuid": id, "distinct_id": format!("user_{w}"),
-                                             "properties": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "tool_name": "web_search", "success": true}}))
-                            .collect();
-                        client.post(format!("{url}/batch/")).json(&json!({"api_key": TOKEN, "batch": batch})).send()
-                    } else {
-                        let batch: Vec<Value> = ids
-                            .iter()
-                            .map(|id| json!({"type": "track", "event": "agent_execution", "messageId": id, "userId": format!("user_{w}"),
-                                             "properties": {"agent_id": "ag_1", "model": "gpt-4o-mini", "status": "success"}}))
-                            .collect();
-                        client.post(format!("{url}/v1/batch")).basic_auth(WRITE_KEY, Some("")).json(&json!({"batch": batch})).send()
-                    };
-                    match result {
-                        Ok(r) if r.status().is_success() => acked.extend(ids),
-                        Ok(_) => {}
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
-}
+use common::{load, start, Server, SECRET};
 
 fn stored_ids(url: &str) -> HashSet<String> {
     let client = reqwest::blocking::Client::new();

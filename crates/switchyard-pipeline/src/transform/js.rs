@@ -335,7 +335,9 @@ impl JsTransform {
         slots[first_slot].logs.extend(logs);
         let returned = match result {
             Ok(Some(Value::Array(items))) => items,
-            Ok(Some(other)) => return fail_all(slots, &originals, &format!("transformBatch must return an array of events, it returned {}", kind_of(&other))),
+            Ok(Some(other)) => {
+                return fail_all(slots, &originals, &format!("transformBatch must return an array of events, it returned {}", kind_of(&other)))
+            }
             Ok(None) => return fail_all(slots, &originals, "transformBatch must return an array of events, it returned null"),
             Err(failure) => {
                 let reason = self.reason(failure);
@@ -385,7 +387,9 @@ fn build(code: &str, limits: JsLimits, clock: &Arc<Clock>) -> Result<(Engine, bo
             (true, false) => (event, false),
             (false, true) => (batch, true),
             (true, true) => return Err("exports both transformEvent and transformBatch; export exactly one of them".to_owned()),
-            (false, false) => return Err("expected one of transformEvent, transformBatch: export function transformEvent(event, metadata) { … }".to_owned()),
+            (false, false) => {
+                return Err("expected one of transformEvent, transformBatch: export function transformEvent(event, metadata) { … }".to_owned())
+            }
         };
         let install: Function = ctx.globals().get("__switchyard_install").map_err(|e| e.to_string())?;
         install.call::<_, ()>((function, is_batch)).catch(&ctx).map_err(describe)?;

@@ -291,15 +291,33 @@ pub(super) enum Rule {
     KeepTypes(Vec<String>),
     DropTypes(Vec<String>),
     DropWhere(Vec<PropertyCondition>),
-    RenameEvent { from: String, to: String },
-    SetProperty { path: PropertyPath, value: Value },
-    RenameProperty { from: PropertyPath, to: PropertyPath },
+    RenameEvent {
+        from: String,
+        to: String,
+    },
+    SetProperty {
+        path: PropertyPath,
+        value: Value,
+    },
+    RenameProperty {
+        from: PropertyPath,
+        to: PropertyPath,
+    },
     RemoveProperty(PropertyPath),
-    HashProperty { path: PropertyPath, salt: String },
-    Redact { regex: Regex, replacement: String, keys: Option<Vec<PropertyPath>> },
+    HashProperty {
+        path: PropertyPath,
+        salt: String,
+    },
+    Redact {
+        regex: Regex,
+        replacement: String,
+        keys: Option<Vec<PropertyPath>>,
+    },
     /// Keeps an event when the first 8 bytes of SHA-256(distinct id), as a fraction of 2^64,
     /// fall below `fraction`.
-    Sample { fraction: f64 },
+    Sample {
+        fraction: f64,
+    },
 }
 
 const RULE_TYPES: &str = "keep_events, drop_events, keep_types, drop_types, drop_where, rename_event, set_property, rename_property, remove_property, hash_property, redact, sample, javascript";
@@ -337,10 +355,9 @@ impl Rule {
                 }
                 Rule::DropWhere(conditions)
             }
-            "rename_event" => Rule::RenameEvent {
-                from: required_str(object, field, "from")?.to_owned(),
-                to: required_str(object, field, "to")?.to_owned(),
-            },
+            "rename_event" => {
+                Rule::RenameEvent { from: required_str(object, field, "from")?.to_owned(), to: required_str(object, field, "to")?.to_owned() }
+            }
             "set_property" => Rule::SetProperty {
                 path: compile_path(object, field, "key")?,
                 value: object.get("value").cloned().ok_or_else(|| invalid(field, "value", "is required (null is allowed)"))?,

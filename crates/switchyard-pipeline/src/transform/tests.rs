@@ -120,7 +120,9 @@ fn drop_where_uses_posthog_property_filters() {
     assert_eq!(one(&mut t, event("a", "u", json!({ "amount": "150" }))).outcome, Outcome::Dropped);
     assert!(matches!(one(&mut t, event("a", "u", json!({ "amount": 50 }))).outcome, Outcome::Events(_)));
 
-    let mut t = chain(json!([{ "type": "drop_where", "properties": [{ "key": "email", "operator": "icontains", "value": "@internal.example", "type": "person" }] }]));
+    let mut t = chain(
+        json!([{ "type": "drop_where", "properties": [{ "key": "email", "operator": "icontains", "value": "@internal.example", "type": "person" }] }]),
+    );
     let mut e = event("a", "u", json!({}));
     e["traits"] = json!({ "email": "Bob@Internal.Example" });
     assert_eq!(one(&mut t, e).outcome, Outcome::Dropped);
@@ -290,7 +292,15 @@ fn many_events_through_rules() {
         { "type": "redact", "preset": "email", "keys": ["note"] },
         { "type": "sample", "percentage": 50 },
     ]));
-    let events: Vec<Value> = (0..20_000).map(|i| event(if i % 10 == 0 { "debug_x" } else { "buy" }, &format!("u{i}"), json!({ "email": "a@b.co", "note": "hi a@b.co", "$browser": "Chrome" }))).collect();
+    let events: Vec<Value> = (0..20_000)
+        .map(|i| {
+            event(
+                if i % 10 == 0 { "debug_x" } else { "buy" },
+                &format!("u{i}"),
+                json!({ "email": "a@b.co", "note": "hi a@b.co", "$browser": "Chrome" }),
+            )
+        })
+        .collect();
     let out = t.apply(events, "d");
     assert_eq!(out.len(), 20_000);
     let kept = out.iter().filter(|r| matches!(r.outcome, Outcome::Events(_))).count();
@@ -319,7 +329,13 @@ fn js_modifies_drops_and_fans_out() {
         }
     "#);
     let out = t.apply(
-        vec![event("drop", "u", json!({})), event("keep", "u", json!({ "a": 1 })), event("split", "u", json!({})), event("undef", "u", json!({})), event("empty", "u", json!({}))],
+        vec![
+            event("drop", "u", json!({})),
+            event("keep", "u", json!({ "a": 1 })),
+            event("split", "u", json!({})),
+            event("undef", "u", json!({})),
+            event("empty", "u", json!({})),
+        ],
         "d",
     );
     assert_eq!(out[0].outcome, Outcome::Dropped);
@@ -350,7 +366,16 @@ fn js_throw_fails_only_that_event_and_logs_are_kept() {
           return event;
         }
     "#);
-    let mut out = t.apply(vec![event("bad", "u", json!({})), event("ok", "u", json!({})), event("str", "u", json!({})), event("num", "u", json!({})), event("mixed", "u", json!({}))], "d");
+    let mut out = t.apply(
+        vec![
+            event("bad", "u", json!({})),
+            event("ok", "u", json!({})),
+            event("str", "u", json!({})),
+            event("num", "u", json!({})),
+            event("mixed", "u", json!({})),
+        ],
+        "d",
+    );
     assert_eq!(out[0].logs, vec![r#"saw bad {"n":1} 2"#.to_owned()]);
     let reason = failed(out.remove(0));
     assert!(reason.starts_with("Error: bad event: bad"), "{reason}");
@@ -392,7 +417,10 @@ fn js_sandbox_has_no_require_fetch_or_process() {
           return event;
         }
     "#);
-    let mut out = t.apply(vec![event("require", "u", json!({})), event("fetch", "u", json!({})), event("process", "u", json!({})), event("ok", "u", json!({}))], "d");
+    let mut out = t.apply(
+        vec![event("require", "u", json!({})), event("fetch", "u", json!({})), event("process", "u", json!({})), event("ok", "u", json!({}))],
+        "d",
+    );
     let r = failed(out.remove(0));
     assert!(r.contains("require is not available"), "{r}");
     let r = failed(out.remove(0));
@@ -416,7 +444,16 @@ fn js_time_limit_then_keeps_working() {
     "# })];
     let limits = JsLimits { time_limit: Duration::from_millis(100), ..JsLimits::default() };
     let mut t = Transformations::compile(&specs, limits).unwrap();
-    let mut out = t.apply(vec![event("ok", "u", json!({})), event("loop", "u", json!({})), event("ok", "u", json!({})), event("catch", "u", json!({})), event("ok", "u", json!({}))], "d");
+    let mut out = t.apply(
+        vec![
+            event("ok", "u", json!({})),
+            event("loop", "u", json!({})),
+            event("ok", "u", json!({})),
+            event("catch", "u", json!({})),
+            event("ok", "u", json!({})),
+        ],
+        "d",
+    );
     assert!(matches!(&out[0].outcome, Outcome::Events(e) if e[0]["properties"]["calls"] == 1));
     let r = failed(out.remove(1));
     assert!(r.contains("time limit of 100 ms"), "{r}");
@@ -442,7 +479,8 @@ fn js_memory_limit_then_keeps_working() {
     "# })];
     let limits = JsLimits { time_limit: Duration::from_secs(10), memory_bytes: 16 << 20 };
     let mut t = Transformations::compile(&specs, limits).unwrap();
-    let mut out = t.apply(vec![event("hog", "u", json!({})), event("ok", "u", json!({})), event("huge", "u", json!({})), event("ok", "u", json!({}))], "d");
+    let mut out =
+        t.apply(vec![event("hog", "u", json!({})), event("ok", "u", json!({})), event("huge", "u", json!({})), event("ok", "u", json!({}))], "d");
     let r = failed(out.remove(0));
     assert!(r.contains("memory"), "{r}");
     assert!(matches!(out[0].outcome, Outcome::Events(_)), "{:?}", out[0]);
@@ -660,4 +698,25 @@ fn many_events_through_js() {
     let out = t.apply(events, "d");
     assert_eq!(out.iter().filter(|r| r.outcome == Outcome::Dropped).count(), 5_000);
     assert!(matches!(&out[1].outcome, Outcome::Events(e) if e[0]["properties"]["n"] == 2));
+}
+
+#[test]
+fn js_deep_recursion_fails_cleanly_and_the_chain_moves_across_threads() {
+    let mut t = js(r#"
+        function down(n) { return down(n + 1) + 1; }
+        export function transformEvent(event) {
+          if (event.event === "deep") down(0);
+          return event;
+        }
+    "#);
+    let r = failed(one(&mut t, event("deep", "u", json!({}))));
+    assert!(r.contains("RangeError") || r.contains("stack"), "{r}");
+    // Used on another thread (as a destination worker's blocking task does), then back here.
+    let mut t = std::thread::spawn(move || {
+        assert!(matches!(one(&mut t, event("ok", "u", json!({}))).outcome, Outcome::Events(_)));
+        t
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(one(&mut t, event("ok", "u", json!({}))).outcome, Outcome::Events(_)));
 }
