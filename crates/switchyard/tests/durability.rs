@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 mod common;
-use common::{load, start, Server, SECRET};
+use common::{load, start, Server, SECRET, TOKEN};
 
 fn stored_ids(url: &str) -> HashSet<String> {
     let client = reqwest::blocking::Client::new();
