@@ -495,6 +495,13 @@ fn take_object<'a>(map: &mut RawObject<'a>, key: &str) -> Vec<Entry<'a>> {
     }
 }
 
+/// Removes `key` from `map` if it holds a string, and returns it; any other value stays.
+fn take_str(map: &mut RawObject<'_>, key: &str) -> Option<String> {
+    let s = map.str(key)?.into_owned();
+    map.remove(key);
+    Some(s)
+}
+
 /// Top-level fields the mapping consumes; every other one is kept in `extra`.
 fn top_level_known(key: &str) -> bool {
     matches!(
@@ -607,6 +614,12 @@ fn build_event(
     traits.extend(take_object(&mut obj, "$set"));
     traits_set_once.extend(take_object(&mut obj, "$set_once"));
     let groups = RawObject::from_entries(take_object(&mut properties, "$groups"));
+    // Segment's fields, which PostHog clients never send at top level: where a forwarding
+    // Switchyard (`switchyard-pipeline`'s `wire`) puts them. Read when of their type, else kept
+    // in `extra`.
+    let user_id = take_str(&mut obj, "user_id").and_then(|s| clean_id(&s));
+    let context = RawObject::from_entries(take_object(&mut obj, "context"));
+    let category = take_str(&mut obj, "category");
 
     let mut kind = match checked.event_name.as_str() {
         "$identify" | "$set" => EventType::Identify,
@@ -640,17 +653,42 @@ fn build_event(
             group_id = remove_id(&mut properties, "$group_key");
             traits.extend(take_object(&mut properties, "$group_set"));
         }
-        EventType::Screen => name = properties.str("$screen_name").map(Cow::into_owned),
+        // A forwarded screen names itself at top level when its name is not its `$screen_name`,
+        // or when the mapping added that `$screen_name` (then equal to it, and dropped again).
+        EventType::Screen => match obj.get("name") {
+            Some(raw) if raw.get() == "null" => {
+                obj.remove("name");
+            }
+            Some(raw) if raw::as_str(raw).is_some() => {
+                name = take_str(&mut obj, "name");
+                if properties.str("$screen_name").as_deref() == name.as_deref() {
+                    properties.remove("$screen_name");
+                }
+            }
+            _ => name = properties.str("$screen_name").map(Cow::into_owned),
+        },
         EventType::Page | EventType::Track => {}
+    }
+    if kind != EventType::Screen {
+        name = take_str(&mut obj, "name");
+    }
+    if anonymous_id.is_none() {
+        anonymous_id = take_str(&mut obj, "anonymous_id").and_then(|s| clean_id(&s));
     }
     let traits = RawObject::from_entries(traits);
     let traits_set_once = RawObject::from_entries(traits_set_once);
 
-    // Trace and span ids: `properties.trace_id`/`span_id`, else the `traceparent` header.
+    // Trace and span ids: `properties.trace_id`/`span_id`, else `context.traceparent` (a
+    // forwarded Segment event's), else the `traceparent` header.
     let span = properties.str("span_id").map(Cow::into_owned);
+    let context_traceparent = context.str("traceparent");
     let (trace_id, span_id) = match properties.str("trace_id") {
         Some(trace) => (Some(trace.into_owned()), span),
-        None => match ctx.meta.traceparent.as_deref().and_then(parse_traceparent) {
+        None => match [context_traceparent.as_deref(), ctx.meta.traceparent.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(parse_traceparent)
+        {
             Some((trace, header_span)) => (Some(trace), span.or(Some(header_span))),
             None => (None, span),
         },
@@ -672,7 +710,9 @@ fn build_event(
     let timestamp = format_time(checked.timestamp);
 
     // The unified event (`Event`) in its stored form, written field by field in its serialized order.
-    let mut out = Vec::with_capacity(properties.shape().len + traits.shape().len + extra.shape().len + 512);
+    let mut out = Vec::with_capacity(
+        properties.shape().len + traits.shape().len + context.shape().len + extra.shape().len + 512,
+    );
     // A string member, left out when absent.
     let opt = |out: &mut Vec<u8>, name: &str, value: Option<&str>| {
         if let Some(value) = value {
@@ -685,6 +725,7 @@ fn build_event(
     // The members kept as columns (`stored::COLUMN_MEMBERS`) are left out.
     out.extend_from_slice(b"{\"protocol\":\"posthog\"");
     // Members at their default (`null`, `{}`) are left out too (`stored::DEFAULT_MEMBERS`).
+    opt(&mut out, "user_id", user_id.as_deref());
     opt(&mut out, "anonymous_id", anonymous_id.as_deref());
     out.extend_from_slice(b",\"properties\":");
     properties.write(&mut out);
@@ -696,6 +737,10 @@ fn build_event(
         out.extend_from_slice(b",\"traits_set_once\":");
         traits_set_once.write(&mut out);
     }
+    if !context.is_empty() {
+        out.extend_from_slice(b",\"context\":");
+        context.write(&mut out);
+    }
     if !groups.is_empty() {
         out.extend_from_slice(b",\"groups\":");
         groups.write(&mut out);
@@ -704,6 +749,7 @@ fn build_event(
     opt(&mut out, "group_id", group_id.as_deref());
     opt(&mut out, "previous_id", previous_id.as_deref());
     opt(&mut out, "name", name.as_deref());
+    opt(&mut out, "category", category.as_deref());
     opt(&mut out, "original_timestamp", checked.original_timestamp.as_deref());
     opt(&mut out, "sent_at", sent_at);
     opt(&mut out, "span_id", span_id.as_deref());
@@ -874,6 +920,62 @@ mod tests {
         assert_eq!(e.group_type.as_deref(), Some("workspace"));
         assert_eq!(e.group_id.as_deref(), Some("ws_1"));
         assert_eq!(e.traits["name"], "Acme");
+    }
+
+    #[test]
+    fn segment_fields_sent_at_top_level_are_read_into_the_unified_event() {
+        // What a forwarding Switchyard sends for a Segment page: ids, `context`, name, category.
+        let e = one(
+            json!({"event": "$pageview", "distinct_id": "user_1", "user_id": "user_1", "anonymous_id": "anon_9",
+                   "context": {"ip": "198.51.100.9", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+                   "name": "Flows", "category": "App", "properties": {"path": "/flows"}, "channel": "server"}),
+            None,
+        )
+        .unwrap();
+        assert_eq!((e.user_id.as_deref(), e.anonymous_id.as_deref()), (Some("user_1"), Some("anon_9")));
+        assert_eq!((e.name.as_deref(), e.category.as_deref()), (Some("Flows"), Some("App")));
+        assert_eq!(e.context["ip"], "198.51.100.9");
+        assert_eq!(e.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "from context.traceparent");
+        assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(Value::Object(e.extra), json!({"channel": "server"}));
+        // Members not of their field's type stay in `extra`, as before.
+        let e = one(json!({"event": "x", "distinct_id": "u", "user_id": 7, "context": "c", "name": ["n"], "category": null}), None)
+            .unwrap();
+        assert_eq!((e.user_id, e.name, e.category, e.context.len()), (None, None, None, 0));
+        assert_eq!(Value::Object(e.extra), json!({"user_id": 7, "context": "c", "name": ["n"], "category": null}));
+        // An identify's anonymous id is `$anon_distinct_id`; a top-level one besides is kept.
+        let e = one(
+            json!({"event": "$identify", "distinct_id": "u", "anonymous_id": "a_top", "properties": {"$anon_distinct_id": "a_1"}}),
+            None,
+        )
+        .unwrap();
+        assert_eq!((e.anonymous_id.as_deref(), &e.extra["anonymous_id"]), (Some("a_1"), &json!("a_top")));
+        let e = one(json!({"event": "$identify", "distinct_id": "u", "anonymous_id": "a_top"}), None).unwrap();
+        assert_eq!((e.anonymous_id.as_deref(), e.extra.len()), (Some("a_top"), 0));
+    }
+
+    #[test]
+    fn a_screens_top_level_name_wins_and_drops_the_screen_name_the_mapping_added() {
+        let screen = |top: Option<Value>, screen_name: Option<&str>| {
+            let mut raw = json!({"event": "$screen", "distinct_id": "u", "properties": {"k": 1}});
+            if let Some(top) = top {
+                raw["name"] = top;
+            }
+            if let Some(s) = screen_name {
+                raw["properties"]["$screen_name"] = json!(s);
+            }
+            let e = one(raw, None).unwrap();
+            assert!(e.extra.is_empty(), "{:?}", e.extra);
+            (e.name, e.properties.get("$screen_name").cloned())
+        };
+        // As PostHog clients send it: the name is `$screen_name`, which stays.
+        assert_eq!(screen(None, Some("Flows")), (Some("Flows".into()), Some(json!("Flows"))));
+        // Added by the mapping (equal to the top-level name): dropped.
+        assert_eq!(screen(Some(json!("Settings")), Some("Settings")), (Some("Settings".into()), None));
+        // The event's own, differing from its name: kept.
+        assert_eq!(screen(Some(json!("Settings")), Some("Other")), (Some("Settings".into()), Some(json!("Other"))));
+        // A screen without a name but with a `$screen_name` property.
+        assert_eq!(screen(Some(Value::Null), Some("Other")), (None, Some(json!("Other"))));
     }
 
     fn request(text: &str, historical_migration: bool) -> Normalized {

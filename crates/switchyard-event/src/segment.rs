@@ -127,6 +127,14 @@ fn take_object(obj: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
     }
 }
 
+/// Removes `key` if it holds an object, and returns it; any other value stays (for `extra`).
+fn take_if_object(obj: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+    match obj.get(key) {
+        Some(Value::Object(_)) => take_object(obj, key),
+        _ => Map::new(),
+    }
+}
+
 /// What validation established about an event, before it is taken apart.
 struct Checked {
     kind: EventType,
@@ -134,6 +142,17 @@ struct Checked {
     user_id: Option<String>,
     anonymous_id: Option<String>,
     distinct_id: String,
+    /// The event carries `$distinct_id` equal to its `userId`: a PostHog event (see
+    /// [`posthog_distinct_id`]).
+    posthog_distinct_id: bool,
+}
+
+/// Whether a message is a PostHog event forwarded by a Switchyard: PostHog's distinct id is
+/// neither a user id nor an anonymous id, and a forwarder sends it as `userId` (what Segment's
+/// destinations take it for) with the same id as `$distinct_id`, which is no Segment field. Its
+/// `userId` then stands in for the distinct id and is not stored as `user_id`.
+fn posthog_distinct_id(obj: &Map<String, Value>, user_id: Option<&str>) -> bool {
+    user_id.is_some() && obj.get("$distinct_id").and_then(Value::as_str) == user_id
 }
 
 /// Normalizes one event: checks on the borrowed event (an invalid one is handed back whole,
@@ -164,7 +183,7 @@ fn check_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Checked, Rejecti
     object_field(obj, "context")?;
     check_raw_event(raw, properties.max(traits), ctx.limits)?;
 
-    let user_id = id_string(obj.get("userId"));
+    let mut user_id = id_string(obj.get("userId"));
     let anonymous_id = id_string(obj.get("anonymousId"));
     let distinct_id = user_id
         .clone()
@@ -172,6 +191,10 @@ fn check_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Checked, Rejecti
         .ok_or_else(|| {
             Rejection::new(400, "missing_distinct_id", "request neither has anonymousId nor userId")
         })?;
+    let posthog_distinct_id = posthog_distinct_id(obj, user_id.as_deref());
+    if posthog_distinct_id {
+        user_id = None;
+    }
 
     let event_name = match kind {
         EventType::Track => match obj.get("event").and_then(Value::as_str).filter(|e| !e.is_empty()) {
@@ -185,7 +208,7 @@ fn check_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Checked, Rejecti
         EventType::Alias => "$create_alias".to_owned(),
     };
     check_event_name(&event_name, ctx.limits)?;
-    Ok(Checked { kind, event_name, user_id, anonymous_id, distinct_id })
+    Ok(Checked { kind, event_name, user_id, anonymous_id, distinct_id, posthog_distinct_id })
 }
 
 fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &SegmentContext<'_>) -> Event {
@@ -198,6 +221,19 @@ fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &SegmentConte
         if let Some(Value::Object(t)) = context.get("traits") {
             traits = t.clone();
         }
+    }
+    // PostHog's members, which Segment has no field for (sent by a forwarding Switchyard).
+    // Read when of their type, else kept in `extra`.
+    let traits_set_once = take_if_object(&mut obj, "$set_once");
+    let groups = take_if_object(&mut obj, "$groups");
+    let group_type = match obj.get("$group_type") {
+        Some(Value::String(_)) if kind == EventType::Group => {
+            obj.remove("$group_type").and_then(|v| v.as_str().map(str::to_owned))
+        }
+        _ => None,
+    };
+    if checked.posthog_distinct_id {
+        obj.remove("$distinct_id");
     }
 
     let id = obj
@@ -239,10 +275,10 @@ fn build_event(mut obj: Map<String, Value>, checked: Checked, ctx: &SegmentConte
         anonymous_id: checked.anonymous_id,
         properties,
         traits,
-        traits_set_once: Map::new(),
+        traits_set_once,
         context,
-        groups: Map::new(),
-        group_type: None,
+        groups,
+        group_type,
         group_id,
         previous_id,
         name,
@@ -307,6 +343,31 @@ mod tests {
         assert_eq!(e.span_id.as_deref(), Some("00f067aa0ba902b7"));
         let (err, _) = normalize_event(json!({"type": "track", "event": "x"}), &ctx).unwrap_err();
         assert_eq!(err.message, "request neither has anonymousId nor userId");
+    }
+
+    #[test]
+    fn posthog_members_are_read_into_the_unified_event() {
+        let meta = RequestMeta { project_id: 1, received_at: Utc::now(), traceparent: None, ip: None };
+        let ctx = SegmentContext { meta: &meta, batch_sent_at: None, limits: &EventLimits::default() };
+        let one = |raw: Value| normalize_event(raw, &ctx).unwrap_or_else(|(r, _)| panic!("{r}"));
+        // A PostHog identify as a forwarding Switchyard sends it: its distinct id as `userId`,
+        // marked by `$distinct_id`, so it is not taken for a user id.
+        let e = one(json!({"type": "identify", "userId": "user_1", "$distinct_id": "user_1", "anonymousId": "anon_9",
+                           "traits": {"plan": "pro"}, "$set_once": {"first_seen": "2026-11-01"},
+                           "$groups": {"workspace": "ws_1"}, "$group_type": "workspace", "channel": "server"}));
+        assert_eq!((e.distinct_id.as_str(), e.user_id.as_deref(), e.anonymous_id.as_deref()), ("user_1", None, Some("anon_9")));
+        assert_eq!(Value::Object(e.traits_set_once), json!({"first_seen": "2026-11-01"}));
+        assert_eq!(Value::Object(e.groups), json!({"workspace": "ws_1"}));
+        assert_eq!(e.group_type, None, "a group type only on group calls");
+        assert_eq!(Value::Object(e.extra), json!({"$group_type": "workspace", "channel": "server"}));
+        let e = one(json!({"type": "group", "userId": "u", "groupId": "ws_1", "$group_type": "workspace"}));
+        assert_eq!((e.group_type.as_deref(), e.group_id.as_deref(), e.extra.len()), (Some("workspace"), Some("ws_1"), 0));
+        // A `$distinct_id` that is not the `userId`, and members not of their type, stay in `extra`.
+        let e = one(json!({"type": "track", "event": "x", "userId": "u", "$distinct_id": "other",
+                           "$set_once": "s", "$groups": null}));
+        assert_eq!((e.user_id.as_deref(), e.distinct_id.as_str()), (Some("u"), "u"));
+        assert!(e.traits_set_once.is_empty() && e.groups.is_empty());
+        assert_eq!(Value::Object(e.extra), json!({"$distinct_id": "other", "$set_once": "s", "$groups": null}));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod destination;
 pub mod outbound;
+pub mod persons;
 pub mod retry;
 pub mod router;
 pub mod transform;

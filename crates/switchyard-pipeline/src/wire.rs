@@ -10,7 +10,10 @@
 //! The mappings are the inverses of the intake's (`switchyard_event::posthog`, `::segment`): a
 //! second Switchyard taking these requests in stores the events equal to the originals, but for
 //! what the receiver sets itself and the few fields a format has no place for (see the tests,
-//! `posthog_round_trip` and `segment_round_trip`, which list them).
+//! `posthog_round_trip` and `segment_round_trip`, which list them). What one format has no field
+//! for is sent as top-level members the other's intake reads (Segment's `user_id`,
+//! `anonymous_id`, `context`, `name`, `category` to PostHog, which ignores them; PostHog's
+//! `$set_once`, `$groups`, `$group_type` and `$distinct_id` to Segment/RudderStack).
 //!
 //! Trace ids the intake took from a request's `traceparent` header (not from the event's body)
 //! are sent the same way: consecutive events needing the same header share a request.
@@ -113,7 +116,7 @@ pub fn to_message(event: &Value) -> Value {
     match View::new(event) {
         Ok(view) => {
             let sent_at = view.str("sent_at");
-            serde_json::to_value(Message { e: &view, sent_at }).expect("messages serialize")
+            serde_json::to_value(Message { e: &view, sent_at, mark_distinct_id: false }).expect("messages serialize")
         }
         // Not a unified event: shown as it is.
         Err(_) => event.clone(),
@@ -158,23 +161,14 @@ pub fn from_message(message: Value, original: &Value) -> Result<Value, String> {
     {
         event.protocol = protocol;
     }
-    // PostHog-only members, carried as top-level message members.
-    if let Some(Value::Object(set_once)) = event.extra.remove("$set_once") {
-        event.traits_set_once = set_once;
-    }
-    if let Some(Value::Object(groups)) = event.extra.remove("$groups") {
-        event.groups = groups;
-    }
-    if let Some(Value::String(group_type)) = event.extra.remove("$group_type") {
-        event.group_type = Some(group_type);
-    }
     // `extra` members named as the message's own fields, which a message cannot carry.
     for (k, v) in orig.extra() {
         if MESSAGE_TOP.contains(&k.as_str()) {
             event.extra.insert(k.clone(), v.clone());
         }
     }
-    // A PostHog event has no user id: [`Message`] shows its distinct id as `userId`.
+    // A PostHog event has no user id: [`Message`] shows its distinct id as `userId` (unmarked:
+    // transformations see a plain message).
     if orig.str("user_id").is_none() && event.user_id.as_deref() == Some(orig.distinct_id) {
         event.user_id = None;
     }
@@ -499,6 +493,8 @@ struct PosthogEvent<'a> {
     uuid: Cow<'a, str>,
     timestamp: &'a str,
     properties: Vec<(&'a str, Added<'a>)>,
+    /// The top-level `name` to send, if any (`Some(None)`: `null`).
+    name: Option<Option<&'a str>>,
 }
 
 /// Top-level members [`PosthogEvent`] writes itself (or the intake reads as a token or id):
@@ -515,6 +511,11 @@ const POSTHOG_TOP: &[&str] = &[
     "token",
     "$token",
     "api_key",
+    "user_id",
+    "anonymous_id",
+    "context",
+    "name",
+    "category",
 ];
 
 impl Serialize for PosthogEvent<'_> {
@@ -547,28 +548,24 @@ impl Serialize for PosthogEvent<'_> {
                 map.serialize_entry(k, v)?;
             }
         }
-        // What PostHog's shape has no place for, kept (PostHog ignores unknown top-level members;
-        // a Switchyard keeps them in `extra`).
+        // What PostHog's shape has no place for, as top-level members: PostHog ignores them, a
+        // Switchyard's PostHog intake reads them.
         let context = e.obj("context");
-        if !context.is_empty() && !extra.contains_key("context") {
+        if !context.is_empty() {
             map.serialize_entry("context", context)?;
         }
-        for key in ["user_id", "category"] {
-            if let (Some(v), false) = (e.str(key), extra.contains_key(key)) {
-                map.serialize_entry(key, v)?;
-            }
+        if let Some(v) = e.str("user_id") {
+            map.serialize_entry("user_id", v)?;
         }
-        if let (Some(v), false, false) = (
-            e.str("anonymous_id"),
-            kind == "identify",
-            extra.contains_key("anonymous_id"),
-        ) {
+        // An identify's is `$anon_distinct_id`.
+        if let (Some(v), false) = (e.str("anonymous_id"), kind == "identify") {
             map.serialize_entry("anonymous_id", v)?;
         }
-        if let (Some(v), false, false) =
-            (e.str("name"), kind == "screen", extra.contains_key("name"))
-        {
-            map.serialize_entry("name", v)?;
+        if let Some(name) = self.name {
+            map.serialize_entry("name", &name)?;
+        }
+        if let Some(v) = e.str("category") {
+            map.serialize_entry("category", v)?;
         }
         map.end()
     }
@@ -616,23 +613,6 @@ fn posthog_refusal(e: &View<'_>) -> Option<String> {
     None
 }
 
-/// The trace and span ids a PostHog intake derives: `properties.trace_id`/`span_id`, else
-/// the request's `traceparent` header.
-fn posthog_trace(
-    properties: &Map<String, Value>,
-    header: Option<&str>,
-) -> (Option<String>, Option<String>) {
-    let prop = |k: &str| properties.get(k).and_then(Value::as_str).map(str::to_owned);
-    let span = prop("span_id");
-    match prop("trace_id") {
-        Some(trace) => (Some(trace), span),
-        None => match header.and_then(parse_traceparent) {
-            Some((trace, header_span)) => (Some(trace), span.or(Some(header_span))),
-            None => (None, span),
-        },
-    }
-}
-
 fn render_posthog(
     host: &reqwest::Url,
     token: &str,
@@ -658,6 +638,7 @@ fn render_posthog(
         }
         let properties_in = e.obj("properties");
         let mut properties: Vec<(&str, Added<'_>)> = Vec::new();
+        let mut name = e.str("name").map(Some);
         let groups = e.obj("groups");
         if !groups.is_empty() {
             properties.push(("$groups", Added::Obj(groups)));
@@ -685,12 +666,20 @@ fn render_posthog(
                     properties.push(("$group_set", Added::Obj(traits)));
                 }
             }
+            // PostHog names a screen by `$screen_name`. One added here comes with the name at top
+            // level too, which tells the receiver to drop it again; a top-level name also says a
+            // name that is not the `$screen_name` the event has.
             "screen" => {
-                if let (Some(name), false) =
-                    (e.str("name"), properties_in.contains_key("$screen_name"))
-                {
-                    properties.push(("$screen_name", Added::Str(name)));
-                }
+                let own = e.str("name");
+                name = match properties_in.get("$screen_name") {
+                    None => {
+                        if let Some(own) = own {
+                            properties.push(("$screen_name", Added::Str(own)));
+                        }
+                        own.map(Some)
+                    }
+                    Some(screen_name) => (screen_name.as_str() != own).then_some(own),
+                };
             }
             _ => {}
         }
@@ -707,14 +696,16 @@ fn render_posthog(
             }
             _ => e.timestamp,
         };
+        let context = e.obj("context");
         let traceparent = trace_header((e.str("trace_id"), e.str("span_id")), |header| {
-            posthog_trace(properties_in, header)
+            extract_trace(properties_in, context, header)
         });
         let event = PosthogEvent {
             e: &e,
             uuid: posthog_uuid(e.id),
             timestamp,
             properties,
+            name,
         };
         let start = buf.len();
         serde_json::to_writer(&mut buf, &event).expect("events serialize");
@@ -765,6 +756,8 @@ fn render_posthog(
 struct Message<'a> {
     e: &'a View<'a>,
     sent_at: Option<&'a str>,
+    /// Whether a `userId` standing in for a PostHog distinct id is marked so (`$distinct_id`).
+    mark_distinct_id: bool,
 }
 
 /// Members [`Message`] writes itself, and those the intake reads: `extra` members of these names
@@ -822,6 +815,12 @@ impl Serialize for Message<'_> {
         if let Some(anon) = anon {
             map.serialize_entry("anonymousId", anon)?;
         }
+        // The `userId` is a PostHog distinct id (which is neither a user nor an anonymous id):
+        // said by `$distinct_id`, so that a Switchyard stores no user id for it.
+        let marked = self.mark_distinct_id && user.is_some() && e.str("user_id").is_none();
+        if marked {
+            map.serialize_entry("$distinct_id", e.distinct_id)?;
+        }
         if kind == "track" {
             map.serialize_entry("event", e.event)?;
         }
@@ -866,7 +865,7 @@ impl Serialize for Message<'_> {
             map.serialize_entry("$group_type", group_type)?;
         }
         for (k, v) in e.extra() {
-            if !MESSAGE_TOP.contains(&k.as_str()) {
+            if !MESSAGE_TOP.contains(&k.as_str()) && !(marked && k == "$distinct_id") {
                 map.serialize_entry(k, v)?;
             }
         }
@@ -903,6 +902,7 @@ fn render_segment(
         let message = Message {
             e: &e,
             sent_at: Some(&sent_at),
+            mark_distinct_id: true,
         };
         if message.ids() == (None, None) {
             out.refused.push((

@@ -53,7 +53,27 @@ pub struct Shared {
     router: std::sync::Mutex<Option<switchyard_pipeline::Router>>,
 }
 
-/// What the router uses of the state.
+/// What the person processor reports: dropped properties counted, flags reloaded for a new
+/// group type.
+fn person_hooks(state: &AppState) -> switchyard_pipeline::persons::PersonHooks {
+    let dropped = state.metrics.person_properties_dropped.clone();
+    let reloading = state.clone();
+    switchyard_pipeline::persons::PersonHooks {
+        limits: switchyard_store::PropertyLimits {
+            max_properties: state.config.limits.max_person_properties,
+            max_bytes: state.config.limits.max_person_properties_bytes,
+        },
+        dropped: Box::new(move |n| {
+            dropped.inc_by(n);
+        }),
+        new_group_type: Box::new(move |project_id| {
+            reloading.flags.reload(&reloading.control, project_id)?;
+            Ok(())
+        }),
+    }
+}
+
+/// What the router and the person processor use of the state.
 struct RouterStores(AppState);
 
 impl switchyard_pipeline::Stores for RouterStores {
@@ -104,7 +124,7 @@ impl AppState {
                 counted_files: vec![config.data_dir.join("control.db")],
                 quarantine_raw_bytes: config.log.quarantine_raw_bytes.min(config.limits.max_event_bytes),
                 retention: config.log.retention_days.map(|days| Duration::from_secs(u64::from(days) * 86_400)),
-                retention_consumers: vec![persons::CONSUMER.to_owned()],
+                retention_consumers: vec![switchyard_pipeline::persons::CONSUMER.to_owned()],
                 on_retention: Some(switchyard_store::RetentionObserver(Arc::new({
                     let deleted = metrics.log_retention_deleted.clone();
                     move |pass| {
@@ -373,7 +393,11 @@ pub async fn serve(
     };
     let router = app(state.clone());
     let (stop_processor, processor_stop) = tokio::sync::watch::channel(false);
-    let processor = tokio::spawn(persons::run(state.clone(), processor_stop.clone()));
+    let processor = tokio::spawn(switchyard_pipeline::persons::run(
+        Arc::new(RouterStores(state.clone())),
+        Arc::new(person_hooks(&state)),
+        processor_stop.clone(),
+    ));
     let routing = state.router().map(|router| tokio::spawn(router.run(processor_stop.clone())));
     let poller = state.mirror.get().map(|(project_id, mirror)| {
         tokio::spawn(upstream::run(state.clone(), *project_id, state.config.upstream.clone(), mirror.clone(), processor_stop))
