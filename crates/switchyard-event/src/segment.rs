@@ -201,11 +201,19 @@ fn check_event(raw: &Value, ctx: &SegmentContext<'_>) -> Result<Checked, Rejecti
             Some(name) => name.to_owned(),
             None => return Err(Rejection::missing_event_name()),
         },
-        EventType::Identify => "$identify".to_owned(),
-        EventType::Group => "$groupidentify".to_owned(),
-        EventType::Page => "$pageview".to_owned(),
-        EventType::Screen => "$screen".to_owned(),
-        EventType::Alias => "$create_alias".to_owned(),
+        // Segment's other calls have no name: PostHog's for them, unless the message names
+        // itself (a forwarding Switchyard sends PostHog's `$set` so).
+        _ => match obj.get("event").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+            Some(name) => name.to_owned(),
+            None => match kind {
+                EventType::Identify => "$identify",
+                EventType::Group => "$groupidentify",
+                EventType::Page => "$pageview",
+                EventType::Screen => "$screen",
+                _ => "$create_alias",
+            }
+            .to_owned(),
+        },
     };
     check_event_name(&event_name, ctx.limits)?;
     Ok(Checked { kind, event_name, user_id, anonymous_id, distinct_id, posthog_distinct_id })

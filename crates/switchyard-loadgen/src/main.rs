@@ -5,7 +5,8 @@
 //! axum/hyper/tokio stack, reading and discarding the body) as separate processes on loopback,
 //! drives both with the same requests over keep-alive HTTP/1.1 connections from one thread,
 //! and prints events/s, requests/s, p50/p99 acknowledgement latency and the server's peak RSS.
-//! Every run is bounded by `--seconds`.
+//! Every run is bounded by `--seconds`. `route-bench` measures delivery to destinations
+//! (see `route.rs`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +20,7 @@ use serde_json::json;
 
 mod flags;
 mod intake;
+mod route;
 mod sync;
 
 #[derive(Parser)]
@@ -91,6 +93,23 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// Delivery to destinations against a null sink in this process: the rate at which a
+    /// webhook destination reads back preloaded events (plain, declarative rules, JS), intake's
+    /// batch rate with one destination attached vs none, and acknowledgement → delivery
+    /// latency at 10,000 events/s.
+    RouteBench {
+        #[arg(long, default_value = "target/release/switchyard")]
+        server_bin: String,
+        /// Events preloaded for the delivery-rate scenario (rounded up to batches of 500).
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Seconds per run of the intake and latency scenarios.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent connections of the intake scenario (the preload uses up to 8).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
     /// What one durable write costs on this machine's disk, alone: 16 KiB appended to a growing
     /// file plus `fdatasync` (a new WAL), WAL-sized overwrites plus `fdatasync` (16 and 64 KiB)
     /// and an `fdatasync` with nothing written, each timed (avg, p50, p99) with the CPU it
@@ -112,6 +131,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::SyncFloor { dir, ops } => sync::sync_floor(&dir, ops),
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
+        }
+        Cmd::RouteBench { server_bin, events, seconds, connections } => {
+            route::route_bench(&route::Options { server_bin, events, seconds, connections })
         }
         Cmd::Bench { server_bin, seconds, rounds, connections, batch, traces, bodies, only } => {
             let traffic = Traffic { batch, traces: traces.max(1), bodies: bodies.max(1) };

@@ -116,7 +116,12 @@ pub fn to_message(event: &Value) -> Value {
     match View::new(event) {
         Ok(view) => {
             let sent_at = view.str("sent_at");
-            serde_json::to_value(Message { e: &view, sent_at, mark_distinct_id: false }).expect("messages serialize")
+            serde_json::to_value(Message {
+                e: &view,
+                sent_at,
+                mark_distinct_id: false,
+            })
+            .expect("messages serialize")
         }
         // Not a unified event: shown as it is.
         Err(_) => event.clone(),
@@ -573,7 +578,7 @@ impl Serialize for PosthogEvent<'_> {
 
 /// An id PostHog takes as `uuid`: the event's id when it is a UUID, else a UUID derived from it
 /// (the same on every attempt, so PostHog's deduplication still sees retries as one event).
-fn posthog_uuid(id: &str) -> Cow<'_, str> {
+pub fn posthog_uuid(id: &str) -> Cow<'_, str> {
     match uuid::Uuid::parse_str(id) {
         Ok(u) if u.hyphenated().to_string() == id => Cow::Borrowed(id),
         Ok(u) => Cow::Owned(u.hyphenated().to_string()),
@@ -821,7 +826,17 @@ impl Serialize for Message<'_> {
         if marked {
             map.serialize_entry("$distinct_id", e.distinct_id)?;
         }
-        if kind == "track" {
+        // Other calls have no name in Segment's spec; one other than the call's usual name
+        // (PostHog's `$set`, an identify) is sent anyway, for a Switchyard to keep.
+        let usual = match kind {
+            "identify" => "$identify",
+            "group" => "$groupidentify",
+            "page" => "$pageview",
+            "screen" => "$screen",
+            "alias" => "$create_alias",
+            _ => "",
+        };
+        if kind == "track" || e.event != usual {
             map.serialize_entry("event", e.event)?;
         }
         map.serialize_entry("properties", e.obj("properties"))?;
@@ -1211,47 +1226,51 @@ mod tests {
             }
         }
 
-        // Segment events: PostHog's shape has no place for user and anonymous ids (but an
-        // identify's), `context`, page names and categories: they are sent as top-level
-        // members, which PostHog ignores and a Switchyard keeps in `extra`.
-        let originals = segment_events();
+        // Segment events: user and anonymous ids (but an identify's), `context`, page names and
+        // categories are sent as top-level members, which PostHog ignores and a Switchyard reads.
+        // Lost: `sent_at`, with it the uncorrected `original_timestamp`, and an id that is not a
+        // UUID (PostHog's `uuid` is one); the properties gain `$ip`.
+        let mut originals = segment_events();
+        // Screens named otherwise than by the mapping's `$screen_name`.
+        let screen = originals
+            .iter()
+            .find(|e| e["type"] == "screen")
+            .unwrap()
+            .clone();
+        for (n, (name, screen_name)) in [
+            (json!("Settings"), json!("Settings")),
+            (json!("Settings"), json!("Other")),
+            (Value::Null, json!("Other")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = screen.clone();
+            e["id"] = json!(format!("m-screen-{}", n + 2));
+            e["properties"]["$screen_name"] = screen_name;
+            match name {
+                Value::Null => drop(e.as_object_mut().unwrap().remove("name")),
+                name => e["name"] = name,
+            }
+            originals.push(e);
+        }
         let stored = forward(&config, &originals);
         for a in &originals {
             let id = a["id"].as_str().unwrap();
-            let b = &stored[&posthog_uuid(id).into_owned()];
-            let mut expected: BTreeSet<&str> = ["sent_at", "properties", "id"].into();
+            let mut b = stored[&posthog_uuid(id).into_owned()].clone();
+            assert_eq!(
+                b["properties"].as_object_mut().unwrap().remove("$ip"),
+                Some(a["request_ip"].clone())
+            );
+            let mut expected: BTreeSet<&str> = ["sent_at", "id"].into();
             if uuid::Uuid::parse_str(id).is_ok() {
                 expected.remove("id");
             }
             if !timestamp_is_original(a) {
                 expected.insert("original_timestamp");
             }
-            for (member, lost) in [
-                ("user_id", a["user_id"].is_string()),
-                ("context", a["context"] != json!({})),
-                ("category", a["category"].is_string()),
-            ] {
-                if lost {
-                    expected.insert(member);
-                    expected.insert("extra");
-                    assert_eq!(b["extra"][member], a[member], "{member} kept in extra");
-                }
-            }
-            if a["anonymous_id"].is_string() && a["type"] != "identify" {
-                expected.extend(["anonymous_id", "extra"]);
-            }
-            if a["name"].is_string() && a["type"] != "screen" {
-                expected.extend(["name", "extra"]);
-            }
             let expected: BTreeSet<String> = expected.into_iter().map(String::from).collect();
-            assert_eq!(differing(a, b), expected, "{}\n{a:#}\n{b:#}", a["event"]);
-            // The properties differ only by what PostHog is told in them.
-            let mut properties = b["properties"].as_object().unwrap().clone();
-            assert_eq!(properties.remove("$ip"), Some(a["request_ip"].clone()));
-            if a["type"] == "screen" {
-                assert_eq!(properties.remove("$screen_name"), Some(a["name"].clone()));
-            }
-            assert_eq!(Value::Object(properties), a["properties"]);
+            assert_eq!(differing(a, &b), expected, "{}\n{a:#}\n{b:#}", a["event"]);
         }
     }
 
@@ -1272,40 +1291,53 @@ mod tests {
             assert_eq!(differing(a, b), expected, "{}\n{a:#}\n{b:#}", a["event"]);
             assert_eq!(b["sent_at"], json!(format_time(now())));
         }
-        // PostHog events: a distinct id is a `userId`; `$set_once`, `$groups` and the group type
-        // have no Segment field and are sent as top-level members (kept in `extra`).
+        // PostHog events: a distinct id that is neither a user nor an anonymous id is sent as
+        // `userId` marked by `$distinct_id`; `$set_once`, `$groups` and the group type as top-level
+        // members; a Switchyard reads them all back. Lost: `sent_at` (the time of sending instead),
+        // an absent `original_timestamp` (the timestamp read as it), and `extra` members named as
+        // Segment's own fields (`type`), which a message cannot carry.
         let originals = posthog_events();
         let stored = forward(&config, &originals);
         for a in &originals {
             let b = &stored[a["id"].as_str().unwrap()];
-            let mut expected: BTreeSet<&str> = ["sent_at", "user_id"].into();
+            let mut expected: BTreeSet<&str> = ["sent_at"].into();
             if a.get("original_timestamp").is_none() {
                 expected.insert("original_timestamp");
             }
-            // PostHog top-level members named as Segment's own (`type`) cannot be sent.
             if a["extra"]
                 .as_object()
                 .is_some_and(|x| x.keys().any(|k| MESSAGE_TOP.contains(&k.as_str())))
             {
                 expected.insert("extra");
             }
-            if a["type"] == "page" || a["type"] == "screen" {
-                // The anonymous distinct id shown as `userId` all the same.
-                assert_eq!(b["user_id"], a["distinct_id"]);
-            }
-            for (member, carried) in [
-                ("traits_set_once", "$set_once"),
-                ("groups", "$groups"),
-                ("group_type", "$group_type"),
-            ] {
-                if a.get(member).is_some() {
-                    expected.extend([member, "extra"]);
-                    assert_eq!(b["extra"][carried], a[member]);
-                }
-            }
             let expected: BTreeSet<String> = expected.into_iter().map(String::from).collect();
             assert_eq!(differing(a, b), expected, "{}\n{a:#}\n{b:#}", a["event"]);
         }
+        // What a real Segment/RudderStack destination sees: the distinct id as `userId`.
+        let rendered = render(&config, &originals, now());
+        let messages: Vec<Value> = rendered
+            .requests
+            .iter()
+            .flat_map(|r| {
+                serde_json::from_slice::<Value>(&r.body).unwrap()["batch"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        let identify = messages.iter().find(|m| m["type"] == "identify").unwrap();
+        assert_eq!(
+            (
+                &identify["userId"],
+                &identify["anonymousId"],
+                &identify["$distinct_id"]
+            ),
+            (&json!("user_1"), &json!("anon_9"), &json!("user_1"))
+        );
+        assert!(
+            to_message(&originals[2]).get("$distinct_id").is_none(),
+            "transformations see a plain message"
+        );
     }
 
     #[test]

@@ -114,6 +114,63 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Destinations through the destinations API: what they are, how they are doing, their
+    /// dead letters and replays.
+    Destinations {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000", global = true)]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY", global = true)]
+        secret_key: Option<String>,
+        #[command(subcommand)]
+        action: DestinationsAction,
+    },
+    /// Try transformations before attaching them to a destination.
+    Transform {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000", global = true)]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY", global = true)]
+        secret_key: Option<String>,
+        #[command(subcommand)]
+        action: TransformAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DestinationsAction {
+    /// One line per destination: id, type, enabled, name.
+    List,
+    /// A destination as JSON (secrets masked).
+    Get { id: i64 },
+    /// Delivered, filtered, retrying, dead-lettered, lag, last error and success, as JSON.
+    Status { id: i64 },
+    /// A destination's dead letters, newest first, one JSON object per line.
+    DeadLetters {
+        id: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead letters again with the destination's current config (all, or `--ids`).
+    Replay {
+        id: i64,
+        /// Comma-separated dead letter ids.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TransformAction {
+    /// Runs a chain of transformations (a JSON array, or a `.js` file holding
+    /// `transformEvent`/`transformBatch`) over events (a JSON array) and prints what each became.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        events: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +235,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Flags { url, secret_key, action } => run_flags(&url, secret_key, action),
         Command::Keys { url, secret_key, action } => run_keys(&url, secret_key, action),
+        Command::Destinations { url, secret_key, action } => run_destinations(&url, secret_key, action),
+        Command::Transform { url, secret_key, action } => run_transform(&url, secret_key, action),
     }
 }
 
@@ -270,6 +329,69 @@ fn run_keys(url: &str, secret: Option<String>, action: KeysAction) -> anyhow::Re
             println!("{}", line(&revoked));
         }
     }
+    Ok(())
+}
+
+fn run_destinations(url: &str, secret: Option<String>, action: DestinationsAction) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let secret = secret.context("the secret key is needed: --secret-key or SWITCHYARD_SECRET_KEY")?;
+    let base = format!("{}/api/projects/@current/destinations", url.trim_end_matches('/'));
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v);
+    match action {
+        DestinationsAction::List => {
+            let list = api(Method::GET, &format!("{base}/"), &secret, None)?;
+            for d in list["results"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    d["id"],
+                    d["type"].as_str().unwrap_or_default(),
+                    if d["enabled"] == true { "enabled" } else { "paused" },
+                    d["name"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        DestinationsAction::Get { id } => println!("{}", pretty(&api(Method::GET, &format!("{base}/{id}/"), &secret, None)?)?),
+        DestinationsAction::Status { id } => println!("{}", pretty(&api(Method::GET, &format!("{base}/{id}/status"), &secret, None)?)?),
+        DestinationsAction::DeadLetters { id, limit } => {
+            let mut next = Some(format!("{base}/{id}/dead_letters/?limit={}", limit.min(1000)));
+            let mut printed = 0;
+            while let Some(page_url) = next.take() {
+                let page = api(Method::GET, &page_url, &secret, None)?;
+                for letter in page["results"].as_array().into_iter().flatten() {
+                    if printed == limit {
+                        return Ok(());
+                    }
+                    println!("{letter}");
+                    printed += 1;
+                }
+                let root = url.trim_end_matches('/');
+                next = page["next"].as_str().map(|path| format!("{root}{path}"));
+            }
+        }
+        DestinationsAction::Replay { id, ids } => {
+            let body = if ids.is_empty() { serde_json::json!({}) } else { serde_json::json!({"ids": ids}) };
+            let answer = api(Method::POST, &format!("{base}/{id}/dead_letters/replay"), &secret, Some(body.to_string()))?;
+            println!("replaying {} dead letters", answer["replaying"]);
+        }
+    }
+    Ok(())
+}
+
+fn run_transform(url: &str, secret: Option<String>, action: TransformAction) -> anyhow::Result<()> {
+    let secret = secret.context("the secret key is needed: --secret-key or SWITCHYARD_SECRET_KEY")?;
+    let TransformAction::Test { file, events } = action;
+    let code = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let transformations: serde_json::Value = if file.extension().is_some_and(|e| e == "js") {
+        serde_json::json!([{"type": "javascript", "code": code}])
+    } else {
+        serde_json::from_str(&code).with_context(|| format!("{} is not JSON (a .js file is taken as JavaScript)", file.display()))?
+    };
+    let events_text = std::fs::read_to_string(&events).with_context(|| format!("cannot read {}", events.display()))?;
+    let events: serde_json::Value = serde_json::from_str(&events_text).with_context(|| format!("{} is not JSON", events.display()))?;
+    let body = serde_json::json!({"transformations": transformations, "events": events});
+    let target = format!("{}/api/projects/@current/transformations/test", url.trim_end_matches('/'));
+    let answer = api(reqwest::Method::POST, &target, &secret, Some(body.to_string()))?;
+    println!("{}", serde_json::to_string_pretty(&answer["results"])?);
     Ok(())
 }
 

@@ -76,13 +76,8 @@ fn stable_form(event: &Value) -> Value {
     event
 }
 
-#[tokio::test]
-async fn sdk_recordings_are_stored_as_expected() {
-    let server = TestServer::start().await;
-    // Segment's recording used its own write key: register it for the same project.
-    let project = server.state.control.lookup(KeyKind::WriteKey, crate::WRITE_KEY).unwrap();
-    server.state.control.add_key(project, KeyKind::WriteKey, "seg_write_key").unwrap();
-
+/// Sends every recorded request to `server`, asserting each is accepted.
+async fn replay_all(server: &TestServer) {
     for r in recorded_requests() {
         let method = reqwest::Method::from_bytes(r.method.as_bytes()).unwrap();
         let mut request = server.client.request(method, format!("{}{}", server.url, r.path));
@@ -101,6 +96,17 @@ async fn sdk_recordings_are_stored_as_expected() {
             assert_eq!(config["supportedCompression"], json!(["gzip", "gzip-js"]));
         }
     }
+
+}
+
+#[tokio::test]
+async fn sdk_recordings_are_stored_as_expected() {
+    let server = TestServer::start().await;
+    // Segment's recording used its own write key: register it for the same project.
+    let project = server.state.control.lookup(KeyKind::WriteKey, crate::WRITE_KEY).unwrap();
+    server.state.control.add_key(project, KeyKind::WriteKey, "seg_write_key").unwrap();
+
+    replay_all(&server).await;
 
     let events = server.events("").await;
     let mut actual = BTreeMap::new();
@@ -211,4 +217,76 @@ async fn sdk_recordings_are_stored_as_expected() {
     let metrics = server.metrics().await;
     assert!(metrics.contains(&format!("switchyard_events_logged_total{{protocol=\"segment\"}} {}",
         events.iter().filter(|e| e["protocol"] == "segment").count())), "{metrics}");
+}
+
+/// Fields the receiving side sets itself, or that a forwarder cannot carry in the receiver's
+/// protocol (see docs/routing.md, "What a forwarded event keeps").
+fn forwarded_form(event: &Value, ignored: &[&str]) -> Value {
+    let mut event = event.clone();
+    let map = event.as_object_mut().unwrap();
+    for field in ["received_at", "request_ip", "protocol"].iter().chain(ignored) {
+        map.remove(*field);
+    }
+    map.retain(|_, v| !v.is_null() && *v != json!({}));
+    event
+}
+
+#[tokio::test]
+async fn sdk_events_forwarded_to_a_second_switchyard_arrive_equal() {
+    // Switchyard A takes the SDKs' requests and forwards every event to three other
+    // Switchyards: one as an upstream PostHog, one as RudderStack, one as Segment.
+    let as_posthog = TestServer::start().await;
+    let as_rudderstack = TestServer::start().await;
+    let as_segment = TestServer::start().await;
+    let a = TestServer::start_with(crate::routing::quick).await;
+    let project = a.state.control.lookup(KeyKind::WriteKey, crate::WRITE_KEY).unwrap();
+    a.state.control.add_key(project, KeyKind::WriteKey, "seg_write_key").unwrap();
+    for (name, body) in [
+        ("posthog", json!({"host": as_posthog.url, "project_token": crate::TOKEN})),
+        ("rudderstack", json!({"url": as_rudderstack.url, "write_key": crate::WRITE_KEY})),
+        ("segment", json!({"url": as_segment.url, "write_key": crate::WRITE_KEY})),
+    ] {
+        let (status, created) = crate::routing::create(&a, json!({"name": name, "type": name, "config": body})).await;
+        assert_eq!(status, 201, "{created}");
+    }
+    replay_all(&a).await;
+    let sent = a.events("").await;
+    assert!(sent.len() > 20, "{} events", sent.len());
+
+    for (receiver, ignored) in [
+        // PostHog's own exporter sends no `sent_at`, and one `timestamp`.
+        (&as_posthog, &["sent_at", "original_timestamp"][..]),
+        // `sentAt` is the real send time.
+        (&as_rudderstack, &["sent_at"][..]),
+        (&as_segment, &["sent_at"][..]),
+    ] {
+        crate::wait_until("every event is forwarded", async || receiver.events("").await.len() >= sent.len()).await;
+        let arrived = receiver.events("").await;
+        assert_eq!(arrived.len(), sent.len(), "each event once");
+        for original in &sent {
+            let id = original["id"].as_str().unwrap();
+            // PostHog takes only UUIDs: another id arrives as a UUID derived from it.
+            let forwarded_id = if std::ptr::eq(receiver, &as_posthog) { switchyard_pipeline::wire::posthog_uuid(id).into_owned() } else { id.to_owned() };
+            let copy = arrived.iter().find(|e| e["id"] == forwarded_id.as_str()).unwrap_or_else(|| panic!("{} has event {id}", receiver.url));
+            let (mut expected, mut actual) = (forwarded_form(original, ignored), forwarded_form(copy, ignored));
+            expected["id"] = json!(forwarded_id);
+            if std::ptr::eq(receiver, &as_posthog) && original["properties"].get("$ip").is_none() {
+                // The client's address goes as `$ip`, as PostHog's exporter sends it.
+                assert_eq!(copy["properties"]["$ip"], original["request_ip"], "event {id}: $ip");
+                let properties = actual["properties"].as_object_mut().unwrap();
+                properties.remove("$ip");
+                if properties.is_empty() {
+                    actual.as_object_mut().unwrap().remove("properties");
+                }
+            }
+            for (field, value) in expected.as_object().unwrap() {
+                assert_eq!(&actual[field], value, "event {id} ({}), field {field}\nsent {original}\narrived {copy}", original["protocol"]);
+            }
+            assert_eq!(
+                expected.as_object().unwrap().keys().collect::<Vec<_>>(),
+                actual.as_object().unwrap().keys().collect::<Vec<_>>(),
+                "event {id}: same fields\nsent {original}\narrived {copy}"
+            );
+        }
+    }
 }
