@@ -328,16 +328,19 @@ fn delivery_rate(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyho
         ),
     ];
     println!(
-        "{:<20} {:>10} {:>9} {:>10} {:>9} {:>13} {:>11} {:>9} {:>9}",
-        "chain", "events/s", "target", "of target", "×1,600/s", "server CPU s", "µs CPU/ev", "requests", "RSS MB"
+        "{:<20} {:>10} {:>9} {:>10} {:>9} {:>13} {:>11} {:>13} {:>9} {:>9}",
+        "chain", "events/s", "target", "of target", "×1,600/s", "server CPU s", "µs CPU/ev", "loadgen CPU s", "requests", "RSS MB"
     );
     for (slot, (name, transformations, target)) in (TRACKED + 1..).zip(chains) {
         let cpu_before = cpu_seconds(server.pid());
+        let own_cpu_before = cpu_seconds(std::process::id());
         let started = Instant::now();
         let id = server.create_destination(sink_addr, slot, "earliest", transformations)?;
         let delivered = wait_for(sink, slot, events as u64, DELIVERY_TIMEOUT);
         let elapsed = started.elapsed();
         let cpu = cpu_seconds(server.pid()).zip(cpu_before).map(|(after, before)| after - before).unwrap_or(f64::NAN);
+        // The sink's work (and this thread's polling) is this process's CPU.
+        let own_cpu = cpu_seconds(std::process::id()).zip(own_cpu_before).map(|(after, before)| after - before).unwrap_or(f64::NAN);
         let rate = delivered as f64 / elapsed.as_secs_f64();
         let shown = if delivered >= events as u64 {
             format!("{rate:.0}")
@@ -345,7 +348,7 @@ fn delivery_rate(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyho
             format!("{rate:.0}*")
         };
         println!(
-            "{:<20} {:>10} {:>9.0} {:>9.2}× {:>8.0}× {:>13.2} {:>11.1} {:>9} {:>9.1}",
+            "{:<20} {:>10} {:>9.0} {:>9.2}× {:>8.0}× {:>13.2} {:>11.1} {:>13.2} {:>9} {:>9.1}",
             name,
             shown,
             target,
@@ -353,6 +356,7 @@ fn delivery_rate(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyho
             rate / RUDDERSTACK_EVENTS_PER_SEC,
             cpu,
             cpu * 1e6 / delivered.max(1) as f64,
+            own_cpu,
             sink.requests[slot].load(Ordering::Relaxed),
             peak_rss_mb(server.pid()).unwrap_or(f64::NAN)
         );

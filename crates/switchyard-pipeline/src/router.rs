@@ -176,7 +176,8 @@ struct Running {
 }
 
 impl Router {
-    pub fn new(stores: Arc<dyn Stores>, config: RouterConfig, metrics: RouterMetrics) -> Result<Router, String> {
+    /// `appended` is told whenever events were appended to the log.
+    pub fn new(stores: Arc<dyn Stores>, config: RouterConfig, metrics: RouterMetrics, appended: Arc<Notify>) -> Result<Router, String> {
         let client = crate::outbound::client(config.ca_file.as_deref(), config.allow_private_addresses, config.request_timeout)?;
         Ok(Router(Arc::new(Inner {
             stores,
@@ -186,7 +187,7 @@ impl Router {
             statuses: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
             changed: Notify::new(),
-            appended: Arc::new(Notify::new()),
+            appended,
         })))
     }
 
@@ -197,11 +198,6 @@ impl Router {
     /// Tells the router destinations changed (the supervisor also looks every few seconds).
     pub fn reload(&self) {
         self.0.changed.notify_one();
-    }
-
-    /// Tells waiting workers the log grew.
-    pub fn appended(&self) {
-        self.0.appended.notify_waiters();
     }
 
     pub fn status(&self, id: i64) -> Arc<Status> {
@@ -404,7 +400,8 @@ impl Worker {
                 Ok(true) => continue,
                 Ok(false) => {
                     tokio::select! {
-                        _ = notified => {}
+                        // A moment more, so that appends arriving together are read together.
+                        _ = notified => tokio::time::sleep(Duration::from_millis(5)).await,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = stop.changed() => return,
                     }

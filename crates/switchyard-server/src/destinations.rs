@@ -258,7 +258,7 @@ pub async fn discard_dead_letters(
 /// `POST /api/projects/{project_id}/transformations/test` with `{"transformations": [...],
 /// "events": [...]}` → per event: its output, or dropped, or the error, and the logs.
 pub async fn test_transformations(State(state): State<AppState>, Path(project): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&state, &headers, &project)?;
+    let project_id = authorize(&state, &headers, &project)?;
     let router = router(&state)?;
     let body = json_body(&body)?;
     let specs = match body.get("transformations") {
@@ -270,6 +270,7 @@ pub async fn test_transformations(State(state): State<AppState>, Path(project): 
         Some(Value::Array(_)) => return Err(ApiError::invalid("events", "at most 1000 events at a time")),
         _ => return Err(ApiError::invalid("events", "`events` must be an array of events")),
     };
+    let events = events.into_iter().enumerate().map(|(i, e)| as_unified(e, project_id).map_err(|m| ApiError::invalid(&format!("events[{i}]"), m))).collect::<Result<Vec<_>, _>>()?;
     let limits = router.config().js;
     let results = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mut chain = Transformations::compile(&specs, limits).map_err(invalid)?;
@@ -290,4 +291,32 @@ pub async fn test_transformations(State(state): State<AppState>, Path(project): 
     .await
     .map_err(ApiError::unavailable)??;
     Ok(axum::Json(json!({"results": results})).into_response())
+}
+
+/// A test event as a destination's worker would see it: a unified event (the events API's
+/// shape), or a RudderStack/Segment message (`userId`/`anonymousId`), its missing members
+/// (ids, times) filled in.
+fn as_unified(event: Value, project_id: i64) -> Result<Value, String> {
+    let Value::Object(mut map) = event else { return Err("must be an object".into()) };
+    let now = switchyard_event::model::format_time(chrono::Utc::now());
+    let message = !map.contains_key("distinct_id") && (map.contains_key("userId") || map.contains_key("anonymousId"));
+    let mut template = json!({
+        "id": uuid::Uuid::now_v7().to_string(), "project_id": project_id, "protocol": if message { "segment" } else { "posthog" },
+        "type": "track", "event": "", "distinct_id": "", "timestamp": now, "received_at": now,
+    });
+    if message {
+        if !map.contains_key("messageId") {
+            map.insert("messageId".into(), template["id"].clone());
+        }
+        template["distinct_id"] = json!("template");
+        template["event"] = json!("template");
+        return switchyard_pipeline::wire::from_message(Value::Object(map), &template);
+    }
+    for (key, value) in template.as_object().unwrap() {
+        if !map.contains_key(key) {
+            map.insert(key.clone(), value.clone());
+        }
+    }
+    map.insert("project_id".into(), json!(project_id));
+    Ok(Value::Object(map))
 }

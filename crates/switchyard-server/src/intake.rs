@@ -337,6 +337,7 @@ async fn append(state: &AppState, family: Family, batch: AppendBatch) -> Result<
     state.metrics.append_latency.observe(started.elapsed().as_secs_f64());
     match result {
         Ok(_) => {
+            state.appended.notify_waiters();
             state.metrics.events_logged.get_or_create(&ProtocolLabels { protocol: family.name() }).inc_by(events);
             for code in quarantine_codes {
                 state.metrics.events_quarantined.get_or_create(&ReasonLabels { reason: static_reason(&code) }).inc();

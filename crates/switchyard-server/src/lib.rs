@@ -51,6 +51,8 @@ pub struct Shared {
     /// Delivery to destinations. It holds the state (its stores), so it is let go when the
     /// server stops (see `serve`).
     router: std::sync::Mutex<Option<switchyard_pipeline::Router>>,
+    /// Told after every append, so caught-up destinations read at once.
+    pub appended: Arc<tokio::sync::Notify>,
 }
 
 /// What the person processor reports: dropped properties counted, flags reloaded for a new
@@ -148,9 +150,15 @@ impl AppState {
             ready: AtomicBool::new(true),
             mirror: std::sync::OnceLock::new(),
             router: std::sync::Mutex::new(None),
+            appended: Arc::new(tokio::sync::Notify::new()),
         }));
         let router_config = state.config.routing.router_config(state.config.tls.ca_file.as_deref());
-        let router = switchyard_pipeline::Router::new(Arc::new(RouterStores(state.clone())), router_config, state.metrics.router.clone())
+        let router = switchyard_pipeline::Router::new(
+            Arc::new(RouterStores(state.clone())),
+            router_config,
+            state.metrics.router.clone(),
+            state.appended.clone(),
+        )
             .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
         *state.router.lock().unwrap() = Some(router);
         if state.config.upstream.url.is_some() {

@@ -417,3 +417,104 @@ async fn start_filter_and_transformations_choose_what_is_sent() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(backfill.delivered().len(), 17, "nothing twice");
 }
+
+/// RudderStack's documented example: drop some events, enrich the rest.
+const RUDDERSTACK_EXAMPLE: &str = r#"
+export function transformEvent(event, metadata) {
+    if (event.event === "agent_error") return null;
+    const meta = metadata(event);
+    event.properties = event.properties || {};
+    event.properties.destination = meta.destinationId;
+    event.properties.model_family = (event.properties.model || "").split("-")[0];
+    log("routed", event.event);
+    return event;
+}
+"#;
+
+#[tokio::test]
+async fn javascript_transformations_run_sandboxed() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let server = TestServer::start_with(|c| {
+        quick(c);
+        c.routing.js_time_limit_ms = 200;
+        c.routing.js_memory_mib = 16;
+    })
+    .await;
+    let js = |code: &str| json!({"name": "js", "type": "webhook", "config": {"url": format!("{}/hook", receiver.url)}, "transformations": [{"type": "javascript", "code": code}]});
+    let (status, good) = create(&server, js(RUDDERSTACK_EXAMPLE)).await;
+    assert_eq!(status, 201, "{good}");
+    let (status, body) = create(&server, js("export function transformEvent(event) { return event; ")).await;
+    assert_eq!((status, body["attr"].as_str()), (400, Some("transformations[0].code")), "{body}");
+
+    let hostile = [
+        ("loop", "export function transformEvent(e) { while (true) {} }", "time limit"),
+        ("alloc", "export function transformEvent(e) { let a = []; while (true) { a.push(new Array(1e6).fill(1)); } }", "memory"),
+        ("require", "export function transformEvent(e) { require('fs'); return e; }", "require"),
+        ("fetch", "export function transformEvent(e) { fetch('http://example.com'); return e; }", "fetch"),
+        ("process", "export function transformEvent(e) { process.exit(1); return e; }", "process"),
+    ];
+    let mut hostile_ids = Vec::new();
+    for (name, code, _) in &hostile {
+        let (status, created) = create(&server, js(code)).await;
+        assert_eq!(status, 201, "{name}: {created}");
+        hostile_ids.push(created["id"].as_i64().unwrap());
+    }
+    capture(
+        &server,
+        &[
+            ("agent_execution".into(), "user_1".into(), json!({"model": "gpt-4o-mini", "status": "success"})),
+            ("agent_error".into(), "user_1".into(), json!({"error": "boom"})),
+        ],
+    )
+    .await;
+    wait_until("the example's output arrives", async || receiver.delivered().len() == 1).await;
+    let delivered = receiver.delivered();
+    assert_eq!(delivered[0]["event"], "agent_execution");
+    assert_eq!(delivered[0]["properties"]["model_family"], "gpt");
+    assert_eq!(delivered[0]["properties"]["destination"], good["id"].to_string());
+    for ((name, _, reason), id) in hostile.iter().zip(&hostile_ids) {
+        wait_until(&format!("{name} is dead-lettered"), async || get(&server, &format!("{id}/status")).await["dead_letters"] == 2).await;
+        let letters = get(&server, &format!("{id}/dead_letters/")).await;
+        let why = letters["results"][0]["reason"].as_str().unwrap().to_owned();
+        assert!(why.contains(reason), "{name}: {why}");
+    }
+    // The server kept serving all along.
+    assert_eq!(server.client.get(format!("{}/_liveness", server.url)).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.delivered().len(), 1, "nothing from the hostile destinations");
+    let status = get(&server, &format!("{}/status", good["id"])).await;
+    assert_eq!(status["filtered"], 1, "returning null filters: {status}");
+}
+
+#[tokio::test]
+async fn transformations_can_be_tried_before_attaching_them() {
+    let server = TestServer::start().await;
+    let body = json!({
+        "transformations": [{"type": "javascript", "code": RUDDERSTACK_EXAMPLE}, {"type": "hash_property", "key": "email", "salt": "s"}],
+        "events": [
+            {"id": "e1", "type": "track", "event": "agent_execution", "distinct_id": "u1", "properties": {"model": "claude-3", "email": "a@example.com"}},
+            {"type": "track", "event": "agent_error", "userId": "u1", "messageId": "m2", "properties": {}}
+        ]
+    });
+    let response = server.client.post(format!("{}/api/projects/@current/transformations/test", server.url)).bearer_auth(SECRET).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let out = &results[0]["output"][0];
+    assert_eq!(out["properties"]["model_family"], "claude");
+    let hashed = out["properties"]["email"].as_str().unwrap();
+    assert_eq!(hashed.len(), 64, "salted SHA-256: {hashed}");
+    assert!(results[0]["logs"].to_string().contains("routed"), "{answer}");
+    assert_eq!(results[1]["dropped"], true, "{answer}");
+    let bad = server
+        .client
+        .post(format!("{}/api/projects/@current/transformations/test", server.url))
+        .bearer_auth(SECRET)
+        .json(&json!({"transformations": [{"type": "redact", "pattern": "("}], "events": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert_eq!(bad["attr"], "transformations[0].pattern", "{bad}");
+}
