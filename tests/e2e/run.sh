@@ -6,6 +6,8 @@
 # feature flags of examples/platform-flags.json (imported through the
 # management API) with posthog-python, posthog-node (remote and local
 # evaluation), posthog-js and OpenFeature's OFREP provider.
+# routing.py then attaches a signed webhook destination and verifies every
+# delivery with the standardwebhooks package.
 #
 # usage: bash tests/e2e/run.sh            (from any directory)
 # env:   SWITCHYARD_BIN  server binary (default target/release/switchyard, relative to the repo root)
@@ -133,8 +135,9 @@ PROXY_PORT="$(free_port)"
 while [[ "$PROXY_PORT" == "$PORT" ]]; do PROXY_PORT="$(free_port)"; done
 SERVER_URL="http://127.0.0.1:$PORT"
 
-# Only the five documented SWITCHYARD_* variables reach the server (it
-# rejects unknown ones, and SWITCHYARD_BIN may be set in our environment).
+# Only these SWITCHYARD_* variables reach the server (it rejects unknown ones,
+# and SWITCHYARD_BIN may be set in our environment). Routing may deliver to
+# loopback: routing.py's webhook receiver listens there.
 SERVER_ENV=(env)
 while IFS= read -r var; do
   [[ "$var" == SWITCHYARD_* ]] && SERVER_ENV+=(-u "$var")
@@ -145,6 +148,7 @@ SERVER_ENV+=(
   "SWITCHYARD_PROJECT_TOKEN=$PROJECT_TOKEN"
   "SWITCHYARD_WRITE_KEY=$WRITE_KEY"
   "SWITCHYARD_SECRET_KEY=$SECRET_KEY"
+  "SWITCHYARD_ROUTING__ALLOW_PRIVATE_ADDRESSES=true"
 )
 log "starting $BIN serve on $SERVER_URL (data dir $WORK/data)"
 "${SERVER_ENV[@]}" "$BIN" serve >"$SERVER_LOG" 2>&1 &
@@ -279,6 +283,17 @@ if [[ -s "$WORK/check-counts" ]]; then
   FAILED=$((FAILED + cf))
 else
   fail "check.py did not finish (crashed or timed out)"
+fi
+
+log "routing: a signed webhook destination, verified with the standardwebhooks package"
+timeout -k 5 120 "$PYTHON" "$HERE/routing.py" --api "$SERVER_URL" --secret "$SECRET_KEY" --token "$PROJECT_TOKEN" \
+  --counts "$WORK/routing-counts" || true
+if [[ -s "$WORK/routing-counts" ]]; then
+  read -r rp rf <"$WORK/routing-counts"
+  PASSED=$((PASSED + rp))
+  FAILED=$((FAILED + rf))
+else
+  fail "routing.py did not finish (crashed or timed out)"
 fi
 
 # ---------------------------------------------------------------- server health and shutdown
