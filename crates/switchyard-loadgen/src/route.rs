@@ -38,7 +38,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::{batch_body, catalog_event, cpu_seconds, drive, free_port, peak_rss_mb, percentile, wait_ready, Process, Scenario, TOKEN};
+use crate::{batch_body, catalog_event, cpu_seconds, drive, fetch, free_port, peak_rss_mb, percentile, wait_ready, Process, Scenario, TOKEN};
 
 const SECRET_KEY: &str = "phs_loadgen_0123456789abcdefghijklmnop";
 const DESTINATIONS: &str = "/api/projects/@current/destinations/";
@@ -213,6 +213,19 @@ impl Server {
         Ok(())
     }
 
+    /// Destination `id`'s requests so far and the mean time one took, answer included (the
+    /// `destination_send_seconds` histogram).
+    fn send_times(&self, id: i64) -> Option<(u64, Duration)> {
+        let metrics = fetch(self.addr, "/metrics")?;
+        let label = format!("{{destination=\"{id}\"}} ");
+        let value = |name: &str| -> Option<f64> {
+            metrics.lines().find_map(|line| line.split_once(name)?.1.strip_prefix(label.as_str())?.trim().parse().ok())
+        };
+        let count = value("destination_send_seconds_count")?;
+        let sum = value("destination_send_seconds_sum")?;
+        Some((count as u64, Duration::from_secs_f64(sum / count.max(1.0))))
+    }
+
     fn status(&self, id: i64) -> Value {
         self.api(Method::GET, &format!("{DESTINATIONS}{id}/status/"), None).map(|(_, v)| v).unwrap_or(Value::Null)
     }
@@ -328,8 +341,8 @@ fn delivery_rate(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyho
         ),
     ];
     println!(
-        "{:<20} {:>10} {:>9} {:>10} {:>9} {:>13} {:>11} {:>13} {:>9} {:>9}",
-        "chain", "events/s", "target", "of target", "×1,600/s", "server CPU s", "µs CPU/ev", "loadgen CPU s", "requests", "RSS MB"
+        "{:<20} {:>10} {:>9} {:>10} {:>9} {:>13} {:>11} {:>13} {:>9} {:>8} {:>9}",
+        "chain", "events/s", "target", "of target", "×1,600/s", "server CPU s", "µs CPU/ev", "loadgen CPU s", "requests", "send ms", "RSS MB"
     );
     for (slot, (name, transformations, target)) in (TRACKED + 1..).zip(chains) {
         let cpu_before = cpu_seconds(server.pid());
@@ -348,7 +361,7 @@ fn delivery_rate(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyho
             format!("{rate:.0}*")
         };
         println!(
-            "{:<20} {:>10} {:>9.0} {:>9.2}× {:>8.0}× {:>13.2} {:>11.1} {:>13.2} {:>9} {:>9.1}",
+            "{:<20} {:>10} {:>9.0} {:>9.2}× {:>8.0}× {:>13.2} {:>11.1} {:>13.2} {:>9} {:>8.1} {:>9.1}",
             name,
             shown,
             target,
@@ -358,6 +371,7 @@ fn delivery_rate(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyho
             cpu * 1e6 / delivered.max(1) as f64,
             own_cpu,
             sink.requests[slot].load(Ordering::Relaxed),
+            server.send_times(id).map_or(f64::NAN, |(_, mean)| mean.as_secs_f64() * 1000.0),
             peak_rss_mb(server.pid()).unwrap_or(f64::NAN)
         );
         if delivered < events as u64 {
@@ -432,7 +446,7 @@ fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> any
     const PER_SEC: usize = 200;
     const CONNECTIONS: usize = 8;
     let server = Server::start(&options.server_bin, "latency")?;
-    server.create_destination(sink_addr, TRACKED, "now", json!([]))?;
+    let id = server.create_destination(sink_addr, TRACKED, "now", json!([]))?;
     let batches = PER_SEC * options.seconds as usize;
     let interval = Duration::from_secs(1) / PER_SEC as u32;
     let addr = server.addr;
@@ -521,6 +535,9 @@ fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> any
     );
     if (received as u64) < expected {
         println!("  {} events had not arrived {:.0} s after the sender stopped", expected - received as u64, DRAIN_TIMEOUT.as_secs_f64());
+    }
+    if let Some((requests, mean)) = server.send_times(id) {
+        println!("server: {requests} requests, {:.0} events per request, {:.1} ms per request on average", expected as f64 / requests.max(1) as f64, mean.as_secs_f64() * 1000.0);
     }
     println!(
         "ack → delivery: p50 {:.1} ms, p99 {:.1} ms (target ≤ 500), max {:.1} ms; server peak RSS {}",

@@ -296,7 +296,7 @@ impl DestinationSpec {
         }
         let name = match object.get("name") {
             Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
-            Some(Value::String(_)) => return Err(InvalidField::new("name", "must be 1 to 200 characters")),
+            Some(Value::String(_)) => return Err(InvalidField::new("name", "must be 1 to 200 bytes, not blank")),
             None | Some(Value::Null) => return Err(InvalidField::new("name", "is required")),
             Some(_) => return Err(InvalidField::new("name", "must be a string")),
         };
@@ -339,21 +339,20 @@ impl DestinationSpec {
         let Some(object) = patch.as_object() else {
             return Err(InvalidField::new("body", "must be a JSON object"));
         };
+        // What a GET answers and cannot be changed: sent back unchanged, it is accepted.
+        let current = self.to_json(false);
         for fixed in ["type", "start"] {
-            if let Some(v) = object.get(fixed) {
-                let same = match fixed {
-                    "type" => v.as_str() == Some(self.config.kind().as_str()),
-                    _ => true,
-                };
-                if !same || fixed == "start" {
-                    return Err(InvalidField::new(fixed, "cannot change; create another destination"));
-                }
+            if object.get(fixed).is_some_and(|v| *v != current[fixed]) {
+                return Err(InvalidField::new(fixed, "cannot change; create another destination"));
             }
         }
         let mut body = self.to_json(false);
         let merged = body.as_object_mut().expect("object");
         merged.remove("start");
         for (key, value) in object {
+            if matches!(key.as_str(), "type" | "start" | "id" | "project_id" | "created_at" | "updated_at") {
+                continue;
+            }
             if key == "config" {
                 let Some(changes) = value.as_object() else {
                     return Err(InvalidField::new("config", "must be an object"));
@@ -426,5 +425,11 @@ mod tests {
         assert_eq!(renamed.config.url().as_str(), "https://y/hook");
         assert!(matches!(renamed.config, DestinationConfig::Webhook { secret: Some(ref s), .. } if s == secret));
         assert_eq!(spec.patched(&json!({"type": "segment"})).unwrap_err().field, "type");
+        assert_eq!(spec.patched(&json!({"start": "earliest"})).unwrap_err().field, "start");
+        // A GET's answer sent back as it is (read-only members included) changes nothing.
+        let mut read_back = shown.clone();
+        read_back["id"] = json!(7);
+        read_back["created_at"] = json!("2026-12-05T00:00:00Z");
+        assert_eq!(spec.patched(&read_back).unwrap(), spec);
     }
 }

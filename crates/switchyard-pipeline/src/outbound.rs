@@ -19,7 +19,20 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return forbidden_v4(v4);
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            // Addresses that carry an IPv4 address: NAT64 (64:ff9b::/96), 6to4 (2002::/16) and
+            // the deprecated IPv4-compatible form (::a.b.c.d).
+            let embedded = if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                Some(Ipv4Addr::new((segments[6] >> 8) as u8, segments[6] as u8, (segments[7] >> 8) as u8, segments[7] as u8))
+            } else if first == 0x2002 {
+                Some(Ipv4Addr::new((segments[1] >> 8) as u8, segments[1] as u8, (segments[2] >> 8) as u8, segments[2] as u8))
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
+                return forbidden_v4(v4);
+            }
             if v6.is_loopback() {
                 Some("loopback")
             } else if v6.is_unspecified() {
@@ -49,6 +62,10 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("unspecified")
     } else if a == 100 && (64..128).contains(&b) {
         Some("shared address space (CGNAT)")
+    } else if a == 198 && (b == 18 || b == 19) {
+        Some("benchmarking")
+    } else if a == 192 && b == 0 && ip.octets()[2] == 0 {
+        Some("IETF protocol assignments")
     } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
         Some("broadcast, multicast or reserved")
     } else {
@@ -97,6 +114,8 @@ pub fn client(ca_file: Option<&Path>, allow_private: bool, timeout: Duration) ->
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would be connected to instead of the checked address.
+        .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(16)
@@ -119,7 +138,10 @@ mod tests {
 
     #[test]
     fn private_and_reserved_ranges_are_forbidden() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {
+        for ip in [
+            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "198.18.0.1", "192.0.0.8", "::1", "fd00::1",
+            "fe80::1", "::ffff:127.0.0.1", "::", "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "::10.0.0.1",
+        ] {
             assert!(forbidden(ip.parse().unwrap()).is_some(), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "172.32.0.1"] {

@@ -219,6 +219,18 @@ impl Router {
         self.0.stores.log().forget(&cursor_name(id)).await.map_err(|e| e.to_string())
     }
 
+    /// Sets the lag gauge of every running destination (also while one hangs or retries).
+    async fn refresh_lag(&self) {
+        let running: Vec<i64> = self.0.workers.lock().unwrap().keys().copied().collect();
+        let log = self.0.stores.log();
+        let Ok(end) = log.end().await else { return };
+        for id in running {
+            if let Ok(Some(position)) = log.cursor(&cursor_name(id)).await {
+                self.0.metrics.lag_events.get_or_create(&DestinationLabels { destination: id.to_string() }).set((end - position).max(0));
+            }
+        }
+    }
+
     /// A destination's status as the API shows it.
     pub async fn status_json(&self, destination: &StoredDestination, enabled: bool) -> Value {
         let status = self.status(destination.id);
@@ -257,7 +269,7 @@ impl Router {
             }
             tokio::select! {
                 _ = self.0.changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stop.changed() => {}
             }
         }
@@ -271,6 +283,7 @@ impl Router {
     }
 
     async fn sync(&self) -> Result<(), String> {
+        self.refresh_lag().await;
         let stores = self.0.stores.clone();
         let destinations = tokio::task::spawn_blocking(move || stores.control().list_destinations(None))
             .await
@@ -503,7 +516,8 @@ impl Worker {
         first_attempt: DateTime<Utc>,
     ) -> (Vec<Vec<Item>>, Option<Transformations>) {
         let mut lanes: Vec<Vec<Item>> = (0..lanes_n).map(|_| Vec::new()).collect();
-        let mut kept: Vec<(i64, Arc<str>, Value)> = Vec::with_capacity(entries.len());
+        // (position, the event as logged, its id, the event parsed)
+        let mut kept: Vec<(i64, Arc<str>, Arc<str>, Value)> = Vec::with_capacity(entries.len());
         let mut filtered = 0u64;
         for (seq, body) in entries {
             let event: Value = match serde_json::from_str(&body) {
@@ -518,33 +532,33 @@ impl Worker {
                 continue;
             }
             let original: Arc<str> = Arc::from(body);
-            kept.push((seq, original, event));
+            let event_id: Arc<str> = Arc::from(event.get("id").and_then(Value::as_str).unwrap_or_default());
+            kept.push((seq, original, event_id, event));
         }
         let destination_id = self.id.to_string();
         let outcomes: Vec<Vec<Value>> = match chain.as_mut() {
-            None => kept.iter_mut().map(|(_, _, e)| vec![std::mem::take(e)]).collect(),
+            None => kept.iter_mut().map(|(_, _, _, e)| vec![std::mem::take(e)]).collect(),
             Some(chain) => {
-                let events: Vec<Value> = kept.iter_mut().map(|(_, _, e)| std::mem::take(e)).collect();
+                let events: Vec<Value> = kept.iter_mut().map(|(_, _, _, e)| std::mem::take(e)).collect();
                 let results = chain.apply(events, &destination_id);
                 results
                     .into_iter()
                     .zip(kept.iter())
-                    .map(|(t, (seq, original, _))| match t.outcome {
+                    .map(|(t, (seq, original, event_id, _))| match t.outcome {
                         Outcome::Events(events) => events,
                         Outcome::Dropped => {
                             filtered += 1;
                             Vec::new()
                         }
                         Outcome::Failed(reason) => {
-                            self.dead_letter_now(*seq, original, "", format!("transformation failed: {reason}"), first_attempt);
+                            self.dead_letter_now(*seq, original, event_id, format!("transformation failed: {reason}"), first_attempt);
                             Vec::new()
                         }
                     })
                     .collect()
             }
         };
-        for ((seq, original, _), events) in kept.into_iter().zip(outcomes) {
-            let event_id: Arc<str> = Arc::from(serde_json::from_str::<Value>(&original).ok().and_then(|v| v["id"].as_str().map(str::to_owned)).unwrap_or_default());
+        for ((seq, original, event_id, _), events) in kept.into_iter().zip(outcomes) {
             for send in events {
                 let lane = lane_of(&send, lanes_n);
                 lanes[lane].push(Item { seq, original: original.clone(), event_id: event_id.clone(), send });
@@ -581,7 +595,8 @@ impl Worker {
         let chunk = match &self.config {
             DestinationConfig::Webhook { max_batch_events, .. } => *max_batch_events,
             DestinationConfig::Posthog { .. } => 5000,
-            DestinationConfig::Rudderstack { .. } | DestinationConfig::Segment { .. } => 2500,
+            DestinationConfig::Rudderstack { .. } => 5000,
+            DestinationConfig::Segment { .. } => 2500,
         };
         let items: Vec<Arc<Item>> = lane.into_iter().map(Arc::new).collect();
         for part in items.chunks(chunk) {
@@ -610,7 +625,10 @@ impl Worker {
                         self.router.0.metrics.delivered.get_or_create(&self.labels).inc_by(n);
                     }
                     Err((Verdict::Final, failure)) => {
-                        if part.len() == 1 {
+                        // 401, 403, 404, 405 and 407 are about the request (a wrong key or
+                        // URL), never its events: splitting would only multiply them.
+                        let whole = matches!(failure.status, Some(401 | 403 | 404 | 405 | 407));
+                        if part.len() == 1 || whole {
                             self.give_up(&part, attempt, failure, first_attempt);
                         } else {
                             // Split to find the events that cause it; the rest is delivered.
@@ -628,12 +646,10 @@ impl Worker {
                         }
                         let wait = policy.backoff(attempt, failure.retry_after);
                         self.status.failed(failure.reason.clone());
-                        let n = part.len() as u64;
-                        self.status.retrying.fetch_add(n, Ordering::Relaxed);
-                        self.router.0.metrics.retrying.get_or_create(&self.labels).inc_by(n as i64);
-                        tokio::time::sleep(wait).await;
-                        self.status.retrying.fetch_sub(n, Ordering::Relaxed);
-                        self.router.0.metrics.retrying.get_or_create(&self.labels).dec_by(n as i64);
+                        {
+                            let _waiting = Retrying::new(self, part.len() as u64);
+                            tokio::time::sleep(wait).await;
+                        }
                         self.deliver(part, attempt + 1, first_attempt).await;
                     }
                 }
@@ -702,6 +718,28 @@ impl Worker {
                 Err((verdict, Failure { reason, status: Some(status), response: Some(body), retry_after }))
             }
         }
+    }
+}
+
+/// Events counted as retrying while they wait, whether the wait ends or is dropped (a
+/// stopped worker).
+struct Retrying<'a> {
+    worker: &'a Worker,
+    events: u64,
+}
+
+impl<'a> Retrying<'a> {
+    fn new(worker: &'a Worker, events: u64) -> Self {
+        worker.status.retrying.fetch_add(events, Ordering::Relaxed);
+        worker.router.0.metrics.retrying.get_or_create(&worker.labels).inc_by(events as i64);
+        Retrying { worker, events }
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.worker.status.retrying.fetch_sub(self.events, Ordering::Relaxed);
+        self.worker.router.0.metrics.retrying.get_or_create(&self.worker.labels).dec_by(self.events as i64);
     }
 }
 

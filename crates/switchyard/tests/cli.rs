@@ -201,3 +201,62 @@ fn cli_over_https_with_a_private_ca() {
     let (ok, _, err) = cli(&["flags", "--url", "http://switchyard.example.internal:8000", "--secret-key", SECRET, "--allow-insecure-http", "list"]);
     assert!(!ok && err.contains("cannot reach"), "allowed, then it tries: {err}");
 }
+
+#[test]
+fn destinations_and_transform_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    // Destinations on loopback, nothing listening: events wait in retries, then dead letters.
+    let server = common::start_with(dir.path(), |c| {
+        c.env("SWITCHYARD_ROUTING__ALLOW_PRIVATE_ADDRESSES", "true")
+            .env("SWITCHYARD_ROUTING__RETRY_INITIAL_BACKOFF_MS", "20")
+            .env("SWITCHYARD_ROUTING__RETRY_MIN_ATTEMPTS", "1")
+            .env("SWITCHYARD_ROUTING__RETRY_MAX_AGE_SECS", "0");
+    });
+    let client = reqwest::blocking::Client::new();
+    let dead_port = common::free_port();
+    let created: serde_json::Value = client
+        .post(format!("{}/api/projects/@current/destinations/", server.url))
+        .bearer_auth(SECRET)
+        .json(&serde_json::json!({"name": "nowhere", "type": "webhook", "config": {"url": format!("http://127.0.0.1:{dead_port}/hook")}}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = created["id"].to_string();
+    let batch = serde_json::json!({"api_key": common::TOKEN, "batch": [{"event": "tool_used", "distinct_id": "u1", "properties": {"tool_name": "search"}}]});
+    assert!(client.post(format!("{}/batch/", server.url)).json(&batch).send().unwrap().status().is_success());
+
+    let (ok, out, err) = cli(&["destinations", "--url", &server.url, "--secret-key", SECRET, "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("{id}\twebhook\tenabled\tnowhere"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let letters = loop {
+        let (ok, out, err) = cli(&["destinations", "--url", &server.url, "--secret-key", SECRET, "dead-letters", &id]);
+        assert!(ok, "{err}");
+        if !out.trim().is_empty() {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let letter: serde_json::Value = serde_json::from_str(letters.lines().next().unwrap()).unwrap();
+    assert_eq!(letter["event"]["event"], "tool_used");
+    assert!(letter["reason"].as_str().unwrap().contains("could not connect"), "{letter}");
+    let (ok, out, err) = cli(&["destinations", "--url", &server.url, "--secret-key", SECRET, "status", &id]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["dead_letters"], 1, "{status}");
+    let (ok, out, err) = cli(&["destinations", "--url", &server.url, "--secret-key", SECRET, "replay", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "replaying 1 dead letters");
+
+    let code = dir.path().join("t.js");
+    std::fs::write(&code, "export function transformEvent(e) { e.event = e.event.toUpperCase(); log('seen'); return e; }").unwrap();
+    let events = dir.path().join("events.json");
+    std::fs::write(&events, r#"[{"type": "track", "event": "tool_used", "userId": "u1", "properties": {}}]"#).unwrap();
+    let (ok, out, err) = cli(&["transform", "--url", &server.url, "--secret-key", SECRET, "test", code.to_str().unwrap(), "--events", events.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let results: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(results[0]["output"][0]["event"], "TOOL_USED", "{results}");
+    assert_eq!(results[0]["logs"][0], "seen");
+}
