@@ -46,8 +46,6 @@ pub const RUDDERSTACK_MAX_BYTES: usize = 4000 * 1000;
 pub const RUDDERSTACK_MAX_EVENTS: usize = 5_000;
 /// A webhook request's largest body (receivers' own limits are unknown; this keeps requests sane).
 pub const WEBHOOK_MAX_BYTES: usize = 10 * 1000 * 1000;
-/// PostHog's batch `historical_migration` flag is set only when every event is older than this.
-const HISTORICAL_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(48);
 
 /// One HTTP request of an attempt: where it goes, what it carries, and which of the batch's
 /// events (indices into the slice given to [`render`]) it holds.
@@ -88,7 +86,7 @@ pub fn render(config: &DestinationConfig, events: &[Value], now: DateTime<Utc>) 
         DestinationConfig::Posthog {
             host,
             project_token,
-        } => render_posthog(host, project_token, events, now),
+        } => render_posthog(host, project_token, events),
         DestinationConfig::Rudderstack { url, write_key } => render_segment(
             url,
             write_key,
@@ -618,12 +616,7 @@ fn posthog_refusal(e: &View<'_>) -> Option<String> {
     None
 }
 
-fn render_posthog(
-    host: &reqwest::Url,
-    token: &str,
-    events: &[Value],
-    now: DateTime<Utc>,
-) -> Rendered {
+fn render_posthog(host: &reqwest::Url, token: &str, events: &[Value]) -> Rendered {
     let mut out = Rendered::default();
     let url = endpoint(host, "/batch/");
     let mut buf = Vec::with_capacity(events.len() * 600);
@@ -720,7 +713,9 @@ fn render_posthog(
             out.refused.push((index, format!("the event is {len} bytes as PostHog takes it, over PostHog's {POSTHOG_MAX_EVENT_BYTES}-byte limit")));
             continue;
         }
-        old.push(parse_time(e.timestamp).is_some_and(|t| now - t > HISTORICAL_AGE));
+        // PostHog's batch flag, when every event of the batch was taken in under it (a
+        // migration of history): the flag is the sender's to give, not a matter of age.
+        old.push(e.obj("extra").get("historical_migration") == Some(&Value::Bool(true)));
         items.push(Item {
             index,
             start,
@@ -1388,13 +1383,20 @@ mod tests {
         assert_eq!(first["uuid"], "0190b2a1-0000-7000-8000-000000000001");
         assert_eq!(first["timestamp"], events[0]["timestamp"]);
         assert_eq!(first["properties"]["$ip"], "203.0.113.7");
-        // Two days later, every event is historical.
-        let later = render(
-            &posthog_config(),
-            &events,
-            now() + chrono::TimeDelta::hours(49),
-        );
-        for request in &later.requests {
+        // Days later, events are not historical for their age: only events taken in as a
+        // historical migration make a batch one.
+        let later = render(&posthog_config(), &events, now() + chrono::TimeDelta::hours(49));
+        let body: Value = serde_json::from_slice(&later.requests[0].body).unwrap();
+        assert!(body.get("historical_migration").is_none(), "{body}");
+        let migrated: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e["extra"]["historical_migration"] = json!(true);
+                e
+            })
+            .collect();
+        for request in &render(&posthog_config(), &migrated, now()).requests {
             let body: Value = serde_json::from_slice(&request.body).unwrap();
             assert_eq!(body["historical_migration"], true);
         }

@@ -518,3 +518,44 @@ async fn transformations_can_be_tried_before_attaching_them() {
     let bad: Value = bad.json().await.unwrap();
     assert_eq!(bad["attr"], "transformations[0].pattern", "{bad}");
 }
+
+/// A TCP front for `backend` that reads the first `closes` requests and closes their
+/// connections without answering, then passes connections through.
+async fn closing_proxy(backend: &str, closes: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let backend = backend.trim_start_matches("http://").to_owned();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(closes));
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let (backend, left) = (backend.clone(), left.clone());
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering;
+                if left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                    return; // dropped: the connection closes mid-request
+                }
+                let mut upstream = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn connections_closed_mid_request_are_retried() {
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let front = closing_proxy(&receiver.url, 2).await;
+    let server = TestServer::start_with(quick).await;
+    let (_, created) = create(&server, webhook(&front)).await;
+    let id = created["id"].as_i64().unwrap();
+    capture(&server, &numbered(30, 3)).await;
+    wait_until("everything arrives despite the closed connections", async || receiver.delivered().len() == 30).await;
+    assert_ordered_per_user(&receiver.delivered());
+    let status = get(&server, &format!("{id}/status")).await;
+    assert_eq!(status["dead_letters"], 0, "{status}");
+    assert!(status["last_error"].is_string(), "the closed connections were seen: {status}");
+}
