@@ -349,7 +349,9 @@ struct Item {
     seq: i64,
     original: Arc<str>,
     event_id: Arc<str>,
-    send: Value,
+    /// What is sent: `None` for the event as logged (a webhook without filter or
+    /// transformations sends the logged JSON as it is, never parsed).
+    send: Option<Value>,
 }
 
 /// A failure to deliver: the events and why.
@@ -516,6 +518,27 @@ impl Worker {
         first_attempt: DateTime<Utc>,
     ) -> (Vec<Vec<Item>>, Option<Transformations>) {
         let mut lanes: Vec<Vec<Item>> = (0..lanes_n).map(|_| Vec::new()).collect();
+        if chain.is_none() && self.filter.is_empty() && matches!(self.config, DestinationConfig::Webhook { .. }) {
+            // As logged: only the id and distinct id are read (borrowed, nothing built).
+            #[derive(serde::Deserialize)]
+            struct Head<'a> {
+                #[serde(borrow)]
+                id: std::borrow::Cow<'a, str>,
+                #[serde(borrow)]
+                distinct_id: std::borrow::Cow<'a, str>,
+            }
+            for (seq, body) in entries {
+                let (event_id, lane): (Arc<str>, usize) = match serde_json::from_str::<Head<'_>>(&body) {
+                    Ok(head) => (Arc::from(head.id.as_ref()), lane_of_id(&head.distinct_id, lanes_n)),
+                    Err(e) => {
+                        self.dead_letter_now(seq, &body, "", format!("the logged event is not readable: {e}"), first_attempt);
+                        continue;
+                    }
+                };
+                lanes[lane].push(Item { seq, original: Arc::from(body), event_id, send: None });
+            }
+            return (lanes, chain);
+        }
         // (position, the event as logged, its id, the event parsed)
         let mut kept: Vec<(i64, Arc<str>, Arc<str>, Value)> = Vec::with_capacity(entries.len());
         let mut filtered = 0u64;
@@ -560,8 +583,8 @@ impl Worker {
         };
         for ((seq, original, event_id, _), events) in kept.into_iter().zip(outcomes) {
             for send in events {
-                let lane = lane_of(&send, lanes_n);
-                lanes[lane].push(Item { seq, original: original.clone(), event_id: event_id.clone(), send });
+                let lane = lane_of_id(send.get("distinct_id").and_then(Value::as_str).unwrap_or_default(), lanes_n);
+                lanes[lane].push(Item { seq, original: original.clone(), event_id: event_id.clone(), send: Some(send) });
             }
         }
         if filtered > 0 {
@@ -608,9 +631,23 @@ impl Worker {
     /// dead-lettered.
     fn deliver(self: &Arc<Self>, items: Vec<Arc<Item>>, attempt: u32, first_attempt: DateTime<Utc>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let values: Vec<Value> = items.iter().map(|i| i.send.clone()).collect();
-            let rendered = wire::render(&self.config, &values, Utc::now());
-            drop(values);
+            let now = Utc::now();
+            let rendered = match (&self.config, items.iter().all(|i| i.send.is_none())) {
+                (DestinationConfig::Webhook { url, secret, headers, max_batch_events }, true) => {
+                    let raw: Vec<wire::RawEvent<'_>> = items.iter().map(|i| wire::RawEvent { id: &i.event_id, json: &i.original }).collect();
+                    wire::render_webhook_raw(url, secret.as_deref(), headers, *max_batch_events, &raw, now)
+                }
+                _ => {
+                    let values: Vec<std::borrow::Cow<'_, Value>> = items
+                        .iter()
+                        .map(|i| match &i.send {
+                            Some(v) => std::borrow::Cow::Borrowed(v),
+                            None => std::borrow::Cow::Owned(serde_json::from_str(&i.original).unwrap_or(Value::Null)),
+                        })
+                        .collect();
+                    wire::render(&self.config, &values, now)
+                }
+            };
             for (index, reason) in rendered.refused {
                 let item = &items[index];
                 self.dead_letter_now(item.seq, &item.original, &item.event_id, format!("not sendable: {reason}"), first_attempt);
@@ -777,11 +814,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The lane of an event: by its distinct id, so one id's events stay in order.
-fn lane_of(event: &Value, lanes: usize) -> usize {
+fn lane_of_id(key: &str, lanes: usize) -> usize {
     if lanes <= 1 {
         return 0;
     }
-    let key = event.get("distinct_id").and_then(Value::as_str).unwrap_or_default();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
     (hasher.finish() % lanes as u64) as usize

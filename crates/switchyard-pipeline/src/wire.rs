@@ -68,7 +68,7 @@ pub struct Rendered {
 /// Renders `events` (the unified event's JSON, the events API's shape) for `config`, for an
 /// attempt made at `now` (Segment's and RudderStack's `sentAt`, the webhook timestamp and
 /// signature). Called again for each attempt and for each half of a split batch.
-pub fn render(config: &DestinationConfig, events: &[Value], now: DateTime<Utc>) -> Rendered {
+pub fn render<V: std::borrow::Borrow<Value>>(config: &DestinationConfig, events: &[V], now: DateTime<Utc>) -> Rendered {
     match config {
         DestinationConfig::Webhook {
             url,
@@ -273,12 +273,38 @@ fn endpoint(url: &reqwest::Url, suffix: &str) -> reqwest::Url {
 // ---------------------------------------------------------------------------------------------
 // Webhook
 
-fn render_webhook(
+fn render_webhook<V: std::borrow::Borrow<Value>>(
     url: &reqwest::Url,
     secret: Option<&str>,
     headers: &std::collections::BTreeMap<String, String>,
     max_batch_events: usize,
-    events: &[Value],
+    events: &[V],
+    now: DateTime<Utc>,
+) -> Rendered {
+    let json: Vec<String> = events.iter().map(|e| e.borrow().to_string()).collect();
+    let raw: Vec<RawEvent<'_>> = events
+        .iter()
+        .zip(&json)
+        .map(|(e, json)| RawEvent { id: e.borrow().get("id").and_then(Value::as_str).unwrap_or(""), json })
+        .collect();
+    render_webhook_raw(url, secret, headers, max_batch_events, &raw, now)
+}
+
+/// An event already in the events API's JSON (as the log stores it), and its id.
+#[derive(Debug, Clone, Copy)]
+pub struct RawEvent<'a> {
+    pub id: &'a str,
+    pub json: &'a str,
+}
+
+/// [`render`] for a webhook whose events are sent as they are logged: no parsing, no
+/// serializing.
+pub fn render_webhook_raw(
+    url: &reqwest::Url,
+    secret: Option<&str>,
+    headers: &std::collections::BTreeMap<String, String>,
+    max_batch_events: usize,
+    events: &[RawEvent<'_>],
     now: DateTime<Utc>,
 ) -> Rendered {
     let mut out = Rendered::default();
@@ -286,34 +312,20 @@ fn render_webhook(
         None => None,
         Some(Ok(key)) => Some(key),
         Some(Err(e)) => {
-            out.refused = (0..events.len())
-                .map(|i| (i, format!("the webhook secret is invalid: {e}")))
-                .collect();
+            out.refused = (0..events.len()).map(|i| (i, format!("the webhook secret is invalid: {e}"))).collect();
             return out;
         }
     };
-    let mut buf = Vec::with_capacity(events.len() * 512);
+    let mut buf = Vec::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
     let mut items = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        let start = buf.len();
-        serde_json::to_writer(&mut buf, event).expect("values serialize");
-        if buf.len() - start + 2 > WEBHOOK_MAX_BYTES {
-            out.refused.push((
-                index,
-                format!(
-                    "the event is {} bytes, over the {WEBHOOK_MAX_BYTES}-byte request limit",
-                    buf.len() - start
-                ),
-            ));
-            buf.truncate(start);
+        if event.json.len() + 2 > WEBHOOK_MAX_BYTES {
+            out.refused.push((index, format!("the event is {} bytes, over the {WEBHOOK_MAX_BYTES}-byte request limit", event.json.len())));
             continue;
         }
-        items.push(Item {
-            index,
-            start,
-            end: buf.len(),
-            traceparent: None,
-        });
+        let start = buf.len();
+        buf.extend_from_slice(event.json.as_bytes());
+        items.push(Item { index, start, end: buf.len(), traceparent: None });
     }
     let timestamp = now.timestamp().to_string();
     for range in chunks(&items, max_batch_events, WEBHOOK_MAX_BYTES, 2) {
@@ -324,22 +336,13 @@ fn render_webhook(
         request_headers.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         let indices: Vec<usize> = part.iter().map(|i| i.index).collect();
         if let Some(key) = &key {
-            let id = webhook_id(
-                indices
-                    .iter()
-                    .map(|&i| events[i].get("id").and_then(Value::as_str).unwrap_or("")),
-            );
+            let id = webhook_id(indices.iter().map(|&i| events[i].id));
             let signature = sign(key, &id, &timestamp, &body);
             request_headers.push(("webhook-id".into(), id));
             request_headers.push(("webhook-timestamp".into(), timestamp.clone()));
             request_headers.push(("webhook-signature".into(), signature));
         }
-        out.requests.push(WireRequest {
-            url: url.clone(),
-            headers: request_headers,
-            body,
-            events: indices,
-        });
+        out.requests.push(WireRequest { url: url.clone(), headers: request_headers, body, events: indices });
     }
     out
 }
@@ -616,13 +619,13 @@ fn posthog_refusal(e: &View<'_>) -> Option<String> {
     None
 }
 
-fn render_posthog(host: &reqwest::Url, token: &str, events: &[Value]) -> Rendered {
+fn render_posthog<V: std::borrow::Borrow<Value>>(host: &reqwest::Url, token: &str, events: &[V]) -> Rendered {
     let mut out = Rendered::default();
     let url = endpoint(host, "/batch/");
     let mut buf = Vec::with_capacity(events.len() * 600);
     let mut items = Vec::with_capacity(events.len());
     let mut old = Vec::with_capacity(events.len());
-    for (index, value) in events.iter().enumerate() {
+    for (index, value) in events.iter().map(std::borrow::Borrow::borrow).enumerate() {
         let e = match View::new(value) {
             Ok(e) => e,
             Err(reason) => {
@@ -883,10 +886,10 @@ impl Serialize for Message<'_> {
     }
 }
 
-fn render_segment(
+fn render_segment<V: std::borrow::Borrow<Value>>(
     url: &reqwest::Url,
     write_key: &str,
-    events: &[Value],
+    events: &[V],
     now: DateTime<Utc>,
     max_events: usize,
     max_bytes: usize,
@@ -901,7 +904,7 @@ fn render_segment(
     let max_event_bytes = max_event_bytes.unwrap_or(max_bytes - overhead);
     let mut buf = Vec::with_capacity(events.len() * 700);
     let mut items = Vec::with_capacity(events.len());
-    for (index, value) in events.iter().enumerate() {
+    for (index, value) in events.iter().map(std::borrow::Borrow::borrow).enumerate() {
         let e = match View::new(value) {
             Ok(e) => e,
             Err(reason) => {
