@@ -96,13 +96,17 @@ enum Cmd {
     /// Delivery to destinations against a null sink in this process: the rate at which a
     /// webhook destination reads back preloaded events (plain, declarative rules, JS), intake's
     /// batch rate with one destination attached vs none, and acknowledgement → delivery
-    /// latency at 10,000 events/s.
+    /// latency at 10,000 events/s, alone and beside a destination down through a backlog.
     RouteBench {
         #[arg(long, default_value = "target/release/switchyard")]
         server_bin: String,
         /// Events preloaded for the delivery-rate scenario (rounded up to batches of 500).
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// Events logged before the last scenario, which a destination that is down reads
+        /// from the start beside the measured one.
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: usize,
         /// Seconds per run of the intake and latency scenarios.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -132,8 +136,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
         }
-        Cmd::RouteBench { server_bin, events, seconds, connections } => {
-            route::route_bench(&route::Options { server_bin, events, seconds, connections })
+        Cmd::RouteBench { server_bin, events, backlog, seconds, connections } => {
+            route::route_bench(&route::Options { server_bin, events, backlog, seconds, connections })
         }
         Cmd::Bench { server_bin, seconds, rounds, connections, batch, traces, bodies, only } => {
             let traffic = Traffic { batch, traces: traces.max(1), bodies: bodies.max(1) };

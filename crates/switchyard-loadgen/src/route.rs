@@ -2,8 +2,9 @@
 //!
 //! `switchyard-loadgen route-bench --server-bin target/release/switchyard` starts the server
 //! (loopback delivery allowed; `SWITCHYARD_ROUTING__*` in this program's environment reaches
-//! it) and a null sink: axum on a runtime and thread of its own, counting the events of each
-//! request (a JSON array, parsed without building it) and answering 200. Three scenarios:
+//! it) and a null sink: axum on a runtime and threads of its own (at nice 10, standing in for a
+//! destination on another machine), counting the events of each request (a JSON array, parsed
+//! without building it) and answering 200. Three scenarios:
 //!
 //! 1. **Delivery rate.** `--events` events are loaded through `/batch/` (batches of 500) with no
 //!    destination; then one webhook destination at a time (`max_batch_events` 1000,
@@ -17,6 +18,11 @@
 //!    batches of 50 at 200 requests/s (10,000 events/s) for `--seconds`, every event with its own
 //!    `uuid`. The sender records when each batch was acknowledged, the sink when each id
 //!    arrived; p50/p99/max of the difference.
+//!
+//! 4. **A destination down through a backlog.** As 3, on a server where `--backlog` events were
+//!    logged first and a destination whose address nothing listens on reads them from the
+//!    start: the tracked destination's latency beside it, and the server's RSS (the backlog
+//!    stays on disk).
 //!
 //! Every wait is bounded; a figure that is not reached in time is printed as such.
 
@@ -54,6 +60,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Options {
     pub server_bin: String,
     pub events: usize,
+    /// Events logged before scenario 4 (a destination down through them).
+    pub backlog: usize,
     pub seconds: u64,
     pub connections: usize,
 }
@@ -79,6 +87,12 @@ impl Sink {
     }
 }
 
+/// Lowers the calling thread's priority to nice 10 (Linux: per thread).
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+}
+
 /// Starts the null sink on a runtime and thread of its own. The thread lives as long as this
 /// program (the servers that deliver to it are stopped first).
 fn start_sink() -> anyhow::Result<(Arc<Sink>, SocketAddr)> {
@@ -90,7 +104,9 @@ fn start_sink() -> anyhow::Result<(Arc<Sink>, SocketAddr)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The sink stands in for a destination on another machine: its threads run at nice 10, so
+    // when the machine is busy its work does not take the CPU from the server's intake.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).on_thread_start(background_priority).enable_all().build()?;
     let app = axum::Router::new()
         .route("/hook/{slot}", axum::routing::post(receive))
         .layer(DefaultBodyLimit::disable())
@@ -298,12 +314,13 @@ pub fn route_bench(options: &Options) -> anyhow::Result<()> {
     println!(
         "route-bench: window {} events, {} lanes (SWITCHYARD_ROUTING__WINDOW_EVENTS, __LANES), webhook max_batch_events 1000, \
          null sink in this process",
-        env_or("SWITCHYARD_ROUTING__WINDOW_EVENTS", "5000"),
+        env_or("SWITCHYARD_ROUTING__WINDOW_EVENTS", "1000"),
         env_or("SWITCHYARD_ROUTING__LANES", "4"),
     );
     delivery_rate(options, &sink, sink_addr)?;
     intake_beside_delivery(options, &sink, sink_addr, INTAKE_SLOT)?;
-    ack_to_delivery(options, &sink, sink_addr)?;
+    ack_to_delivery(options, &sink, sink_addr, 0)?;
+    ack_to_delivery(options, &sink, sink_addr, options.backlog)?;
     Ok(())
 }
 
@@ -435,17 +452,41 @@ fn intake_beside_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr,
     Ok(())
 }
 
-/// The id of event `i` of paced batch `b`: a UUID, as PostHog SDKs send.
-fn event_uuid(b: usize, i: usize) -> String {
-    format!("01900000-0000-7000-8000-{:012x}", b * 1000 + i)
+/// The id of event `i` of paced batch `b` in run `run`: a UUID, as PostHog SDKs send.
+fn event_uuid(run: usize, b: usize, i: usize) -> String {
+    format!("0190000{run}-0000-7000-8000-{:012x}", b * 1000 + i)
 }
 
-/// Scenario 3: a paced sender at 10,000 events/s; acknowledgement to arrival at the sink per id.
-fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> anyhow::Result<()> {
+/// Scenario 3 (`backlog` 0) and 4: a paced sender at 10,000 events/s; acknowledgement to arrival
+/// at the sink per id. With a backlog, that many events are logged first and a second
+/// destination, down (nothing listens at its address), is attached to read them all
+/// (`start: earliest`): it retries while the tracked one delivers.
+fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr, backlog: usize) -> anyhow::Result<()> {
     const BATCH: usize = 50;
     const PER_SEC: usize = 200;
     const CONNECTIONS: usize = 8;
-    let server = Server::start(&options.server_bin, "latency")?;
+    let run = usize::from(backlog > 0);
+    sink.arrivals.lock().unwrap().clear();
+    sink.events[TRACKED].store(0, Ordering::Relaxed);
+    sink.requests[TRACKED].store(0, Ordering::Relaxed);
+    let server = Server::start(&options.server_bin, if backlog > 0 { "backlog" } else { "latency" })?;
+    let down = if backlog > 0 {
+        let started = Instant::now();
+        let body = Bytes::from(batch_body(PRELOAD_BATCH, 1));
+        post_all(server.addr, vec![body; backlog.div_ceil(PRELOAD_BATCH)], options.connections.clamp(1, 8))?;
+        let dead: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let spec = json!({"name": "down", "type": "webhook", "config": {"url": format!("http://{dead}/hook")}, "start": "earliest"});
+        let (status, answer) = server.api(Method::POST, DESTINATIONS, Some(&spec))?;
+        anyhow::ensure!(status == StatusCode::CREATED, "creating the down destination answered {status}: {answer}");
+        println!(
+            "\n4. as 3, beside a destination that is down through a backlog: {backlog} events logged in {:.1} s, then a webhook to \
+             {dead} (nothing listens) reading them all",
+            started.elapsed().as_secs_f64()
+        );
+        answer["id"].as_i64()
+    } else {
+        None
+    };
     let id = server.create_destination(sink_addr, TRACKED, "now", json!([]))?;
     let batches = PER_SEC * options.seconds as usize;
     let interval = Duration::from_secs(1) / PER_SEC as u32;
@@ -467,7 +508,7 @@ fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> any
                     let events: Vec<Value> = (0..BATCH)
                         .map(|i| {
                             let mut event = catalog_event(i, 1, 0);
-                            event["uuid"] = json!(event_uuid(b, i));
+                            event["uuid"] = json!(event_uuid(run, b, i));
                             event
                         })
                         .collect();
@@ -506,7 +547,7 @@ fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> any
     let mut early = 0;
     for &(b, acked) in &acks {
         for i in 0..BATCH {
-            let Some(&arrived) = arrivals.get(&event_uuid(b, i)) else { continue };
+            let Some(&arrived) = arrivals.get(&event_uuid(run, b, i)) else { continue };
             // An event may reach the sink before its acknowledgement reaches the sender.
             let micros = match arrived.checked_duration_since(acked) {
                 Some(d) => d.as_micros() as i64,
@@ -520,11 +561,13 @@ fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> any
     }
     latencies.sort_unstable();
     let ms = |p: f64| percentile(&latencies, p) as f64 / 1000.0;
-    println!(
-        "\n3. acknowledgement → delivery at {} events/s ({BATCH} per batch, {PER_SEC} batches/s, {} s, a fresh server, one webhook destination)",
-        BATCH * PER_SEC,
-        options.seconds
-    );
+    if backlog == 0 {
+        println!(
+            "\n3. acknowledgement → delivery at {} events/s ({BATCH} per batch, {PER_SEC} batches/s, {} s, a fresh server, one webhook destination)",
+            BATCH * PER_SEC,
+            options.seconds
+        );
+    }
     println!(
         "acknowledged {expected} events, {} distinct ids reached the sink ({} deliveries in {} requests), {early} before their ack; \
          sender at most {:.1} ms behind schedule",
@@ -546,6 +589,13 @@ fn ack_to_delivery(options: &Options, sink: &Sink, sink_addr: SocketAddr) -> any
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
         server.rss()
     );
+    if let Some(down) = down {
+        let status = server.status(down);
+        println!(
+            "the down destination: delivered {}, retrying {}, lag {} events, last error {}",
+            status["delivered"], status["retrying"], status["lag"]["events"], status["last_error"]
+        );
+    }
     Ok(())
 }
 

@@ -66,7 +66,7 @@ impl Default for RouterConfig {
             request_timeout: Duration::from_secs(30),
             allow_private_addresses: false,
             ca_file: None,
-            window_events: 5000,
+            window_events: 1000,
             lanes: 4,
             js: JsLimits::default(),
             max_response_bytes: 2048,

@@ -738,18 +738,19 @@ fn render_posthog<V: std::borrow::Borrow<Value>>(host: &reqwest::Url, token: &st
             format!("{{\"api_key\":{token},\"batch\":[")
         };
         let body = join(&buf, part, prefix.as_bytes(), b"]}");
-        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        if let Some(tp) = &part[0].traceparent {
-            headers.push(("traceparent".into(), tp.clone()));
-        }
-        out.requests.push(WireRequest {
-            url: url.clone(),
-            headers,
-            body,
-            events: part.iter().map(|i| i.index).collect(),
-        });
+        let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        out.requests.push(traced_request(&url, headers, body, part));
     }
     out
+}
+
+/// A request carrying `part`, with its first event's trace context as `traceparent` (the
+/// events of a request share one: see `chunks`' callers).
+fn traced_request(url: &reqwest::Url, mut headers: Vec<(String, String)>, body: Vec<u8>, part: &[Item]) -> WireRequest {
+    if let Some(tp) = &part[0].traceparent {
+        headers.push(("traceparent".into(), tp.clone()));
+    }
+    WireRequest { url: url.clone(), headers, body, events: part.iter().map(|i| i.index).collect() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,19 +964,8 @@ fn render_segment<V: std::borrow::Borrow<Value>>(
     for range in chunks(&items, max_events, max_bytes, overhead) {
         let part = &items[range];
         let body = join(&buf, part, prefix.as_bytes(), suffix.as_bytes());
-        let mut headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("authorization".to_owned(), auth.clone()),
-        ];
-        if let Some(tp) = &part[0].traceparent {
-            headers.push(("traceparent".into(), tp.clone()));
-        }
-        out.requests.push(WireRequest {
-            url: url.clone(),
-            headers,
-            body,
-            events: part.iter().map(|i| i.index).collect(),
-        });
+        let headers = vec![("content-type".to_owned(), "application/json".to_owned()), ("authorization".to_owned(), auth.clone())];
+        out.requests.push(traced_request(&url, headers, body, part));
     }
     out
 }

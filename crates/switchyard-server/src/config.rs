@@ -59,7 +59,8 @@ pub struct RoutingSettings {
     /// your own network). Off: such addresses are refused, whatever a name resolves to.
     pub allow_private_addresses: bool,
     /// Events a destination reads from the log at a time (its cursor moves past them once
-    /// all are delivered or dead-lettered).
+    /// all are delivered or dead-lettered). Larger windows hold the log's read snapshot
+    /// longer and slow intake beside a busy destination.
     pub window_events: usize,
     /// Requests a destination has in flight at once (lanes keyed by distinct id).
     pub lanes: usize,
@@ -78,7 +79,7 @@ impl Default for RoutingSettings {
             retry_max_backoff_secs: 300,
             request_timeout_secs: 30,
             allow_private_addresses: false,
-            window_events: 5000,
+            window_events: 1000,
             lanes: 4,
             js_time_limit_ms: 4000,
             js_memory_mib: 64,

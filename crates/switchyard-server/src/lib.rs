@@ -384,6 +384,30 @@ async fn cors_and_count(State(state): State<AppState>, request: Request, next: N
     response
 }
 
+/// Runs the router on a runtime of its own, whose threads run at a lower priority (nice 10)
+/// than intake's: when both want the CPU, acknowledging events comes first and delivery
+/// catches up after (its backlog is on disk); an idle machine delivers at full speed.
+fn spawn_router(router: switchyard_pipeline::Router, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("router")
+        .on_thread_start(background_priority)
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new().name("router".into()).spawn(move || {
+        background_priority();
+        runtime.block_on(router.run(stop));
+    })?)
+}
+
+/// Lowers the calling thread's priority to nice 10 (Linux: per thread).
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(%error, "the router's threads keep the normal priority");
+    }
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves; then readiness turns 503, in-flight
 /// requests get `shutdown_timeout_secs` to finish, and the event log commits what it was given
 /// and closes.
@@ -406,7 +430,10 @@ pub async fn serve(
         Arc::new(person_hooks(&state)),
         processor_stop.clone(),
     ));
-    let routing = state.router().map(|router| tokio::spawn(router.run(processor_stop.clone())));
+    let routing = match state.router() {
+        Some(router) => Some(spawn_router(router, processor_stop.clone())?),
+        None => None,
+    };
     let poller = state.mirror.get().map(|(project_id, mirror)| {
         tokio::spawn(upstream::run(state.clone(), *project_id, state.config.upstream.clone(), mirror.clone(), processor_stop))
     });
@@ -444,7 +471,7 @@ pub async fn serve(
     let _ = stop_processor.send(true);
     let _ = processor.await;
     if let Some(routing) = routing {
-        let _ = routing.await;
+        let _ = tokio::task::spawn_blocking(move || routing.join()).await;
     }
     // The router holds the state: let it go, so the stores close with the last handle.
     state.router.lock().unwrap().take();
