@@ -1,0 +1,1 @@
+//! PostHog's server-side steps for `$ai_*` events. (Interface to come.)

@@ -1,0 +1,1 @@
+//! OTLP/HTTP trace export requests. (Interface to come.)

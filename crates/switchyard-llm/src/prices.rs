@@ -1,0 +1,1 @@
+//! The price table. (Interface to come.)
