@@ -318,7 +318,7 @@ fn outcome(
             LogRecord::from_accepted(event, person_update)
         })
         .collect();
-    Ok(AppendBatch { events, quarantined })
+    Ok(AppendBatch { spans: vec![], events, quarantined })
 }
 
 /// Whether the person processor needs the event: it changes person or group properties,

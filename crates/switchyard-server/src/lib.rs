@@ -132,6 +132,7 @@ impl AppState {
                     move |pass| {
                         deleted.get_or_create(&metrics::TableLabels { table: "events" }).inc_by(pass.events);
                         deleted.get_or_create(&metrics::TableLabels { table: "quarantine" }).inc_by(pass.quarantine);
+                        deleted.get_or_create(&metrics::TableLabels { table: "spans" }).inc_by(pass.spans);
                     }
                 }))),
                 on_commit: Some(CommitObserver(Arc::new(move |events| transaction_events.observe(events as f64)))),

@@ -46,7 +46,7 @@ pub struct ConnectionMetrics {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
-    /// `events` or `quarantine`.
+    /// `events`, `quarantine` or `spans`.
     pub table: &'static str,
 }
 

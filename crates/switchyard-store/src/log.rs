@@ -99,16 +99,33 @@ pub struct QuarantineRecord {
     pub raw: String,
 }
 
-/// What one request appends: its valid events and its quarantined ones, committed together.
+/// What one request appends: its valid events, its quarantined ones and its spans (OTLP),
+/// committed together.
 #[derive(Debug, Default)]
 pub struct AppendBatch {
     pub events: Vec<LogRecord>,
     pub quarantined: Vec<QuarantineRecord>,
+    pub spans: Vec<SpanRecord>,
+}
+
+/// A span taken in over OTLP: its indexed columns and its JSON.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub project_id: i64,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub name: String,
+    /// RFC 3339, UTC.
+    pub start_time: String,
+    pub end_time: String,
+    pub received_at: String,
+    pub body: String,
 }
 
 impl AppendBatch {
     pub fn len(&self) -> usize {
-        self.events.len() + self.quarantined.len()
+        self.events.len() + self.quarantined.len() + self.spans.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -269,6 +286,7 @@ impl QuarantineEntry {
 pub struct RetentionPass {
     pub events: u64,
     pub quarantine: u64,
+    pub spans: u64,
 }
 
 /// Called after every retention pass with what it deleted (zeros included), for metrics.
@@ -458,6 +476,19 @@ CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT PRIMARY KEY,
     position INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS spans (
+    seq INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    name TEXT NOT NULL,
+    start_time TEXT NOT NULL,
+    end_time TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spans_trace ON spans (project_id, trace_id);
 -- This log's identity (random, made once), so that what is derived from it elsewhere (the trace
 -- index) can tell whether it was derived from this log.
 CREATE TABLE IF NOT EXISTS log_identity (
@@ -683,6 +714,30 @@ impl SqliteLog {
         })
         .await
         .map_err(|e| LogError::Storage(e.to_string()))?
+    }
+
+    /// The spans of one trace, by start time (their JSON).
+    pub async fn trace_spans(&self, project_id: i64, trace_id: &str, limit: usize) -> Result<Vec<String>, LogError> {
+        let trace_id = trace_id.to_owned();
+        self.with_reader(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT body FROM spans WHERE project_id = ?1 AND trace_id = ?2 ORDER BY start_time, seq LIMIT ?3")?;
+            let rows = stmt.query_map(params![project_id, trace_id, limit as i64], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// The trace ids of the newest spans (up to `scan` of them), newest first, distinct.
+    pub async fn recent_span_traces(&self, project_id: i64, scan: usize) -> Result<Vec<String>, LogError> {
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT trace_id FROM (SELECT trace_id, seq FROM spans WHERE project_id = ?1 ORDER BY seq DESC LIMIT ?2) GROUP BY trace_id ORDER BY max(seq) DESC",
+            )?;
+            let rows = stmt.query_map(params![project_id, scan as i64], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
     /// Removes `consumer`'s cursor, so it no longer holds retention back (a deleted destination).
@@ -1308,12 +1363,13 @@ fn retention_pass(
     };
     let cutoff = switchyard_event::model::format_time(cutoff);
     let bound = retention_bound(conn, &settings.consumers)?;
-    for (table, bound) in [("events", Some(bound)), ("quarantine", None)] {
+    for (table, bound) in [("events", Some(bound)), ("quarantine", None), ("spans", None)] {
         loop {
             let deleted = delete_old_prefix(conn, table, &cutoff, bound, settings.batch)?;
             match table {
                 "events" => done.events += deleted,
-                _ => done.quarantine += deleted,
+                "quarantine" => done.quarantine += deleted,
+                _ => done.spans += deleted,
             }
             if deleted < settings.batch as u64 {
                 break;
@@ -1500,6 +1556,10 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut upsert_cursor = tx.prepare_cached(UPSERT_CURSOR)?;
+        let mut insert_span = tx.prepare_cached(
+            "INSERT INTO spans (project_id, trace_id, span_id, parent_span_id, name, start_time, end_time, received_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
         for op in ops {
             match op {
                 WriteOp::Append(batch, digests, _) => {
@@ -1530,6 +1590,19 @@ fn write_group(conn: &mut Connection, ops: &[WriteOp]) -> Result<Vec<Option<i64>
                             q.raw,
                             digest.map(|d| d.size),
                             digest.map(|d| &d.sha256)
+                        ])?;
+                    }
+                    for span in &batch.spans {
+                        insert_span.execute(params![
+                            span.project_id,
+                            span.trace_id,
+                            span.span_id,
+                            span.parent_span_id,
+                            span.name,
+                            span.start_time,
+                            span.end_time,
+                            span.received_at,
+                            span.body
                         ])?;
                     }
                     last_seqs.push(last);

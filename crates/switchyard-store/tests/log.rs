@@ -32,7 +32,7 @@ async fn concurrent_appends_share_transactions_and_survive_reopen() {
     for i in 0..200 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            log.append(AppendBatch { events: vec![record(i)], quarantined: vec![] }).await.unwrap()
+            log.append(AppendBatch { spans: vec![], events: vec![record(i)], quarantined: vec![] }).await.unwrap()
         }));
     }
     let mut grouped = 0;
@@ -63,7 +63,7 @@ async fn consumer_cursor_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
-    log.append(AppendBatch { events: (0..10).map(record).collect(), quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: (0..10).map(record).collect(), quarantined: vec![] }).await.unwrap();
     let first = log.read("warehouse", 4, Selection::All).await.unwrap();
     assert_eq!(first.entries.len(), 4);
     assert_eq!(first.position, Some(first.entries[3].seq));
@@ -122,6 +122,7 @@ async fn one_append_too_big_for_the_cap_fails_alone() {
     let config = SqliteLogConfig { max_size_bytes: Some(8 << 20), ..Default::default() };
     let log = Arc::new(SqliteLog::open(&path, config).unwrap());
     let sized = |from: usize, n: usize, bytes: usize| AppendBatch {
+        spans: vec![],
         events: (from..from + n).map(|i| LogRecord { body: "x".repeat(bytes), ..record(i) }).collect(),
         quarantined: vec![],
     };
@@ -168,7 +169,7 @@ async fn over_capacity_appends_fail_fast_and_the_rest_are_kept() {
     for i in 0..300 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            (i, log.append(AppendBatch { events: vec![record(i)], quarantined: vec![] }).await)
+            (i, log.append(AppendBatch { spans: vec![], events: vec![record(i)], quarantined: vec![] }).await)
         }));
     }
     let mut ok = Vec::new();
@@ -210,7 +211,7 @@ async fn checkpointed_pages_leave_the_page_cache_and_still_read_back() {
     let body = "y".repeat(4000);
     for batch in 0..100 {
         let events = (0..50).map(|k| LogRecord { body: body.clone(), ..record(batch * 50 + k) }).collect();
-        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+        log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     }
     // The checkpoint thread's passes (every 100 ms) copy the WAL into the file, sync it and
     // drop all but its last MiB from the cache.
@@ -254,7 +255,7 @@ async fn the_wal_starts_over_under_steady_writes() {
                     let events = (0..20)
                         .map(|k| LogRecord { body: body.clone(), ..record(w * 10_000_000 + i * 20 + k) })
                         .collect();
-                    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+                    log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
                     written.fetch_add(20, std::sync::atomic::Ordering::Relaxed);
                     i += 1;
                 }
@@ -282,10 +283,10 @@ async fn trace_queries_read_the_index_and_the_events_after_it() {
     let path = dir.path().join("log.db");
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     let traced = |i: usize, trace: u32| LogRecord { trace_id: Some(format!("{trace:032x}")), ..record(i) };
-    log.append(AppendBatch { events: (0..30).map(|i| traced(i, 7 + (i % 2) as u32)).collect(), quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: (0..30).map(|i| traced(i, 7 + (i % 2) as u32)).collect(), quarantined: vec![] }).await.unwrap();
     wait_for_trace_index(&path, 30).await;
     // Logged after the pass: found by the scan past the index's position, until the next pass.
-    log.append(AppendBatch { events: (30..40).map(|i| traced(i, 7)).collect(), quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: (30..40).map(|i| traced(i, 7)).collect(), quarantined: vec![] }).await.unwrap();
     let ids = |entries: Vec<switchyard_store::LogEntry>| -> Vec<String> {
         entries.into_iter().map(|e| serde_json::from_str::<serde_json::Value>(&e.body).unwrap()["id"].as_str().unwrap().to_owned()).collect()
     };
@@ -339,7 +340,7 @@ async fn an_index_of_another_log_is_rebuilt() {
     remove_database(&path);
     let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
     let events = (0..100).map(|i| LogRecord { trace_id: Some(format!("{:032x}", 99)), ..record(i) }).collect();
-    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     let query = |trace: u32| EventQuery { project_id: 1, trace_id: Some(format!("{trace:032x}")), limit: 1000, ..Default::default() };
     assert_eq!(log.query_events(query(99)).await.unwrap().len(), 100, "this log's events are found by their trace");
     assert!(log.query_events(query(1)).await.unwrap().is_empty());
@@ -357,7 +358,7 @@ async fn an_index_of_another_log_is_rebuilt() {
     let other_path = other_dir.path().join("log.db");
     let other = SqliteLog::open(&other_path, SqliteLogConfig::default()).unwrap();
     let events = (0..400).map(|i| LogRecord { trace_id: Some(format!("{:032x}", 77)), ..record(i) }).collect();
-    other.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    other.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     other.close().await;
     drop(other);
     remove_database(&path);
@@ -380,7 +381,7 @@ async fn append_batches(log: &SqliteLog, from: usize) {
             .map(|i| from + b * 100 + i)
             .map(|i| LogRecord { trace_id: (i % 7 != 0).then(|| format!("{:032x}", i % 5 + 1)), ..record(i) })
             .collect();
-        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+        log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     }
 }
 
@@ -397,7 +398,7 @@ async fn trace_queries_find_events_in_every_block_of_the_log() {
     };
     for chunk in 0..14 {
         let events = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| LogRecord { trace_id: Some(run(i)), ..record(i) }).collect();
-        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+        log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     }
     wait_for_trace_index(&path, 140_000).await;
     let conn = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
@@ -510,7 +511,7 @@ async fn an_index_of_one_row_per_event_becomes_one_row_per_run() {
 async fn two_runs_without_an_index(path: &std::path::Path) {
     let log = SqliteLog::open(path, SqliteLogConfig::default()).unwrap();
     let events = (0..20).map(|i| LogRecord { trace_id: Some(format!("{:032x}", i % 2 + 1)), ..record(i) }).collect();
-    log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     log.close().await;
     drop(log);
     remove_database(&trace_index_path(path));
@@ -556,7 +557,7 @@ async fn events_stored_without_their_column_members_read_back_whole() {
         ..record(i)
     };
     let records: Vec<LogRecord> = (0..4).map(stored).collect();
-    log.append(AppendBatch { events: records.clone(), quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: records.clone(), quarantined: vec![] }).await.unwrap();
     let whole = |r: &LogRecord| {
         serde_json::json!({"id": r.id, "project_id": r.project_id, "type": r.kind, "event": r.event,
             "distinct_id": r.distinct_id, "timestamp": r.timestamp, "received_at": r.received_at, "trace_id": r.trace_id,
@@ -599,6 +600,7 @@ async fn oversize_quarantined_raws_keep_their_first_bytes_size_and_hash() {
     let big = format!("{{\"properties\":\"{}\"}}", "€".repeat(100_000));
     let small = "{\"event\":\"x\"}".to_owned();
     let batch = AppendBatch {
+        spans: vec![],
         events: vec![record(0)],
         quarantined: vec![quarantined(big.clone(), "2026-11-25T12:00:00.000000Z"), quarantined(small.clone(), "2026-11-25T12:00:00.000000Z")],
     };
@@ -620,7 +622,7 @@ async fn oversize_quarantined_raws_keep_their_first_bytes_size_and_hash() {
     let capped = QuarantineQuery { project_id: 1, limit: 10, max_bytes: Some(10), ..Default::default() };
     assert_eq!(log.query_quarantine(capped).await.unwrap().len(), 1);
     let events = EventQuery { project_id: 1, limit: 10, max_bytes: Some(1), ..Default::default() };
-    log.append(AppendBatch { events: vec![record(1), record(2)], quarantined: vec![] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: vec![record(1), record(2)], quarantined: vec![] }).await.unwrap();
     assert_eq!(log.query_events(events).await.unwrap().len(), 1);
     log.close().await;
 }
@@ -640,7 +642,7 @@ async fn a_quarantine_of_an_earlier_version_gets_the_digest_columns() {
     }
     let config = SqliteLogConfig { quarantine_raw_bytes: 10, ..Default::default() };
     let log = SqliteLog::open(&path, config).unwrap();
-    log.append(AppendBatch { events: vec![record(0)], quarantined: vec![quarantined("x".repeat(50), "t")] }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: vec![record(0)], quarantined: vec![quarantined("x".repeat(50), "t")] }).await.unwrap();
     let rows = log.query_quarantine(QuarantineQuery { project_id: 1, limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!((rows[0].raw.as_str(), rows[0].raw_size), ("xxxxxxxxxx", Some(50)));
     assert_eq!((rows[1].raw.as_str(), rows[1].raw_size, rows[1].raw_truncated()), ("{\"old\":true}", None, false));
@@ -708,10 +710,10 @@ async fn retention_deletes_old_rows_behind_every_cursor_and_nothing_else() {
     // Seqs 1..=30 received long ago, 31..=40 now; quarantine rows: 5 old, then 2 new.
     let old: Vec<LogRecord> = (0..30).map(|i| LogRecord { received_at: LONG_AGO.into(), ..record(i) }).collect();
     let old_quarantine = (0..5).map(|_| quarantined("{}".into(), LONG_AGO)).collect();
-    log.append(AppendBatch { events: old, quarantined: old_quarantine }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: old, quarantined: old_quarantine }).await.unwrap();
     let new: Vec<LogRecord> = (30..40).map(|i| LogRecord { received_at: now.clone(), ..record(i) }).collect();
     let new_quarantine = (0..2).map(|_| quarantined("{}".into(), &now)).collect();
-    log.append(AppendBatch { events: new, quarantined: new_quarantine }).await.unwrap();
+    log.append(AppendBatch { spans: vec![], events: new, quarantined: new_quarantine }).await.unwrap();
     wait_for_trace_index(&path, 40).await;
 
     // `persons` has no cursor yet: it has read nothing, so no event goes.
@@ -755,7 +757,7 @@ async fn retention_drops_emptied_blocks_of_the_trace_index_and_never_reuses_a_se
     // 70,000 old events: the trace index's block 0 (seqs below 65,536) and part of block 1.
     for chunk in 0..7 {
         let events = (chunk * 10_000..(chunk + 1) * 10_000).map(|i| LogRecord { received_at: LONG_AGO.into(), ..record(i) }).collect();
-        log.append(AppendBatch { events, quarantined: vec![] }).await.unwrap();
+        log.append(AppendBatch { spans: vec![], events, quarantined: vec![] }).await.unwrap();
     }
     wait_for_trace_index(&path, 70_000).await;
     log.commit("persons", 70_000).await.unwrap();
@@ -769,7 +771,7 @@ async fn retention_drops_emptied_blocks_of_the_trace_index_and_never_reuses_a_se
     let index = rusqlite::Connection::open(trace_index_path(&path)).unwrap();
     let blocks: Vec<i64> = index.prepare("SELECT DISTINCT block FROM trace_runs ORDER BY 1").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(blocks, [1], "the emptied block's runs are gone");
-    let receipt = log.append(AppendBatch { events: vec![record(70_000)], quarantined: vec![] }).await.unwrap();
+    let receipt = log.append(AppendBatch { spans: vec![], events: vec![record(70_000)], quarantined: vec![] }).await.unwrap();
     assert_eq!(receipt.last_seq, Some(70_001), "seqs go on from the newest, never from 1 again");
     log.close().await;
 }
@@ -792,6 +794,7 @@ async fn the_size_cap_counts_every_database_of_the_data_directory() {
     let config = SqliteLogConfig { max_size_bytes: Some(cap), counted_files: vec![control.clone()], ..Default::default() };
     let log = SqliteLog::open(&path, config).unwrap();
     let batch = |round: usize| AppendBatch {
+        spans: vec![],
         events: (0..50).map(|i| LogRecord { body: "x".repeat(2000), ..record(round * 50 + i) }).collect(),
         quarantined: vec![],
     };
@@ -817,4 +820,41 @@ async fn the_size_cap_counts_every_database_of_the_data_directory() {
     std::fs::write(&control, b"").unwrap();
     log.append(batch(1000)).await.expect("room again once the control store shrank");
     log.close().await;
+}
+
+#[tokio::test]
+async fn spans_commit_with_events_and_are_read_back_by_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let span = |trace: &str, id: &str, start: &str| switchyard_store::SpanRecord {
+        project_id: 1,
+        trace_id: trace.into(),
+        span_id: id.into(),
+        parent_span_id: None,
+        name: format!("span {id}"),
+        start_time: start.into(),
+        end_time: start.into(),
+        received_at: "2026-12-05T10:00:00Z".into(),
+        body: format!("{{\"span_id\":\"{id}\"}}"),
+    };
+    {
+        let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+        let receipt = log
+            .append(AppendBatch {
+                events: vec![record(1)],
+                quarantined: vec![],
+                spans: vec![span("t1", "b", "2026-12-05T10:00:02Z"), span("t1", "a", "2026-12-05T10:00:01Z"), span("t2", "c", "2026-12-05T10:00:03Z")],
+            })
+            .await
+            .unwrap();
+        assert_eq!(receipt.last_seq, Some(1));
+        log.close().await;
+    }
+    // Durable with the events of the same append: read back after a reopen.
+    let log = SqliteLog::open(&path, SqliteLogConfig::default()).unwrap();
+    let spans = log.trace_spans(1, "t1", 100).await.unwrap();
+    assert_eq!(spans, vec!["{\"span_id\":\"a\"}", "{\"span_id\":\"b\"}"], "by start time");
+    assert!(log.trace_spans(2, "t1", 100).await.unwrap().is_empty(), "another project's");
+    assert_eq!(log.recent_span_traces(1, 100).await.unwrap(), vec!["t2", "t1"]);
+    assert_eq!(log.query_events(EventQuery { project_id: 1, limit: 10, ..EventQuery::default() }).await.unwrap().len(), 1);
 }
