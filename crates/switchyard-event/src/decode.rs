@@ -107,7 +107,7 @@ fn looks_like_form(bytes: &[u8]) -> bool {
 
 /// Inflates gzip, stopping as soon as the output passes the limit; the output never holds
 /// (nor reserves) more than the limit.
-fn gunzip(bytes: &[u8], limits: DecodeLimits) -> Result<Vec<u8>, Rejection> {
+pub fn gunzip(bytes: &[u8], limits: DecodeLimits) -> Result<Vec<u8>, Rejection> {
     let limit = limits.max_decompressed_bytes;
     let mut decoder = flate2::read::GzDecoder::new(bytes);
     let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(limit));

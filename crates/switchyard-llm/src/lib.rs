@@ -6,3 +6,7 @@
 pub mod enrich;
 pub mod otlp;
 pub mod prices;
+pub mod trace;
+
+pub use enrich::{enrich, Enrichment};
+pub use prices::{MatchKind, ModelPrice, PriceBook, PriceError, PriceMatch, Usd};

@@ -38,6 +38,26 @@ pub struct Config {
     pub http: HttpSettings,
     pub tls: TlsSettings,
     pub routing: RoutingSettings,
+    pub llm: LlmSettings,
+}
+
+/// LLM analytics (see `docs/llm-analytics.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmSettings {
+    /// Enrich `$ai_generation`/`$ai_embedding` events (and the platform's `model_cost` and
+    /// `agent_execution`) at intake: PostHog's server-side properties and cost.
+    pub enrich: bool,
+    /// A LiteLLM price table (`model_prices_and_context_window.json`, full or as
+    /// `switchyard prices import` writes it) used instead of the embedded snapshot. Unset: the
+    /// data directory's `prices.json` when present, else the embedded snapshot.
+    pub prices_file: Option<PathBuf>,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        LlmSettings { enrich: true, prices_file: None }
+    }
 }
 
 /// Delivery to destinations (see `docs/routing.md`).
@@ -202,6 +222,7 @@ impl Default for Config {
             http: HttpSettings::default(),
             tls: TlsSettings::default(),
             routing: RoutingSettings::default(),
+            llm: LlmSettings::default(),
         }
     }
 }
@@ -295,9 +316,9 @@ pub enum ConfigError {
 
 /// Environment variables that are not configuration fields.
 const NOT_FIELDS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_URL"];
-const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls", "routing"];
+const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls", "routing", "llm"];
 const STRING_FIELDS: &[&str] =
-    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file"];
+    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file", "prices_file"];
 
 impl Config {
     /// Loads the file (if any), then applies `SWITCHYARD_*` variables from `env`.

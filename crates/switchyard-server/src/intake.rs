@@ -237,9 +237,9 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// The connection's peer, when the server was started with it (`serve` does).
-type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
+pub(crate) type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
 
-fn request_meta(project_id: i64, headers: &HeaderMap, peer: Peer, trusted_proxies: &[IpNet]) -> RequestMeta {
+pub(crate) fn request_meta(project_id: i64, headers: &HeaderMap, peer: Peer, trusted_proxies: &[IpNet]) -> RequestMeta {
     RequestMeta {
         project_id,
         received_at: chrono::Utc::now(),
@@ -297,13 +297,20 @@ fn outcome(
         state.metrics.events_rejected.get_or_create(&ReasonLabels { reason: first.code }).inc();
         return Err(reject(family, first));
     }
+    let (events, quarantined) = records(state, family.name(), normalized, meta);
+    Ok(AppendBatch { spans: vec![], events, quarantined })
+}
+
+/// Normalized events as log records (LLM events enriched: `crate::llm::enrich`) and their
+/// invalid ones as quarantine records.
+pub(crate) fn records(state: &AppState, protocol: &'static str, normalized: Normalized, meta: &RequestMeta) -> (Vec<LogRecord>, Vec<QuarantineRecord>) {
     let received_at = format_time(meta.received_at);
     let quarantined = normalized
         .invalid
         .into_iter()
         .map(|invalid| QuarantineRecord {
             project_id: meta.project_id,
-            protocol: family.name(),
+            protocol,
             received_at: received_at.clone(),
             code: invalid.rejection.code.to_owned(),
             reason: format!("event {}: {}", invalid.index, invalid.rejection.message),
@@ -313,12 +320,13 @@ fn outcome(
     let events = normalized
         .accepted
         .into_iter()
-        .map(|event| {
+        .map(|mut event| {
+            crate::llm::enrich(state, &mut event);
             let person_update = changes_persons(state, &event);
             LogRecord::from_accepted(event, person_update)
         })
         .collect();
-    Ok(AppendBatch { spans: vec![], events, quarantined })
+    (events, quarantined)
 }
 
 /// Whether the person processor needs the event: it changes person or group properties,

@@ -8,6 +8,7 @@ pub mod flags;
 pub mod http;
 pub mod intake;
 pub mod keys;
+pub mod llm;
 pub mod outbound;
 pub mod metrics;
 pub mod persons;
@@ -53,6 +54,24 @@ pub struct Shared {
     router: std::sync::Mutex<Option<switchyard_pipeline::Router>>,
     /// Told after every append, so caught-up destinations read at once.
     pub appended: Arc<tokio::sync::Notify>,
+    /// The LLM price table (`llm.prices_file`, the data directory's `prices.json`, or the
+    /// embedded snapshot).
+    prices: Option<switchyard_llm::prices::PriceBook>,
+}
+
+/// The price table: `llm.prices_file`, else the data directory's `prices.json` (what
+/// `switchyard prices import` writes), else the embedded snapshot.
+fn load_prices(config: &Config) -> anyhow::Result<Option<switchyard_llm::prices::PriceBook>> {
+    let imported = config.data_dir.join("prices.json");
+    let file = config.llm.prices_file.clone().or_else(|| imported.exists().then_some(imported));
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the price table {}: {e}", path.display()))?;
+            let book = switchyard_llm::prices::PriceBook::from_litellm_json(&text).map_err(|e| anyhow::anyhow!("the price table {}: {e}", path.display()))?;
+            Ok(Some(book))
+        }
+        None => Ok(None),
+    }
 }
 
 /// What the person processor reports: dropped properties counted, flags reloaded for a new
@@ -140,6 +159,7 @@ impl AppState {
             },
         )?;
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight_bytes));
+        let prices = load_prices(&config)?;
         let state = AppState(Arc::new(Shared {
             in_flight,
             lz_decodes: tokio::sync::Semaphore::new(1),
@@ -152,6 +172,7 @@ impl AppState {
             mirror: std::sync::OnceLock::new(),
             router: std::sync::Mutex::new(None),
             appended: Arc::new(tokio::sync::Notify::new()),
+            prices,
         }));
         let router_config = state.config.routing.router_config(state.config.tls.ca_file.as_deref());
         let router = switchyard_pipeline::Router::new(
@@ -188,6 +209,11 @@ impl AppState {
     /// rotation.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The LLM price table in use.
+    pub fn prices(&self) -> &switchyard_llm::prices::PriceBook {
+        self.prices.as_ref().unwrap_or_else(|| switchyard_llm::prices::PriceBook::embedded())
     }
 
     /// The router, while the server runs.
@@ -241,6 +267,9 @@ pub fn app(state: AppState) -> Router {
             )
             .route(&format!("{base}/{{id}}/dead_letters/replay{suffix}"), post(destinations::replay_dead_letters))
             .route(&format!("/api/projects/{{project_id}}/transformations/test{suffix}"), post(destinations::test_transformations));
+        router = router
+            .route(&format!("/api/projects/{{project_id}}/traces{suffix}"), get(llm::list_traces))
+            .route(&format!("/api/projects/{{project_id}}/traces/{{trace_id}}{suffix}"), get(llm::get_trace));
     }
     // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
     // too (axum would answer it as a GET: link checkers would send events).
@@ -281,6 +310,10 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("/v1/{call}/"), axum::routing::post(intake::segment_intake));
     }
     router = router
+        .route("/v1/traces", post(llm::otlp_traces))
+        .route("/i/v0/ai/otel", post(llm::otlp_traces))
+        .route("/i/v0/ai/otel/", post(llm::otlp_traces))
+        .route("/api/public/otel/v1/traces", post(llm::otlp_traces))
         .route("/beacon/v1/batch", axum::routing::post(intake::segment_intake))
         .route("/beacon/v1/batch/", axum::routing::post(intake::segment_intake));
     let pixel = get(intake::segment_pixel).head(method_not_allowed);

@@ -52,6 +52,14 @@ pub struct TableLabels {
 
 pub struct Metrics {
     registry: Registry,
+    /// LLM events given a cost at intake.
+    pub llm_costed: Counter,
+    /// LLM events whose model has no price (cost left unset).
+    pub llm_unmatched: Counter,
+    /// Spans stored from OTLP exports.
+    pub otlp_spans: Counter,
+    /// OTLP export requests refused (bad payload, unknown token, too large, busy).
+    pub otlp_rejected: Counter,
     /// Delivery to destinations, per destination.
     pub router: switchyard_pipeline::RouterMetrics,
     /// Rows retention (`log.retention_days`) deleted from the event log, by table.
@@ -146,8 +154,20 @@ impl Default for Metrics {
         );
         let router = switchyard_pipeline::RouterMetrics::new();
         router.register(&mut registry);
+        let llm_costed = Counter::default();
+        registry.register("llm_events_costed", "LLM events given a cost at intake", llm_costed.clone());
+        let llm_unmatched = Counter::default();
+        registry.register("llm_model_unmatched", "LLM events whose model has no price in the table (cost left unset)", llm_unmatched.clone());
+        let otlp_spans = Counter::default();
+        registry.register("otlp_spans", "Spans stored from OTLP trace exports", otlp_spans.clone());
+        let otlp_rejected = Counter::default();
+        registry.register("otlp_requests_rejected", "OTLP trace export requests refused", otlp_rejected.clone());
         Metrics {
             router,
+            llm_costed,
+            llm_unmatched,
+            otlp_spans,
+            otlp_rejected,
             log_retention_deleted,
             person_properties_dropped,
             connections,

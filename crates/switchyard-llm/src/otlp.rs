@@ -1,1 +1,0 @@
-//! OTLP/HTTP trace export requests. (Interface to come.)

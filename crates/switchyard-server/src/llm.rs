@@ -1,0 +1,408 @@
+//! LLM analytics: `$ai_*` events enriched at intake (PostHog's server-side steps and cost,
+//! `switchyard_llm::enrich`), OTLP/HTTP trace export (`POST /v1/traces`, PostHog's
+//! `/i/v0/ai/otel`, Langfuse's `/api/public/otel/v1/traces`) stored durably with the events,
+//! GenAI spans also taken in as `$ai_*` events, and the trace view that puts a run together.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use switchyard_event::model::format_time;
+use switchyard_event::{posthog, Accepted};
+use switchyard_store::{AppendBatch, EventLog, EventQuery, KeyKind, LogError, SpanRecord};
+
+use crate::api::{authorize, ApiError};
+use crate::intake::{read_limited_body, request_meta, InFlight, Peer};
+use crate::AppState;
+
+/// Whether an event is one enrichment looks at (the rest pass untouched, unparsed).
+fn is_llm_event(name: &str) -> bool {
+    name.starts_with("$ai_") || name == "model_cost" || name == "agent_execution"
+}
+
+/// Enriches an accepted LLM event in place: its stored JSON's properties get PostHog's
+/// server-side properties and cost; an `$ai_*` event without a trace id gets `$ai_trace_id`'s.
+pub fn enrich(state: &AppState, event: &mut Accepted) {
+    if !state.config.llm.enrich || !is_llm_event(&event.event) {
+        return;
+    }
+    let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(&event.body) else { return };
+    let mut properties = match body.remove("properties") {
+        Some(Value::Object(p)) => p,
+        _ => Map::new(),
+    };
+    let outcome = switchyard_llm::enrich::enrich(&event.event, &mut properties, state.prices(), None);
+    if outcome.costed {
+        state.metrics.llm_costed.inc();
+    }
+    if let Some(model) = outcome.unmatched_model {
+        state.metrics.llm_unmatched.inc();
+        tracing::debug!(model, "no price for this model: cost left unset");
+    }
+    if event.trace_id.is_none() {
+        if let Some(trace) = properties.get("$ai_trace_id").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            event.trace_id = Some(normalize_trace_id(trace));
+        }
+    }
+    body.insert("properties".into(), Value::Object(properties));
+    event.body = Value::Object(body).to_string();
+}
+
+/// Trace ids as strings; hex ones lowercased (OTel's and PostHog's wrappers' spellings meet).
+fn normalize_trace_id(id: &str) -> String {
+    if id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        id.to_ascii_lowercase()
+    } else {
+        id.to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP/HTTP
+
+/// What an OTLP exporter is answered: `google.rpc.Status` in the request's encoding.
+struct OtlpAnswer {
+    status: StatusCode,
+    protobuf: bool,
+    /// gRPC status code (3 invalid argument, 16 unauthenticated, 14 unavailable, …).
+    code: u32,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl IntoResponse for OtlpAnswer {
+    fn into_response(self) -> Response {
+        let mut response = if self.protobuf {
+            (self.status, [(header::CONTENT_TYPE, "application/x-protobuf")], rpc_status(self.code, &self.message)).into_response()
+        } else {
+            (self.status, axum::Json(json!({"code": self.code, "message": self.message}))).into_response()
+        };
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// `ExportTraceServiceResponse { partial_success = 1: { int64 rejected_spans = 1; string
+/// error_message = 2; } }`, encoded by hand; empty when nothing was rejected.
+fn export_response(rejected: u64, message: &str) -> Vec<u8> {
+    if rejected == 0 {
+        return Vec::new();
+    }
+    let mut inner = vec![0x08];
+    varint(rejected, &mut inner);
+    inner.push(0x12);
+    varint(message.len() as u64, &mut inner);
+    inner.extend_from_slice(message.as_bytes());
+    let mut out = vec![0x0a];
+    varint(inner.len() as u64, &mut out);
+    out.extend_from_slice(&inner);
+    out
+}
+
+/// `google.rpc.Status { int32 code = 1; string message = 2; }`, encoded by hand (two fields).
+fn rpc_status(code: u32, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 8);
+    out.push(0x08);
+    varint(u64::from(code), &mut out);
+    out.push(0x12);
+    varint(message.len() as u64, &mut out);
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
+/// The project token of an OTLP request: `Authorization: Bearer <token>` (PostHog, any OTel
+/// exporter's headers) or Basic auth with the token as user name (Langfuse's public key).
+fn otlp_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
+        return Some(token.trim().to_owned());
+    }
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split(':').next().unwrap_or_default().to_owned())
+}
+
+fn rfc3339_of_nanos(ns: u64) -> String {
+    let t = chrono::DateTime::from_timestamp((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32).unwrap_or_default();
+    format_time(t)
+}
+
+/// `POST /v1/traces`, `/i/v0/ai/otel`, `/api/public/otel/v1/traces`: an OTLP/HTTP trace
+/// export (protobuf or JSON, gzip allowed). Its spans, and the `$ai_*` events made from its
+/// GenAI spans, are appended in one transaction before the 2xx.
+pub async fn otlp_traces(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Body) -> Response {
+    match take_spans(&state, peer, &headers, body).await {
+        Ok((protobuf, rejected, message)) => {
+            if protobuf {
+                ([(header::CONTENT_TYPE, "application/x-protobuf")], export_response(rejected, &message)).into_response()
+            } else if rejected == 0 {
+                axum::Json(json!({})).into_response()
+            } else {
+                axum::Json(json!({"partialSuccess": {"rejectedSpans": rejected.to_string(), "errorMessage": message}})).into_response()
+            }
+        }
+        Err(answer) => {
+            state.metrics.otlp_rejected.inc();
+            answer.into_response()
+        }
+    }
+}
+
+/// Takes an export in: whether it was protobuf, and the spans left out (with why).
+async fn take_spans(state: &AppState, peer: Peer, headers: &HeaderMap, body: Body) -> Result<(bool, u64, String), OtlpAnswer> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let protobuf = content_type.starts_with("application/x-protobuf") || content_type.starts_with("application/protobuf");
+    let answer = |status: StatusCode, code: u32, message: String| OtlpAnswer { status, protobuf, code, message, retry_after: None };
+    if !protobuf && !content_type.starts_with("application/json") {
+        return Err(answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            3,
+            format!("unsupported content type {content_type:?}: OTLP/HTTP is application/x-protobuf or application/json"),
+        ));
+    }
+    let token = otlp_token(headers)
+        .ok_or_else(|| answer(StatusCode::UNAUTHORIZED, 16, "no project token: send `Authorization: Bearer <project token>` (or Basic auth with it as user name)".into()))?;
+    let project_id = state
+        .control
+        .lookup(KeyKind::ProjectToken, &token)
+        .ok_or_else(|| answer(StatusCode::UNAUTHORIZED, 16, "the project token does not resolve to a known project".into()))?;
+    let mut held = InFlight::new(state);
+    let raw = read_limited_body(body, state.config.limits.max_request_bytes, &mut held, 408).await.map_err(|e| match e {
+        Ok(r) => answer(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), 3, r.message),
+        Err(()) => OtlpAnswer { retry_after: Some(1), ..answer(StatusCode::SERVICE_UNAVAILABLE, 14, crate::intake::BUSY.into()) },
+    })?;
+    let gzip = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let decoded: Bytes = if gzip || raw.starts_with(&[0x1f, 0x8b]) {
+        let limits = switchyard_event::decode::DecodeLimits { max_decompressed_bytes: state.config.limits.max_decompressed_bytes };
+        let inflated = switchyard_event::decode::gunzip(&raw, limits)
+            .map_err(|r| answer(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), 3, r.message))?;
+        if !held.reserve(inflated.len()) {
+            return Err(OtlpAnswer { retry_after: Some(1), ..answer(StatusCode::SERVICE_UNAVAILABLE, 14, crate::intake::BUSY.into()) });
+        }
+        Bytes::from(inflated)
+    } else {
+        raw
+    };
+    // Decoding builds every span: it runs off the async workers, within the budget (a span
+    // costs a few times its encoded size).
+    if !held.reserve(decoded.len().saturating_mul(4)) {
+        return Err(OtlpAnswer { retry_after: Some(1), ..answer(StatusCode::SERVICE_UNAVAILABLE, 14, crate::intake::BUSY.into()) });
+    }
+    let meta = request_meta(project_id, headers, peer, &state.config.trusted_proxies);
+    let worker = state.clone();
+    let (batch, rejected, why) = tokio::task::spawn_blocking(move || build_batch(&worker, &content_type, &decoded, &meta))
+        .await
+        .map_err(|e| answer(StatusCode::INTERNAL_SERVER_ERROR, 13, e.to_string()))?
+        .map_err(|(status, message)| answer(status, 3, message))?;
+    let spans = batch.spans.len() as u64;
+    let events = batch.events.len() as u64;
+    match state.log.append(batch).await {
+        Ok(_) => {
+            state.appended.notify_waiters();
+            state.metrics.otlp_spans.inc_by(spans);
+            state.metrics.events_logged.get_or_create(&crate::metrics::ProtocolLabels { protocol: "otlp" }).inc_by(events);
+            Ok((protobuf, rejected, why))
+        }
+        Err(error) => {
+            let retry_after = Some(error.retry_after_secs());
+            let status = match error {
+                LogError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(OtlpAnswer { retry_after, ..answer(status, 14, error.to_string()) })
+        }
+    }
+}
+
+/// The spans of a decoded request, and the `$ai_*` events its GenAI spans become (through
+/// PostHog's normalization and the same enrichment as captured events).
+fn build_batch(
+    state: &AppState,
+    content_type: &str,
+    body: &[u8],
+    meta: &switchyard_event::RequestMeta,
+) -> Result<(AppendBatch, u64, String), (StatusCode, String)> {
+    let decoded = switchyard_llm::otlp::decode_partial(content_type, body)
+        .map_err(|e| (StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST), e.to_string()))?;
+    if decoded.spans.is_empty() && decoded.rejected_spans > 0 {
+        return Err((StatusCode::BAD_REQUEST, decoded.rejection.unwrap_or_else(|| "no valid span".into())));
+    }
+    let spans = decoded.spans;
+    let received_at = format_time(meta.received_at);
+    let mut batch = AppendBatch::default();
+    let mut ai_events = Vec::new();
+    for span in &spans {
+        if let Some(ai) = switchyard_llm::otlp::to_ai_event(span) {
+            let distinct_id = ai.distinct_id.clone().unwrap_or_else(|| span.trace_id.clone());
+            ai_events.push(json!({
+                "event": ai.event,
+                "distinct_id": distinct_id,
+                "timestamp": ai.timestamp,
+                "uuid": switchyard_pipeline::wire::posthog_uuid(&format!("otlp:{}:{}", span.trace_id, span.span_id)),
+                "properties": ai.properties,
+            }));
+        }
+        batch.spans.push(SpanRecord {
+            project_id: meta.project_id,
+            trace_id: span.trace_id.clone(),
+            span_id: span.span_id.clone(),
+            parent_span_id: span.parent_span_id.clone(),
+            name: span.name.clone(),
+            start_time: rfc3339_of_nanos(span.start_unix_nano),
+            end_time: rfc3339_of_nanos(span.end_unix_nano),
+            received_at: received_at.clone(),
+            body: span.to_json().to_string(),
+        });
+    }
+    if !ai_events.is_empty() {
+        let text = json!({"api_key": "otlp", "batch": ai_events}).to_string();
+        let limits = state.event_limits();
+        let request = posthog::parse_capture_request(text.as_bytes(), None, &limits)
+            .map_err(|r| (StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.message))?;
+        let ctx = posthog::PosthogContext { meta, sent_at: None, historical_migration: false, engage: false, limits: &limits };
+        let normalized = posthog::normalize(request.events, &ctx);
+        let (events, quarantined) = crate::intake::records(state, "otlp", normalized, meta);
+        batch.events = events;
+        batch.quarantined = quarantined;
+    }
+    Ok((batch, decoded.rejected_spans, decoded.rejection.unwrap_or_default()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trace view
+
+/// Most spans and events one trace view reads.
+const MAX_TRACE_PARTS: usize = 10_000;
+
+/// `GET /api/projects/{project_id}/traces/{trace_id}`: the run as a tree, its product events in
+/// time, the flag variants seen in it, and totals.
+pub async fn get_trace(State(state): State<AppState>, Path((project, trace_id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project_id = authorize(&state, &headers, &project)?;
+    let view = load_trace(&state, project_id, &trace_id).await?;
+    if view["totals"]["spans"] == 0 && view["totals"]["events"] == 0 {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no span or event has trace id {trace_id:?}")));
+    }
+    Ok(axum::Json(view).into_response())
+}
+
+async fn load_trace(state: &AppState, project_id: i64, trace_id: &str) -> Result<Value, ApiError> {
+    let spans = state.log.trace_spans(project_id, trace_id, MAX_TRACE_PARTS).await.map_err(ApiError::unavailable)?;
+    let events = state
+        .log
+        .query_events(EventQuery { project_id, trace_id: Some(trace_id.to_owned()), limit: MAX_TRACE_PARTS, ..EventQuery::default() })
+        .await
+        .map_err(ApiError::unavailable)?;
+    let trace_id = trace_id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let spans: Vec<Value> = spans.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
+        let events: Vec<Value> = events.iter().filter_map(|e| serde_json::from_str(&e.body).ok()).collect();
+        switchyard_llm::trace::trace_view(&trace_id, &spans, &events)
+    })
+    .await
+    .map_err(ApiError::unavailable)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceListParams {
+    user: Option<String>,
+    workspace: Option<String>,
+    agent: Option<String>,
+    error: Option<bool>,
+    min_cost: Option<f64>,
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/projects/{project_id}/traces/`: recent traces (by their newest spans and events)
+/// with their totals, filtered by user, workspace, agent, error, minimum cost and time.
+pub async fn list_traces(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<TraceListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project_id = authorize(&state, &headers, &project)?;
+    let Query(p) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let limit = p.limit.unwrap_or(50).clamp(1, 500);
+    // Candidates: the trace ids of the newest spans and of the newest events that carry one.
+    let mut candidates = state.log.recent_span_traces(project_id, 20_000).await.map_err(ApiError::unavailable)?;
+    let recent = state
+        .log
+        .query_events(EventQuery { project_id, limit: 20_000, ..EventQuery::default() })
+        .await
+        .map_err(ApiError::unavailable)?;
+    for entry in &recent {
+        if let Ok(event) = serde_json::from_str::<Value>(&entry.body) {
+            if let Some(trace) = event["trace_id"].as_str() {
+                if !candidates.iter().any(|c| c == trace) {
+                    candidates.push(trace.to_owned());
+                }
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for trace_id in candidates {
+        if results.len() >= limit {
+            break;
+        }
+        let view = load_trace(&state, project_id, &trace_id).await?;
+        if !matches_filters(&view, &p) {
+            continue;
+        }
+        results.push(json!({
+            "trace_id": trace_id,
+            "start": view["start"],
+            "end": view["end"],
+            "totals": view["totals"],
+            "users": distinct_of(&view, &["distinct_id"]),
+            "workspaces": distinct_of(&view, &["properties", "workspace_id"]),
+            "agents": distinct_of(&view, &["properties", "agent_id"]),
+        }));
+    }
+    results.sort_by(|a, b| b["start"].as_str().cmp(&a["start"].as_str()));
+    Ok(axum::Json(json!({"results": results, "next": null})).into_response())
+}
+
+/// The distinct values at `path` among a view's events.
+fn distinct_of(view: &Value, path: &[&str]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for event in view["events"].as_array().into_iter().flatten() {
+        let mut v = event;
+        for key in path {
+            v = &v[*key];
+        }
+        if !v.is_null() && !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+fn matches_filters(view: &Value, p: &TraceListParams) -> bool {
+    let has = |path: &[&str], want: &Option<String>| want.as_ref().is_none_or(|w| distinct_of(view, path).iter().any(|v| v.as_str() == Some(w)));
+    let errors = view["totals"]["errors"].as_u64().unwrap_or(0);
+    let cost = view["totals"]["cost_usd"].as_f64().unwrap_or(0.0);
+    let start = view["start"].as_str().unwrap_or("");
+    has(&["distinct_id"], &p.user)
+        && has(&["properties", "workspace_id"], &p.workspace)
+        && has(&["properties", "agent_id"], &p.agent)
+        && p.error.is_none_or(|e| e == (errors > 0))
+        && p.min_cost.is_none_or(|m| cost >= m)
+        && p.after.as_deref().is_none_or(|a| start >= a)
+        && p.before.as_deref().is_none_or(|b| start < b)
+}
