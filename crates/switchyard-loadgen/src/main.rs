@@ -20,6 +20,7 @@ use serde_json::json;
 
 mod flags;
 mod intake;
+mod llm;
 mod route;
 mod sync;
 
@@ -114,6 +115,21 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// LLM analytics: `$ai_generation` intake with enrichment on vs off, OTLP spans per second,
+    /// trace view latency on a large store.
+    LlmBench {
+        #[arg(long, default_value = "target/release/switchyard")]
+        server_bin: String,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent connections of the intake scenarios.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Events in the trace view's store (runs of 10).
+        #[arg(long, default_value_t = 10_000_000)]
+        store_events: usize,
+    },
     /// What one durable write costs on this machine's disk, alone: 16 KiB appended to a growing
     /// file plus `fdatasync` (a new WAL), WAL-sized overwrites plus `fdatasync` (16 and 64 KiB)
     /// and an `fdatasync` with nothing written, each timed (avg, p50, p99) with the CPU it
@@ -135,6 +151,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::SyncFloor { dir, ops } => sync::sync_floor(&dir, ops),
         Cmd::FlagsBench { server_bin, unleash_edge_bin, seconds, connections } => {
             flags::http_bench(&server_bin, unleash_edge_bin.as_deref(), seconds, connections)
+        }
+        Cmd::LlmBench { server_bin, seconds, connections, store_events } => {
+            llm::llm_bench(&llm::Options { server_bin, seconds, connections, store_events })
         }
         Cmd::RouteBench { server_bin, events, backlog, seconds, connections } => {
             route::route_bench(&route::Options { server_bin, events, backlog, seconds, connections })
@@ -340,8 +359,10 @@ pub(crate) fn drive(addr: SocketAddr, scenario: &Scenario, connections: usize, s
                 tokio::spawn(conn);
                 while Instant::now() < deadline {
                     let mut request = hyper::Request::post(path)
-                        .header("host", "127.0.0.1")
-                        .header("content-type", "application/json");
+                        .header("host", "127.0.0.1");
+                    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+                        request = request.header("content-type", "application/json");
+                    }
                     for (name, value) in &headers {
                         request = request.header(*name, value);
                     }

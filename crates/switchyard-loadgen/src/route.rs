@@ -46,7 +46,7 @@ use serde_json::{json, Value};
 
 use crate::{batch_body, catalog_event, cpu_seconds, drive, fetch, free_port, peak_rss_mb, percentile, wait_ready, Process, Scenario, TOKEN};
 
-const SECRET_KEY: &str = "phs_loadgen_0123456789abcdefghijklmnop";
+pub(crate) const SECRET_KEY: &str = "phs_loadgen_0123456789abcdefghijklmnop";
 const DESTINATIONS: &str = "/api/projects/@current/destinations/";
 /// RudderStack's published delivery rate for its router on 2 cores, events/s.
 const RUDDERSTACK_EVENTS_PER_SEC: f64 = 1_600.0;
@@ -149,14 +149,19 @@ async fn receive(State(sink): State<Arc<Sink>>, Path(slot): Path<usize>, body: B
 }
 
 /// A server on a fresh data directory, allowed to deliver to loopback; removed when dropped.
-struct Server {
+pub(crate) struct Server {
     process: Process,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     dir: PathBuf,
 }
 
 impl Server {
     fn start(bin: &str, name: &str) -> anyhow::Result<Server> {
+        Server::start_with(bin, name, &[])
+    }
+
+    /// [`Server::start`] with more environment.
+    pub(crate) fn start_with(bin: &str, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let dir = std::env::temp_dir().join(format!("switchyard-route-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let port = free_port()?;
@@ -169,6 +174,7 @@ impl Server {
                 .env("SWITCHYARD_SECRET_KEY", SECRET_KEY)
                 .env("SWITCHYARD_ROUTING__ALLOW_PRIVATE_ADDRESSES", "true")
                 .env("SWITCHYARD_LOG", "warn")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .spawn()
                 .with_context(|| format!("cannot start {bin}"))?,
@@ -178,7 +184,7 @@ impl Server {
         Ok(server)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.0.id()
     }
 
@@ -257,7 +263,7 @@ impl Drop for Server {
 
 /// POSTs every body to `/batch/` over `connections` keep-alive connections; each must be
 /// acknowledged with 200.
-fn post_all(addr: SocketAddr, bodies: Vec<Bytes>, connections: usize) -> anyhow::Result<()> {
+pub(crate) fn post_all(addr: SocketAddr, bodies: Vec<Bytes>, connections: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod llm;
 pub mod outbound;
 pub mod metrics;
+pub mod model_prices;
 pub mod persons;
 pub mod upstream;
 
@@ -57,6 +58,8 @@ pub struct Shared {
     /// The LLM price table (`llm.prices_file`, the data directory's `prices.json`, or the
     /// embedded snapshot).
     prices: Option<switchyard_llm::prices::PriceBook>,
+    /// Each project's own model prices (`/api/projects/{id}/model_prices/`), looked up first.
+    pub project_prices: model_prices::ProjectPrices,
 }
 
 /// The price table: `llm.prices_file`, else the data directory's `prices.json` (what
@@ -160,6 +163,7 @@ impl AppState {
         )?;
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight_bytes));
         let prices = load_prices(&config)?;
+        let project_prices = model_prices::ProjectPrices::load(&control)?;
         let state = AppState(Arc::new(Shared {
             in_flight,
             lz_decodes: tokio::sync::Semaphore::new(1),
@@ -173,6 +177,7 @@ impl AppState {
             router: std::sync::Mutex::new(None),
             appended: Arc::new(tokio::sync::Notify::new()),
             prices,
+            project_prices,
         }));
         let router_config = state.config.routing.router_config(state.config.tls.ca_file.as_deref());
         let router = switchyard_pipeline::Router::new(
@@ -268,6 +273,8 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("{base}/{{id}}/dead_letters/replay{suffix}"), post(destinations::replay_dead_letters))
             .route(&format!("/api/projects/{{project_id}}/transformations/test{suffix}"), post(destinations::test_transformations));
         router = router
+            .route(&format!("/api/projects/{{project_id}}/model_prices{suffix}"), get(model_prices::list_model_prices).post(model_prices::put_model_price))
+            .route(&format!("/api/projects/{{project_id}}/model_prices/{{model}}{suffix}"), axum::routing::delete(model_prices::delete_model_price))
             .route(&format!("/api/projects/{{project_id}}/traces{suffix}"), get(llm::list_traces))
             .route(&format!("/api/projects/{{project_id}}/traces/{{trace_id}}{suffix}"), get(llm::get_trace));
     }

@@ -28,12 +28,14 @@ pub fn enrich(state: &AppState, event: &mut Accepted) {
     if !state.config.llm.enrich || !is_llm_event(&event.event) {
         return;
     }
-    let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(&event.body) else { return };
-    let mut properties = match body.remove("properties") {
-        Some(Value::Object(p)) => p,
-        _ => Map::new(),
+    let custom = state.project_prices.get(event.project_id);
+    let prices = state.prices();
+    let Some((body, outcome, trace)) = enrich_spliced(&event.event, &event.body, prices, custom.as_deref())
+        .or_else(|| enrich_whole(&event.event, &event.body, prices, custom.as_deref()))
+    else {
+        return;
     };
-    let outcome = switchyard_llm::enrich::enrich(&event.event, &mut properties, state.prices(), None);
+    event.body = body;
     if outcome.costed {
         state.metrics.llm_costed.inc();
     }
@@ -42,12 +44,82 @@ pub fn enrich(state: &AppState, event: &mut Accepted) {
         tracing::debug!(model, "no price for this model: cost left unset");
     }
     if event.trace_id.is_none() {
-        if let Some(trace) = properties.get("$ai_trace_id").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-            event.trace_id = Some(normalize_trace_id(trace));
+        event.trace_id = trace.map(|t| normalize_trace_id(&t));
+    }
+}
+
+type Enriched = (String, switchyard_llm::enrich::Enrichment, Option<String>);
+
+/// The event's `$ai_trace_id`, when it is a non-empty string.
+fn ai_trace(properties: &Map<String, Value>) -> Option<String> {
+    properties.get("$ai_trace_id").and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
+/// Enrichment without rebuilding the event: only the properties enrichment reads are parsed
+/// (not an `$ai_*` event's messages), and what it adds is written into the stored JSON's
+/// properties object as text. `None` when that cannot be done (a key with escapes, a value
+/// enrichment changed rather than added): the caller rebuilds the whole event instead.
+fn enrich_spliced(name: &str, body: &str, prices: &switchyard_llm::prices::PriceBook, custom: Option<&switchyard_llm::prices::PriceBook>) -> Option<Enriched> {
+    use serde_json::value::RawValue;
+    use std::collections::HashMap;
+    let top: HashMap<&str, &RawValue> = serde_json::from_str(body).ok()?;
+    let raw = top.get("properties")?.get();
+    let properties: HashMap<&str, &RawValue> = serde_json::from_str(raw).ok()?;
+    let ai = name.starts_with("$ai_");
+    let mut read = Map::new();
+    for (key, value) in &properties {
+        let wanted = !ai
+            || (key.starts_with("$ai_")
+                && !matches!(*key, "$ai_input" | "$ai_tools" | "$ai_instructions")
+                && (*key != "$ai_output_choices" || value.get().contains("tool")));
+        if wanted {
+            read.insert((*key).to_owned(), serde_json::from_str(value.get()).ok()?);
         }
     }
+    let before = read.clone();
+    let outcome = switchyard_llm::enrich::enrich(name, &mut read, prices, custom);
+    if read.len() < before.len() {
+        return None;
+    }
+    let mut added = String::new();
+    for (key, value) in &read {
+        match before.get(key) {
+            None => {
+                added.push(',');
+                added.push_str(&Value::String(key.clone()).to_string());
+                added.push(':');
+                added.push_str(&value.to_string());
+            }
+            Some(old) if old == value => {}
+            Some(_) => return None,
+        }
+    }
+    let trace = ai_trace(&read);
+    if added.is_empty() {
+        return Some((body.to_owned(), outcome, trace));
+    }
+    // Where the properties object's closing brace is in the body.
+    let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+    let close = start + raw.len() - 1;
+    let empty = raw[1..raw.len() - 1].trim().is_empty();
+    let mut out = String::with_capacity(body.len() + added.len());
+    out.push_str(&body[..close]);
+    out.push_str(if empty { &added[1..] } else { &added });
+    out.push_str(&body[close..]);
+    Some((out, outcome, trace))
+}
+
+/// Enrichment over the whole event, parsed and written again.
+fn enrich_whole(name: &str, body: &str, prices: &switchyard_llm::prices::PriceBook, custom: Option<&switchyard_llm::prices::PriceBook>) -> Option<Enriched> {
+    let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(body) else { return None };
+    let mut properties = match body.remove("properties") {
+        Some(Value::Object(p)) => p,
+        _ => Map::new(),
+    };
+    let outcome = switchyard_llm::enrich::enrich(name, &mut properties, prices, custom);
+    let trace = ai_trace(&properties);
     body.insert("properties".into(), Value::Object(properties));
-    event.body = Value::Object(body).to_string();
+    Some((Value::Object(body).to_string(), outcome, trace))
 }
 
 /// Trace ids as strings; hex ones lowercased (OTel's and PostHog's wrappers' spellings meet).
@@ -406,3 +478,40 @@ fn matches_filters(view: &Value, p: &TraceListParams) -> bool {
         && p.after.as_deref().is_none_or(|a| start >= a)
         && p.before.as_deref().is_none_or(|b| start < b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splicing_what_enrichment_adds_equals_rebuilding_the_event() {
+        let prices = switchyard_llm::prices::PriceBook::embedded();
+        let bodies = [
+            // A wrapper's generation, with messages and a tool call.
+            json!({"properties": {"$ai_model": "gpt-4o-mini", "$ai_provider": "openai", "$ai_input_tokens": 12, "$ai_output_tokens": 5,
+                   "$ai_cache_read_input_tokens": 4, "$ai_trace_id": "Trace-1", "$ai_input": [{"role": "user", "content": "hi"}],
+                   "$ai_output_choices": [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}],
+                   "$ai_model_parameters": {"temperature": 0.2, "stream": false}, "workspace_id": "ws_1"}, "context": {"a": 1}}),
+            // An error, a number as span id (stringified: a changed value → rebuilt).
+            json!({"properties": {"$ai_model": "claude-sonnet-4-5", "$ai_provider": "anthropic", "$ai_input_tokens": 10, "$ai_output_tokens": 6,
+                   "$ai_is_error": true, "$ai_error": "Error code: 429 - rate limited at 12:00:01", "$ai_span_id": 7}}),
+            // The platform's own event, and one with empty properties.
+            json!({"properties": {"model": "gpt-4o-mini", "provider": "openai", "input_tokens": 1200, "output_tokens": 300}}),
+            json!({"properties": {}}),
+        ];
+        for (body, name) in bodies.iter().zip(["$ai_generation", "$ai_generation", "model_cost", "$ai_embedding"]) {
+            let text = body.to_string();
+            let whole = enrich_whole(name, &text, prices, None).unwrap();
+            match enrich_spliced(name, &text, prices, None) {
+                Some(spliced) => {
+                    let (a, b): (Value, Value) = (serde_json::from_str(&spliced.0).unwrap(), serde_json::from_str(&whole.0).unwrap());
+                    assert_eq!(a, b, "{name}");
+                    assert_eq!(spliced.1, whole.1);
+                    assert_eq!(spliced.2, whole.2);
+                }
+                None => assert!(body["properties"]["$ai_span_id"].is_number(), "only a changed value falls back: {body}"),
+            }
+        }
+    }
+}
+

@@ -352,6 +352,7 @@ impl ControlStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::model_prices::SCHEMA)?;
         migrate_api_keys(&conn)?;
         let mut keys = HashMap::new();
         {

@@ -5,6 +5,7 @@ pub mod control;
 pub mod destinations;
 pub mod flags;
 pub mod log;
+pub mod model_prices;
 pub mod persons;
 
 pub use control::{
@@ -12,6 +13,7 @@ pub use control::{
     MIN_SECRET_KEY_CHARS,
 };
 pub use destinations::{DeadLetter, NewDeadLetter, StoredDestination};
+pub use model_prices::StoredModelPrice;
 pub use flags::{AuditEntry, FlagImport, ImportCounts, ImportedFlag, StoredFlag};
 pub use persons::{AppliedEvents, Group, Person, PropertyLimits};
 pub use log::{

@@ -784,24 +784,29 @@ impl SqliteLog {
     /// Inspection: events matching `q`, newest first.
     pub async fn query_events(&self, q: EventQuery) -> Result<Vec<LogEntry>, LogError> {
         self.with_reader(move |conn| {
-            let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM events WHERE project_id = ?1");
             let mut args: Vec<rusqlite::types::Value> = vec![q.project_id.into()];
-            if let Some(trace_id) = q.trace_id {
-                // The trace index up to its position, and the events logged after it.
-                args.push(trace_id.into());
-                // One lookup per block, newest block first, up to the index's position.
-                sql.push_str(&format!(
-                    " AND trace_id = ?2 AND seq IN (
-                       WITH RECURSIVE position(seq) AS (
-                           SELECT coalesce((SELECT position FROM traces.cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0)),
-                         blocks(block) AS (
-                           SELECT seq >> {TRACE_BLOCK_BITS} FROM position
-                           UNION ALL SELECT block - 1 FROM blocks WHERE block > 0)
-                       SELECT j.value FROM blocks CROSS JOIN traces.trace_runs t CROSS JOIN json_each(t.seqs) j
-                         WHERE t.project_id = ?1 AND t.block = blocks.block AND t.trace_id = ?2
-                       UNION ALL SELECT seq FROM events WHERE trace_id = ?2 AND seq > (SELECT seq FROM position))"
-                ));
-            }
+            let mut sql = match q.trace_id {
+                None => format!("SELECT {ENTRY_COLUMNS} FROM events WHERE project_id = ?1"),
+                Some(trace_id) => {
+                    args.push(trace_id.into());
+                    // The trace index up to its position (one lookup per block, newest block
+                    // first), and the events logged after it. CROSS JOIN keeps SQLite on these
+                    // seqs: left to itself it may scan the whole log for the trace id.
+                    format!(
+                        "SELECT {ENTRY_COLUMNS} FROM (
+                           WITH RECURSIVE position(seq) AS (
+                               SELECT coalesce((SELECT position FROM traces.cursors WHERE consumer = '{TRACE_INDEX_CURSOR}'), 0)),
+                             blocks(block) AS (
+                               SELECT seq >> {TRACE_BLOCK_BITS} FROM position
+                               UNION ALL SELECT block - 1 FROM blocks WHERE block > 0)
+                           SELECT j.value AS hit FROM blocks CROSS JOIN traces.trace_runs t CROSS JOIN json_each(t.seqs) j
+                             WHERE t.project_id = ?1 AND t.block = blocks.block AND t.trace_id = ?2
+                           UNION ALL SELECT seq AS hit FROM events WHERE trace_id = ?2 AND seq > (SELECT seq FROM position)
+                         ) AS hits CROSS JOIN events ON events.seq = hits.hit
+                         WHERE project_id = ?1 AND trace_id = ?2"
+                    )
+                }
+            };
             let mut push = |clause: &str, value: rusqlite::types::Value| {
                 args.push(value);
                 sql.push_str(&format!(" AND {clause} ?{}", args.len()));

@@ -137,6 +137,63 @@ enum Command {
         #[command(subcommand)]
         action: TransformAction,
     },
+    /// Agent runs through the trace view API: a list with totals, or one run as a waterfall.
+    Traces {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000", global = true)]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY", global = true)]
+        secret_key: Option<String>,
+        #[command(subcommand)]
+        action: TracesAction,
+    },
+    /// The LLM price table the server costs `$ai_*` events with (offline: no server needed).
+    Prices {
+        #[command(subcommand)]
+        action: PricesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TracesAction {
+    /// One line per run, newest first: trace id, start, duration, LLM calls, tool calls,
+    /// tokens in/out, cost, errors.
+    List {
+        /// Only runs with events of this distinct id.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only runs with events whose `workspace_id` property is this.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Only runs with events whose `agent_id` property is this.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs with errors.
+        #[arg(long)]
+        errors: bool,
+        /// Only runs that cost at least this many USD.
+        #[arg(long)]
+        min_cost: Option<f64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One run as a waterfall: its tree with bars over the run's span, the product events in
+    /// time, the flags seen and the totals.
+    Show { trace_id: String },
+}
+
+#[derive(Subcommand)]
+enum PricesAction {
+    /// Checks a LiteLLM price table (`model_prices_and_context_window.json`, or a file of the
+    /// same shape) and installs it as `<data dir>/prices.json`, which the server loads at
+    /// start (unless `llm.prices_file` names another file). Restart the server to use it.
+    Import {
+        file: PathBuf,
+        /// The server's data directory.
+        #[arg(long, env = "SWITCHYARD_DATA_DIR", default_value = "switchyard-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +294,8 @@ fn main() -> anyhow::Result<()> {
         Command::Keys { url, secret_key, action } => run_keys(&url, secret_key, action),
         Command::Destinations { url, secret_key, action } => run_destinations(&url, secret_key, action),
         Command::Transform { url, secret_key, action } => run_transform(&url, secret_key, action),
+        Command::Traces { url, secret_key, action } => run_traces(&url, secret_key, action),
+        Command::Prices { action: PricesAction::Import { file, data_dir } } => import_prices(&file, &data_dir),
     }
 }
 
@@ -392,6 +451,191 @@ fn run_transform(url: &str, secret: Option<String>, action: TransformAction) -> 
     let target = format!("{}/api/projects/@current/transformations/test", url.trim_end_matches('/'));
     let answer = api(reqwest::Method::POST, &target, &secret, Some(body.to_string()))?;
     println!("{}", serde_json::to_string_pretty(&answer["results"])?);
+    Ok(())
+}
+
+fn run_traces(url: &str, secret: Option<String>, action: TracesAction) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let secret = secret.context("the secret key is needed: --secret-key or SWITCHYARD_SECRET_KEY")?;
+    let base = format!("{}/api/projects/@current/traces", url.trim_end_matches('/'));
+    match action {
+        TracesAction::List { user, workspace, agent, errors, min_cost, limit } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (name, value) in [("user", user), ("workspace", workspace), ("agent", agent)] {
+                if let Some(value) = value {
+                    query.push(format!("{name}={}", url_encode(&value)));
+                }
+            }
+            if errors {
+                query.push("error=true".into());
+            }
+            if let Some(min) = min_cost {
+                query.push(format!("min_cost={min}"));
+            }
+            let list = api(Method::GET, &format!("{base}/?{}", query.join("&")), &secret, None)?;
+            for trace in list["results"].as_array().into_iter().flatten() {
+                println!("{}", trace_line(trace));
+            }
+        }
+        TracesAction::Show { trace_id } => {
+            let view = api(Method::GET, &format!("{base}/{}/", url_encode(&trace_id)), &secret, None)?;
+            print!("{}", waterfall(&view));
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// USD without float noise: at most 10 decimals, trailing zeros dropped.
+fn usd(value: &serde_json::Value) -> String {
+    let amount = value.as_f64().unwrap_or(0.0);
+    let text = format!("{amount:.10}");
+    format!("${}", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+fn millis(value: &serde_json::Value) -> String {
+    value.as_f64().map(|ms| format!("{ms:.1} ms")).unwrap_or_else(|| "? ms".into())
+}
+
+/// A run of the list: trace id, start, duration, LLM calls, tool calls, tokens, cost, errors.
+fn trace_line(trace: &serde_json::Value) -> String {
+    let t = &trace["totals"];
+    format!(
+        "{}\t{}\t{}\t{} llm calls\t{} tool calls\t{} in / {} out tokens\t{}\t{} errors",
+        trace["trace_id"].as_str().unwrap_or_default(),
+        trace["start"].as_str().unwrap_or("-"),
+        millis(&t["duration_ms"]),
+        t["llm_calls"],
+        t["tool_calls"],
+        t["input_tokens"],
+        t["output_tokens"],
+        usd(&t["cost_usd"]),
+        t["errors"],
+    )
+}
+
+/// Width of a waterfall bar, in columns.
+const BAR_WIDTH: usize = 40;
+
+fn nanos(value: &serde_json::Value) -> Option<i128> {
+    let t = chrono::DateTime::parse_from_rfc3339(value.as_str()?).ok()?;
+    Some(i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos()))
+}
+
+/// `from`..`to` (ns) drawn as `█` over `width` columns standing for `start`..`start + total`;
+/// at least one column when the node has times.
+fn bar(from: Option<i128>, to: Option<i128>, start: i128, total: i128, width: usize) -> String {
+    let (Some(from), Some(to)) = (from, to) else { return " ".repeat(width) };
+    let column = |t: i128, up: bool| {
+        if total <= 0 {
+            return if up { width } else { 0 };
+        }
+        let scaled = (t - start).clamp(0, total) * width as i128;
+        let c = if up { (scaled + total - 1) / total } else { scaled / total };
+        c as usize
+    };
+    let first = column(from, false).min(width - 1);
+    let last = column(to.max(from), true).clamp(first + 1, width);
+    format!("{}{}{}", " ".repeat(first), "█".repeat(last - first), " ".repeat(width - last))
+}
+
+/// The run as text: the tree with bars, the product events in time, flags and totals.
+fn waterfall(view: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let start = nanos(&view["start"]).unwrap_or(0);
+    let total = nanos(&view["end"]).map_or(0, |end| end - start);
+    let mut rows: Vec<(String, &serde_json::Value)> = Vec::new();
+    let mut stack: Vec<(&serde_json::Value, usize)> = view["tree"].as_array().into_iter().flatten().rev().map(|n| (n, 0)).collect();
+    while let Some((node, depth)) = stack.pop() {
+        let label = format!("{}{} ({})", "  ".repeat(depth), node["name"].as_str().unwrap_or("?"), node["type"].as_str().unwrap_or("?"));
+        rows.push((label, node));
+        stack.extend(node["children"].as_array().into_iter().flatten().rev().map(|k| (k, depth + 1)));
+    }
+    let label_width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    let totals = &view["totals"];
+    let _ = writeln!(out, "trace {}  start {}  {}", view["trace_id"].as_str().unwrap_or_default(), view["start"].as_str().unwrap_or("-"), millis(&totals["duration_ms"]));
+    let _ = writeln!(out);
+    for (label, node) in &rows {
+        let pad = label_width - label.chars().count();
+        let mut line = format!(
+            "{label}{}  |{}|  {:>10}",
+            " ".repeat(pad),
+            bar(nanos(&node["start"]), nanos(&node["end"]), start, total, BAR_WIDTH),
+            millis(&node["duration_ms"])
+        );
+        let (input, output) = (node["input_tokens"].as_u64().unwrap_or(0), node["output_tokens"].as_u64().unwrap_or(0));
+        if input > 0 || output > 0 {
+            let _ = write!(line, "  {input} in / {output} out tokens");
+        }
+        if node["cost_usd"].as_f64().is_some_and(|c| c > 0.0) {
+            let _ = write!(line, "  {}", usd(&node["cost_usd"]));
+        }
+        if node["is_error"] == true {
+            line.push_str("  ERROR");
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let events: Vec<&serde_json::Value> = view["events"].as_array().into_iter().flatten().collect();
+    if !events.is_empty() {
+        let _ = writeln!(out, "\nevents:");
+        for event in events {
+            let offset = nanos(&event["timestamp"]).map(|t| format!("+{} ms", (t - start) / 1_000_000)).unwrap_or_else(|| "?".into());
+            let shown: Vec<String> = event["properties"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !k.starts_with('$') && k.as_str() != "trace_id")
+                .take(6)
+                .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {offset:>10}  {}  {}  {}",
+                event["event"].as_str().unwrap_or("?"),
+                event["distinct_id"].as_str().unwrap_or(""),
+                shown.join(" ")
+            );
+        }
+    }
+    let flags: Vec<String> = view["flags"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect();
+    let _ = writeln!(out, "\nflags: {}", if flags.is_empty() { "none".into() } else { flags.join(", ") });
+    let _ = writeln!(
+        out,
+        "totals: {}, {} spans, {} llm calls, {} tool calls, {} in / {} out tokens, {}, {} errors, {} guardrail blocks, {} events",
+        millis(&totals["duration_ms"]),
+        totals["spans"],
+        totals["llm_calls"],
+        totals["tool_calls"],
+        totals["input_tokens"],
+        totals["output_tokens"],
+        usd(&totals["cost_usd"]),
+        totals["errors"],
+        totals["guardrail_blocks"],
+        totals["events"],
+    );
+    out
+}
+
+/// `switchyard prices import`: checks the table, then writes it whole as `prices.json` (a
+/// temporary file renamed over it, so the server never reads half a table).
+fn import_prices(file: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let book = switchyard_llm::prices::PriceBook::from_litellm_json(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a usable price table: {e}", file.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let target = data_dir.join("prices.json");
+    let partial = data_dir.join("prices.json.partial");
+    std::fs::write(&partial, &text).with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    println!("imported {} ({} models with per-token prices) into {}", book.version(), book.len(), target.display());
+    println!("restart the server to use it (a configured llm.prices_file takes precedence)");
     Ok(())
 }
 

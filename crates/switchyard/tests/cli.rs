@@ -260,3 +260,109 @@ fn destinations_and_transform_cli() {
     assert_eq!(results[0]["output"][0]["event"], "TOOL_USED", "{results}");
     assert_eq!(results[0]["logs"][0], "seen");
 }
+
+/// One OTLP/JSON export: a run (`agent_run`, 0–1500 ms) with one chat call under it
+/// (`chat gpt-4o-mini`, 100–600 ms, 12 tokens in, 5 out).
+fn export_run(url: &str, trace: &str) {
+    let attr = |key: &str, value: serde_json::Value| serde_json::json!({"key": key, "value": value});
+    let base: u64 = 1_764_927_000_000_000_000;
+    let at = |ms: u64| (base + ms * 1_000_000).to_string();
+    let body = serde_json::json!({"resourceSpans": [{"resource": {"attributes": [attr("service.name", serde_json::json!({"stringValue": "agent"}))]},
+        "scopeSpans": [{"scope": {"name": "test"}, "spans": [
+            {"traceId": trace, "spanId": "00000000000000a1", "name": "agent_run", "kind": 1,
+             "startTimeUnixNano": at(0), "endTimeUnixNano": at(1500), "attributes": []},
+            {"traceId": trace, "spanId": "00000000000000b2", "parentSpanId": "00000000000000a1", "name": "chat gpt-4o-mini", "kind": 3,
+             "startTimeUnixNano": at(100), "endTimeUnixNano": at(600),
+             "attributes": [attr("gen_ai.operation.name", serde_json::json!({"stringValue": "chat"})),
+                            attr("gen_ai.request.model", serde_json::json!({"stringValue": "gpt-4o-mini"})),
+                            attr("gen_ai.usage.input_tokens", serde_json::json!({"intValue": "12"})),
+                            attr("gen_ai.usage.output_tokens", serde_json::json!({"intValue": "5"}))]}]}]}]});
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{url}/v1/traces"))
+        .bearer_auth(common::TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.text());
+}
+
+#[test]
+fn traces_cli_list_and_waterfall() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    export_run(&server.url, trace);
+    let batch = serde_json::json!({"api_key": common::TOKEN, "batch": [{"event": "tool_used", "distinct_id": "user_1", "timestamp": "2025-12-05T09:30:00.800Z",
+        "properties": {"trace_id": trace, "tool_name": "web_search", "success": true}}]});
+    let response = reqwest::blocking::Client::new().post(format!("{}/batch/", server.url)).json(&batch).send().unwrap();
+    assert!(response.status().is_success());
+    let traces = |args: &[&str]| {
+        let mut all = vec!["traces", "--url", &server.url, "--secret-key", SECRET];
+        all.extend_from_slice(args);
+        cli(&all)
+    };
+
+    let (ok, out, err) = traces(&["list"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let fields: Vec<&str> = lines[0].split('\t').collect();
+    assert_eq!(fields[0], trace, "{out}");
+    assert_eq!(fields[1], "2025-12-05T09:30:00.000000Z", "{out}");
+    assert_eq!(&fields[2..5], ["1500.0 ms", "1 llm calls", "1 tool calls"], "{out}");
+    assert_eq!(fields[5], "12 in / 5 out tokens", "{out}");
+    assert_eq!(&fields[6..], ["$0.0000048", "0 errors"], "gpt-4o-mini from the embedded table: {out}");
+    let (ok, out, err) = traces(&["list", "--errors"]);
+    assert!(ok && out.trim().is_empty(), "no run with errors: {out} {err}");
+    let (ok, out, _) = traces(&["list", "--user", "user_1", "--min-cost", "0.000001"]);
+    assert!(ok && out.starts_with(trace), "{out}");
+
+    let (ok, out, err) = traces(&["show", trace]);
+    assert!(ok, "{err}");
+    let run = out.lines().find(|l| l.starts_with("agent_run (span)")).unwrap_or_else(|| panic!("{out}"));
+    let bar_of = |line: &str| line.split('|').nth(1).unwrap().to_owned();
+    assert_eq!(bar_of(run), "█".repeat(40), "the run fills the bar: {out}");
+    assert!(run.ends_with("1500.0 ms"), "{run}");
+    let chat = out.lines().find(|l| l.starts_with("  chat gpt-4o-mini (generation)")).unwrap_or_else(|| panic!("indented under the run: {out}"));
+    let chat_bar = bar_of(chat);
+    // 100–600 ms of 1500 over 40 columns: columns 2 to 16.
+    assert_eq!(chat_bar, format!("{}{}{}", " ".repeat(2), "█".repeat(14), " ".repeat(24)), "{out}");
+    assert!(chat.contains("500.0 ms") && chat.contains("12 in / 5 out tokens") && chat.contains("$0.0000048"), "{chat}");
+    assert!(out.lines().any(|l| l.contains("+800 ms") && l.contains("tool_used") && l.contains("tool_name=web_search")), "{out}");
+    assert!(out.contains("flags: none"), "{out}");
+    assert!(out.contains("totals: 1500.0 ms, 2 spans, 1 llm calls, 1 tool calls, 12 in / 5 out tokens, $0.0000048, 0 errors"), "{out}");
+
+    let (ok, _, err) = traces(&["show", "ffffffffffffffffffffffffffffffff"]);
+    assert!(!ok && err.contains("404"), "{err}");
+}
+
+#[test]
+fn prices_import_installs_a_table_the_server_costs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let table = dir.path().join("prices.json");
+    std::fs::write(&table, r#"{"my-model": {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002, "litellm_provider": "openai", "mode": "chat"}}"#).unwrap();
+    let (ok, out, err) = cli(&["prices", "import", table.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("imported litellm-") && out.contains("(1 models"), "{out}");
+    assert_eq!(std::fs::read_to_string(data.join("prices.json")).unwrap(), std::fs::read_to_string(&table).unwrap());
+
+    // Refused, naming the problem; the installed table stays.
+    for (text, problem) in [("[1, 2]", "not a JSON object keyed by model"), ("{\"x\": {\"mode\": \"chat\"}}", "no model with a per-token price"), ("{", "not JSON")] {
+        std::fs::write(&table, text).unwrap();
+        let (ok, _, err) = cli(&["prices", "import", table.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+        assert!(!ok && err.contains("is not a usable price table") && err.contains(problem), "{text}: {err}");
+    }
+    assert!(std::fs::read_to_string(data.join("prices.json")).unwrap().contains("my-model"));
+
+    let server = start(&data);
+    let batch = serde_json::json!({"api_key": common::TOKEN, "batch": [{"event": "$ai_generation", "distinct_id": "u", "properties": {
+        "$ai_model": "my-model", "$ai_provider": "openai", "$ai_input_tokens": 1000, "$ai_output_tokens": 100, "$ai_trace_id": "p1"}}]});
+    let client = reqwest::blocking::Client::new();
+    assert!(client.post(format!("{}/batch/", server.url)).json(&batch).send().unwrap().status().is_success());
+    let events: Value = client.get(format!("{}/api/projects/@current/events/?event=$ai_generation", server.url)).bearer_auth(SECRET).send().unwrap().json().unwrap();
+    let p = &events["results"][0]["properties"];
+    assert_eq!(p["$ai_total_cost_usd"], serde_json::json!(0.0012), "{events}");
+    assert!(p["$ai_cost_table_version"].as_str().unwrap().starts_with("litellm-"), "{p}");
+}

@@ -7,6 +7,7 @@ mod fixtures;
 mod hostile_flags;
 mod keys;
 mod lifecycle;
+mod model_prices;
 mod llm;
 mod persons;
 mod routing;
