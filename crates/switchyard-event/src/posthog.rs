@@ -682,8 +682,19 @@ fn build_event(
     // forwarded Segment event's), else the `traceparent` header.
     let span = properties.str("span_id").map(Cow::into_owned);
     let context_traceparent = context.str("traceparent");
-    let (trace_id, span_id) = match properties.str("trace_id") {
-        Some(trace) => (Some(trace.into_owned()), span),
+    // PostHog's LLM events name their run `$ai_trace_id` (hex ids lowercased, so an OTel
+    // trace id and a wrapper's spelling of it meet).
+    let ai_trace = || {
+        properties.str("$ai_trace_id").filter(|t| !t.is_empty()).map(|t| {
+            if t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                t.to_ascii_lowercase()
+            } else {
+                t.into_owned()
+            }
+        })
+    };
+    let (trace_id, span_id) = match properties.str("trace_id").map(Cow::into_owned).or_else(ai_trace) {
+        Some(trace) => (Some(trace), span),
         None => match [context_traceparent.as_deref(), ctx.meta.traceparent.as_deref()]
             .into_iter()
             .flatten()

@@ -84,14 +84,17 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
         let end = number(span.get("end_unix_nano")).map(|n| n as i128);
         let status = span.get("status_code").cloned().unwrap_or(Value::Null);
         let is_error = status == json!(2) || status == json!("error") || status == json!("STATUS_CODE_ERROR");
-        if let (Some(key), Some(variant)) = (text(attributes.get("feature_flag.key")), attributes.get("feature_flag.result.variant")) {
-            flags.insert(key, variant.clone());
+        let variant_of = |attrs: &Map<String, Value>| {
+            ["feature_flag.result.variant", "feature_flag.variant", "feature_flag.result.value"].iter().find_map(|k| attrs.get(*k)).cloned()
+        };
+        if let (Some(key), Some(variant)) = (text(attributes.get("feature_flag.key")), variant_of(&attributes)) {
+            flags.insert(key, variant);
         }
         for event in span.get("events").and_then(Value::as_array).into_iter().flatten() {
             let attrs = event.get("attributes").and_then(Value::as_object);
             if let Some(attrs) = attrs {
-                if let (Some(key), Some(variant)) = (text(attrs.get("feature_flag.key")), attrs.get("feature_flag.result.variant").or(attrs.get("feature_flag.variant"))) {
-                    flags.insert(key, variant.clone());
+                if let (Some(key), Some(variant)) = (text(attrs.get("feature_flag.key")), variant_of(attrs)) {
+                    flags.insert(key, variant);
                 }
             }
         }

@@ -44,6 +44,7 @@ pub fn enrich(state: &AppState, event: &mut Accepted) {
         tracing::debug!(model, "no price for this model: cost left unset");
     }
     if event.trace_id.is_none() {
+        // Normalization took `$ai_trace_id` already; a number there is a string only now.
         event.trace_id = trace.map(|t| normalize_trace_id(&t));
     }
 }
@@ -294,7 +295,13 @@ async fn take_spans(state: &AppState, peer: Peer, headers: &HeaderMap, body: Bod
                 LogError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
-            Err(OtlpAnswer { retry_after, ..answer(status, 14, error.to_string()) })
+            tracing::warn!(%error, "OTLP export refused: the event log cannot take it now");
+            let message = match error {
+                LogError::Overloaded => "too many exports waiting; retry later",
+                LogError::Full => "the server's storage is full",
+                _ => "the server cannot store spans right now; retry later",
+            };
+            Err(OtlpAnswer { retry_after, ..answer(status, 14, message.into()) })
         }
     }
 }
@@ -363,6 +370,7 @@ const MAX_TRACE_PARTS: usize = 10_000;
 /// time, the flag variants seen in it, and totals.
 pub async fn get_trace(State(state): State<AppState>, Path((project, trace_id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
     let project_id = authorize(&state, &headers, &project)?;
+    let trace_id = normalize_trace_id(&trace_id);
     let view = load_trace(&state, project_id, &trace_id).await?;
     if view["totals"]["spans"] == 0 && view["totals"]["events"] == 0 {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no span or event has trace id {trace_id:?}")));
@@ -409,7 +417,14 @@ pub async fn list_traces(
     params: Result<Query<TraceListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let project_id = authorize(&state, &headers, &project)?;
-    let Query(p) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let Query(mut p) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    for (name, value) in [("after", &mut p.after), ("before", &mut p.before)] {
+        if let Some(text) = value.as_ref() {
+            let parsed = switchyard_event::model::parse_time(text)
+                .ok_or_else(|| ApiError::invalid(name, format!("`{name}` is not a valid date-time: {text:?}")))?;
+            *value = Some(format_time(parsed));
+        }
+    }
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     // Candidates: the trace ids of the newest spans and of the newest events that carry one.
     let mut candidates = state.log.recent_span_traces(project_id, 20_000).await.map_err(ApiError::unavailable)?;
