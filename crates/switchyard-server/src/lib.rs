@@ -276,7 +276,8 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("/api/projects/{{project_id}}/model_prices{suffix}"), get(model_prices::list_model_prices).post(model_prices::put_model_price))
             .route(&format!("/api/projects/{{project_id}}/model_prices/{{model}}{suffix}"), axum::routing::delete(model_prices::delete_model_price))
             .route(&format!("/api/projects/{{project_id}}/traces{suffix}"), get(llm::list_traces))
-            .route(&format!("/api/projects/{{project_id}}/traces/{{trace_id}}{suffix}"), get(llm::get_trace));
+            .route(&format!("/api/projects/{{project_id}}/traces/{{trace_id}}{suffix}"), get(llm::get_trace))
+            .route(&format!("/api/projects/{{project_id}}/insights/llm{suffix}"), get(llm::llm_insights));
     }
     // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
     // too (axum would answer it as a GET: link checkers would send events).

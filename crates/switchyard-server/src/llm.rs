@@ -530,3 +530,171 @@ mod tests {
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Insights
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InsightParams {
+    after: Option<String>,
+    before: Option<String>,
+    /// `model`, `provider`, `workspace`, `organization`, `agent` or `user`.
+    group_by: Option<String>,
+    /// `day` (default) or `all`.
+    interval: Option<String>,
+}
+
+/// Most events of each kind one insights answer reads (newest first); past it the answer says
+/// `"complete": false`.
+const MAX_INSIGHT_EVENTS: usize = 1_000_000;
+
+#[derive(Default)]
+struct Bucket {
+    llm_calls: u64,
+    errors: u64,
+    cost_usd: f64,
+    input_tokens: u64,
+    output_tokens: u64,
+    latencies: Vec<f64>,
+    guardrail_blocks: u64,
+    tool_calls: u64,
+    tool_failures: u64,
+}
+
+/// `GET /api/projects/{project_id}/insights/llm?after=&before=&group_by=&interval=`: cost,
+/// tokens, LLM calls, error rate, p50/p95 generation latency, guardrail blocks and tool
+/// failures over a time range, by day and by model, provider, workspace, organization, agent or
+/// user — computed from the stored events themselves.
+pub async fn llm_insights(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<InsightParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project_id = authorize(&state, &headers, &project)?;
+    let Query(p) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let time = |name: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
+        value
+            .as_deref()
+            .map(|text| {
+                switchyard_event::model::parse_time(text)
+                    .map(format_time)
+                    .ok_or_else(|| ApiError::invalid(name, format!("`{name}` is not a valid date-time: {text:?}")))
+            })
+            .transpose()
+    };
+    let (after, before) = (time("after", &p.after)?, time("before", &p.before)?);
+    let group_by = p.group_by.unwrap_or_default();
+    let dimension: fn(&Value) -> Option<String> = match group_by.as_str() {
+        "" => |_| None,
+        "model" => |e| e["properties"]["$ai_model"].as_str().map(str::to_owned),
+        "provider" => |e| e["properties"]["$ai_provider"].as_str().map(str::to_owned),
+        "workspace" => |e| e["properties"]["workspace_id"].as_str().map(str::to_owned),
+        "organization" => |e| e["properties"]["organization_id"].as_str().map(str::to_owned),
+        "agent" => |e| e["properties"]["agent_id"].as_str().map(str::to_owned),
+        "user" => |e| e["distinct_id"].as_str().map(str::to_owned),
+        other => {
+            return Err(ApiError::invalid("group_by", format!("unknown group_by {other:?} (model, provider, workspace, organization, agent, user)")));
+        }
+    };
+    let daily = match p.interval.as_deref() {
+        None | Some("day") => true,
+        Some("all") => false,
+        Some(other) => return Err(ApiError::invalid("interval", format!("unknown interval {other:?} (day, all)"))),
+    };
+    let mut buckets: std::collections::BTreeMap<(String, String), Bucket> = std::collections::BTreeMap::new();
+    let mut complete = true;
+    let mut scanned = 0usize;
+    for name in ["$ai_generation", "$ai_embedding", "prompt_blocked", "tool_used"] {
+        let mut before_seq = None;
+        let mut read = 0usize;
+        loop {
+            let page = state
+                .log
+                .query_events(EventQuery {
+                    project_id,
+                    event: Some(name.to_owned()),
+                    after: after.clone(),
+                    before: before.clone(),
+                    before_seq,
+                    limit: 10_000,
+                    ..EventQuery::default()
+                })
+                .await
+                .map_err(ApiError::unavailable)?;
+            let Some(last) = page.last() else { break };
+            before_seq = Some(last.seq);
+            read += page.len();
+            for entry in &page {
+                let Ok(event) = serde_json::from_str::<Value>(&entry.body) else { continue };
+                let day = if daily { event["timestamp"].as_str().map_or(String::new(), |t| t.chars().take(10).collect()) } else { String::new() };
+                let group = dimension(&event).unwrap_or_default();
+                let bucket = buckets.entry((day, group)).or_default();
+                let props = &event["properties"];
+                match name {
+                    "prompt_blocked" => bucket.guardrail_blocks += 1,
+                    "tool_used" => {
+                        bucket.tool_calls += 1;
+                        if props["success"] == false || props["status"] == "error" {
+                            bucket.tool_failures += 1;
+                        }
+                    }
+                    _ => {
+                        bucket.llm_calls += 1;
+                        if props["$ai_is_error"] == true || props["$ai_is_error"] == "true" {
+                            bucket.errors += 1;
+                        }
+                        bucket.cost_usd += props["$ai_total_cost_usd"].as_f64().unwrap_or(0.0);
+                        bucket.input_tokens += props["$ai_input_tokens"].as_u64().unwrap_or(0);
+                        bucket.output_tokens += props["$ai_output_tokens"].as_u64().unwrap_or(0);
+                        if name == "$ai_generation" {
+                            if let Some(latency) = props["$ai_latency"].as_f64() {
+                                bucket.latencies.push(latency);
+                            }
+                        }
+                        if props["$ai_guardrail_triggered"] == true {
+                            bucket.guardrail_blocks += 1;
+                        }
+                    }
+                }
+            }
+            if page.len() < 10_000 {
+                break;
+            }
+            if read >= MAX_INSIGHT_EVENTS {
+                complete = false;
+                break;
+            }
+        }
+        scanned += read;
+    }
+    let results: Vec<Value> = buckets
+        .into_iter()
+        .map(|((day, group), mut b)| {
+            b.latencies.sort_by(f64::total_cmp);
+            let quantile = |q: f64| if b.latencies.is_empty() { Value::Null } else { json!(b.latencies[((b.latencies.len() - 1) as f64 * q).round() as usize]) };
+            let mut row = json!({
+                "llm_calls": b.llm_calls,
+                "cost_usd": b.cost_usd,
+                "input_tokens": b.input_tokens,
+                "output_tokens": b.output_tokens,
+                "errors": b.errors,
+                "error_rate": if b.llm_calls == 0 { 0.0 } else { b.errors as f64 / b.llm_calls as f64 },
+                "latency_p50_s": quantile(0.5),
+                "latency_p95_s": quantile(0.95),
+                "guardrail_blocks": b.guardrail_blocks,
+                "tool_calls": b.tool_calls,
+                "tool_failures": b.tool_failures,
+            });
+            if daily {
+                row["day"] = json!(day);
+            }
+            if !group_by.is_empty() {
+                row[group_by.as_str()] = if group.is_empty() { Value::Null } else { json!(group) };
+            }
+            row
+        })
+        .collect();
+    Ok(axum::Json(json!({"results": results, "complete": complete, "events_read": scanned})).into_response())
+}

@@ -259,3 +259,44 @@ fn strip_event_ids(nodes: &mut Value) {
         strip_event_ids(&mut node["children"]);
     }
 }
+
+#[tokio::test]
+async fn llm_insights_add_up_the_stored_events() {
+    let server = TestServer::start().await;
+    let generation = |model: &str, workspace: &str, latency: f64, error: bool, at: &str| {
+        json!({"event": "$ai_generation", "distinct_id": "user_1", "timestamp": at,
+               "properties": {"$ai_model": model, "$ai_provider": "openai", "$ai_input_tokens": 12, "$ai_output_tokens": 5,
+                              "$ai_latency": latency, "$ai_is_error": error, "$ai_trace_id": "t-insights", "workspace_id": workspace}})
+    };
+    let batch = json!({"api_key": crate::TOKEN, "batch": [
+        generation("gpt-4o-mini", "ws_1", 0.2, false, "2026-12-01T10:00:00Z"),
+        generation("gpt-4o-mini", "ws_1", 0.4, true, "2026-12-01T11:00:00Z"),
+        generation("gpt-4o-mini", "ws_2", 0.6, false, "2026-12-02T10:00:00Z"),
+        generation("unknown-model-x", "ws_2", 1.0, false, "2026-12-02T11:00:00Z"),
+        {"event": "prompt_blocked", "distinct_id": "user_1", "timestamp": "2026-12-01T10:00:01Z", "properties": {"workspace_id": "ws_1"}},
+        {"event": "tool_used", "distinct_id": "user_1", "timestamp": "2026-12-01T10:00:02Z", "properties": {"workspace_id": "ws_1", "success": false}},
+        {"event": "tool_used", "distinct_id": "user_1", "timestamp": "2026-12-01T10:00:03Z", "properties": {"workspace_id": "ws_1", "success": true}},
+    ]});
+    assert_eq!(server.client.post(format!("{}/batch/", server.url)).json(&batch).send().await.unwrap().status(), 200);
+
+    let (status, by_model) = get(&server, "/api/projects/@current/insights/llm?group_by=model&interval=all").await;
+    assert_eq!(status, 200, "{by_model}");
+    let rows = by_model["results"].as_array().unwrap();
+    let mini = rows.iter().find(|r| r["model"] == "gpt-4o-mini").unwrap();
+    assert_eq!(mini["llm_calls"], 3);
+    assert_eq!(mini["errors"], 1);
+    assert_eq!(mini["input_tokens"], 36);
+    assert!(close(mini["cost_usd"].as_f64().unwrap(), 3.0 * 4.8e-6), "{mini}");
+    assert_eq!(mini["latency_p50_s"], 0.4);
+    let unknown = rows.iter().find(|r| r["model"] == "unknown-model-x").unwrap();
+    assert_eq!(unknown["cost_usd"], 0.0, "no price, no cost");
+    let none = rows.iter().find(|r| r["model"].is_null()).unwrap();
+    assert_eq!((none["guardrail_blocks"].as_u64(), none["tool_calls"].as_u64(), none["tool_failures"].as_u64()), (Some(1), Some(2), Some(1)));
+
+    let (_, by_day) = get(&server, "/api/projects/@current/insights/llm?group_by=workspace&after=2026-12-02T00:00:00Z").await;
+    let rows = by_day["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{by_day}");
+    assert_eq!((rows[0]["day"].as_str(), rows[0]["workspace"].as_str(), rows[0]["llm_calls"].as_u64()), (Some("2026-12-02"), Some("ws_2"), Some(2)));
+    let (status, bad) = get(&server, "/api/projects/@current/insights/llm?group_by=colour").await;
+    assert_eq!((status, bad["attr"].as_str()), (400, Some("group_by")));
+}
