@@ -322,6 +322,7 @@ pub fn app(state: AppState) -> Router {
         .route("/i/v0/ai/otel", post(llm::otlp_traces))
         .route("/i/v0/ai/otel/", post(llm::otlp_traces))
         .route("/api/public/otel/v1/traces", post(llm::otlp_traces))
+        .route("/api/public/scores", post(llm::langfuse_scores))
         .route("/beacon/v1/batch", axum::routing::post(intake::segment_intake))
         .route("/beacon/v1/batch/", axum::routing::post(intake::segment_intake));
     let pixel = get(intake::segment_pixel).head(method_not_allowed);

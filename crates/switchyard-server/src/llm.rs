@@ -698,3 +698,92 @@ pub async fn llm_insights(
         .collect();
     Ok(axum::Json(json!({"results": results, "complete": complete, "events_read": scanned})).into_response())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Langfuse scores
+
+/// `POST /api/public/scores` (Langfuse's API; Basic auth with the public key as project token):
+/// a score, or a list of them, stored as PostHog's `$ai_metric` events on the score's trace
+/// (`$ai_metric_name`, `$ai_metric_value`), so the trace view and the events API show them.
+pub async fn langfuse_scores(State(state): State<AppState>, peer: Peer, headers: HeaderMap, body: Bytes) -> Response {
+    let fail = |status: StatusCode, message: String| (status, axum::Json(json!({"message": message}))).into_response();
+    let Some(token) = otlp_token(&headers) else {
+        return fail(StatusCode::UNAUTHORIZED, "send Basic auth with the project token as user name (Langfuse's public key)".into());
+    };
+    let Some(project_id) = state.control.lookup(KeyKind::ProjectToken, &token) else {
+        return fail(StatusCode::UNAUTHORIZED, "the public key is not a known project token".into());
+    };
+    if body.len() > state.config.limits.max_request_bytes {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes", state.config.limits.max_request_bytes));
+    }
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
+    };
+    let (scores, single) = match parsed {
+        Value::Array(items) => (items, false),
+        one @ Value::Object(_) => (vec![one], true),
+        _ => return fail(StatusCode::BAD_REQUEST, "a score is a JSON object (or a list of them)".into()),
+    };
+    let mut events = Vec::with_capacity(scores.len());
+    let mut ids = Vec::with_capacity(scores.len());
+    for (i, score) in scores.iter().enumerate() {
+        let (Some(trace), Some(name)) = (score["traceId"].as_str(), score["name"].as_str()) else {
+            return fail(StatusCode::BAD_REQUEST, format!("score {i}: `traceId` and `name` are required"));
+        };
+        let value = match &score["value"] {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => b.to_string(),
+            _ => return fail(StatusCode::BAD_REQUEST, format!("score {i}: `value` must be a number, string or boolean")),
+        };
+        let id = score["id"].as_str().map_or_else(switchyard_event::model::new_event_id, str::to_owned);
+        let mut properties = json!({
+            "$ai_trace_id": trace,
+            "$ai_metric_name": name,
+            "$ai_metric_value": value,
+            "$ai_ingestion_source": "langfuse",
+        });
+        for (from, to) in [("observationId", "$ai_span_id"), ("comment", "$ai_metric_comment"), ("dataType", "$ai_metric_data_type"), ("sessionId", "$ai_session_id")] {
+            if let Some(v) = score.get(from).filter(|v| !v.is_null()) {
+                properties[to] = v.clone();
+            }
+        }
+        let mut event = json!({"event": "$ai_metric", "distinct_id": trace, "uuid": switchyard_pipeline::wire::posthog_uuid(&format!("langfuse-score:{id}")), "properties": properties});
+        if let Some(at) = score["timestamp"].as_str() {
+            event["timestamp"] = json!(at);
+        }
+        events.push(event);
+        ids.push(id);
+    }
+    let meta = request_meta(project_id, &headers, peer, &state.config.trusted_proxies);
+    let text = json!({"api_key": token, "batch": events}).to_string();
+    let limits = state.event_limits();
+    let request = match posthog::parse_capture_request(text.as_bytes(), None, &limits) {
+        Ok(r) => r,
+        Err(r) => return fail(StatusCode::BAD_REQUEST, r.message),
+    };
+    let ctx = posthog::PosthogContext { meta: &meta, sent_at: None, historical_migration: false, engage: false, limits: &limits };
+    let normalized = posthog::normalize(request.events, &ctx);
+    if let Some(invalid) = normalized.invalid.first() {
+        return fail(StatusCode::BAD_REQUEST, format!("score {}: {}", invalid.index, invalid.rejection.message));
+    }
+    let (records, _) = crate::intake::records(&state, "langfuse", normalized, &meta);
+    match state.log.append(AppendBatch { events: records, ..AppendBatch::default() }).await {
+        Ok(_) => {
+            state.appended.notify_waiters();
+            let answer: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+            if single {
+                axum::Json(answer.into_iter().next().unwrap_or(Value::Null)).into_response()
+            } else {
+                axum::Json(Value::Array(answer)).into_response()
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "scores refused: the event log cannot take them now");
+            let mut response = fail(StatusCode::SERVICE_UNAVAILABLE, "the server cannot store scores right now; retry later".into());
+            response.headers_mut().insert(header::RETRY_AFTER, error.retry_after_secs().into());
+            response
+        }
+    }
+}

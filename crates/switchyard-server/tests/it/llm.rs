@@ -57,9 +57,6 @@ async fn server() -> TestServer {
 /// `Authorization: Bearer` a user sets in `OTEL_EXPORTER_OTLP_HEADERS`.
 async fn replay(server: &TestServer) {
     for r in recorded() {
-        if r.path == "/api/public/scores" {
-            continue;
-        }
         let mut request = server.client.post(format!("{}{}", server.url, r.path));
         let mut authorized = false;
         for (k, v) in &r.headers {
@@ -151,6 +148,12 @@ async fn recorded_llm_requests_are_costed_and_traced() {
     assert!(costly["results"].as_array().unwrap().is_empty(), "no run cost a dollar: {costly}");
     let (status, _) = get(&server, "/api/projects/@current/traces/no-such-trace").await;
     assert_eq!(status, 404);
+
+    // Langfuse's score, on its trace as PostHog's $ai_metric.
+    let metrics = server.events("event=$ai_metric").await;
+    let score = metrics.iter().find(|e| e["properties"]["$ai_metric_name"] == "helpfulness").expect("the Langfuse score");
+    assert_eq!(score["properties"]["$ai_metric_value"], "0.9");
+    assert_eq!(score["trace_id"], "8ee2a440215e554970a47ff7b5084d76");
 }
 
 #[tokio::test]
