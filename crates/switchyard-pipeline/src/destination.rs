@@ -26,6 +26,7 @@ pub enum DestinationKind {
     Posthog,
     Rudderstack,
     Segment,
+    Otlp,
 }
 
 impl DestinationKind {
@@ -35,6 +36,7 @@ impl DestinationKind {
             "posthog" => DestinationKind::Posthog,
             "rudderstack" => DestinationKind::Rudderstack,
             "segment" => DestinationKind::Segment,
+            "otlp" => DestinationKind::Otlp,
             _ => return None,
         })
     }
@@ -44,6 +46,7 @@ impl DestinationKind {
             DestinationKind::Posthog => "posthog",
             DestinationKind::Rudderstack => "rudderstack",
             DestinationKind::Segment => "segment",
+            DestinationKind::Otlp => "otlp",
         }
     }
 }
@@ -60,6 +63,9 @@ pub enum DestinationConfig {
     Rudderstack { url: reqwest::Url, write_key: String },
     /// `/v1/batch` of Segment's tracking API (or anything speaking it).
     Segment { url: reqwest::Url, write_key: String },
+    /// The spans taken in over OTLP, sent on as OTLP/HTTP protobuf to `endpoint` (a collector's
+    /// `/v1/traces`, SigNoz, …).
+    Otlp { endpoint: reqwest::Url, headers: BTreeMap<String, String> },
 }
 
 pub const DEFAULT_WEBHOOK_BATCH: usize = 1000;
@@ -74,6 +80,7 @@ impl DestinationConfig {
             DestinationConfig::Posthog { .. } => DestinationKind::Posthog,
             DestinationConfig::Rudderstack { .. } => DestinationKind::Rudderstack,
             DestinationConfig::Segment { .. } => DestinationKind::Segment,
+            DestinationConfig::Otlp { .. } => DestinationKind::Otlp,
         }
     }
 
@@ -83,6 +90,7 @@ impl DestinationConfig {
             DestinationConfig::Webhook { url, .. } => url,
             DestinationConfig::Posthog { host, .. } => host,
             DestinationConfig::Rudderstack { url, .. } | DestinationConfig::Segment { url, .. } => url,
+            DestinationConfig::Otlp { endpoint, .. } => endpoint,
         }
     }
 
@@ -95,6 +103,7 @@ impl DestinationConfig {
             DestinationKind::Webhook => &["url", "secret", "headers", "max_batch_events"],
             DestinationKind::Posthog => &["host", "project_token"],
             DestinationKind::Rudderstack | DestinationKind::Segment => &["url", "write_key"],
+            DestinationKind::Otlp => &["endpoint", "headers"],
         };
         if let Some(unknown) = object.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(InvalidField::new(
@@ -113,30 +122,7 @@ impl DestinationConfig {
                     }
                     Some(_) => return Err(InvalidField::new("config.secret", "must be a string")),
                 };
-                let mut headers = BTreeMap::new();
-                match object.get("headers") {
-                    None | Some(Value::Null) => {}
-                    Some(Value::Object(map)) => {
-                        for (name, value) in map {
-                            let field = format!("config.headers.{name}");
-                            let Value::String(value) = value else {
-                                return Err(InvalidField::new(field, "must be a string"));
-                            };
-                            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                                return Err(InvalidField::new(field, "is not a valid header name"));
-                            }
-                            if reqwest::header::HeaderValue::from_str(value).is_err() {
-                                return Err(InvalidField::new(field, "is not a valid header value"));
-                            }
-                            let lower = name.to_ascii_lowercase();
-                            if lower == "content-type" || lower == "content-length" || lower.starts_with("webhook-") {
-                                return Err(InvalidField::new(field, "is set by Switchyard"));
-                            }
-                            headers.insert(name.clone(), value.clone());
-                        }
-                    }
-                    Some(_) => return Err(InvalidField::new("config.headers", "must be an object of strings")),
-                }
+                let headers = parse_headers(object)?;
                 let max_batch_events = match object.get("max_batch_events") {
                     None | Some(Value::Null) => DEFAULT_WEBHOOK_BATCH,
                     Some(v) => match v.as_u64() {
@@ -160,6 +146,7 @@ impl DestinationConfig {
             DestinationKind::Segment => {
                 DestinationConfig::Segment { url: parse_url(object, "url")?, write_key: required_string(object, "write_key")? }
             }
+            DestinationKind::Otlp => DestinationConfig::Otlp { endpoint: parse_url(object, "endpoint")?, headers: parse_headers(object)? },
         })
     }
 
@@ -177,6 +164,7 @@ impl DestinationConfig {
             DestinationConfig::Rudderstack { url, write_key } | DestinationConfig::Segment { url, write_key } => {
                 json!({"url": url.as_str(), "write_key": write_key})
             }
+            DestinationConfig::Otlp { endpoint, headers } => json!({"endpoint": endpoint.as_str(), "headers": headers}),
         }
     }
 
@@ -235,6 +223,35 @@ pub fn webhook_key(secret: &str) -> Result<Vec<u8>, String> {
         return Err(format!("must encode 24 to 64 bytes (it encodes {})", key.len()));
     }
     Ok(key)
+}
+
+/// `config.headers`: an object of valid header names and values, none of those Switchyard sets.
+fn parse_headers(object: &Map<String, Value>) -> Result<BTreeMap<String, String>, InvalidField> {
+    let mut headers = BTreeMap::new();
+    match object.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (name, value) in map {
+                let field = format!("config.headers.{name}");
+                let Value::String(value) = value else {
+                    return Err(InvalidField::new(field, "must be a string"));
+                };
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(InvalidField::new(field, "is not a valid header name"));
+                }
+                if reqwest::header::HeaderValue::from_str(value).is_err() {
+                    return Err(InvalidField::new(field, "is not a valid header value"));
+                }
+                let lower = name.to_ascii_lowercase();
+                if lower == "content-type" || lower == "content-length" || lower.starts_with("webhook-") {
+                    return Err(InvalidField::new(field, "is set by Switchyard"));
+                }
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        Some(_) => return Err(InvalidField::new("config.headers", "must be an object of strings")),
+    }
+    Ok(headers)
 }
 
 fn required_string(object: &Map<String, Value>, name: &str) -> Result<String, InvalidField> {
@@ -302,7 +319,7 @@ impl DestinationSpec {
         };
         let kind = match object.get("type") {
             Some(Value::String(s)) => DestinationKind::parse(s).ok_or_else(|| {
-                InvalidField::new("type", format!("unknown type {s:?} (known: webhook, posthog, rudderstack, segment)"))
+                InvalidField::new("type", format!("unknown type {s:?} (known: webhook, posthog, rudderstack, segment, otlp)"))
             })?,
             None | Some(Value::Null) => return Err(InvalidField::new("type", "is required")),
             Some(_) => return Err(InvalidField::new("type", "must be a string")),
@@ -323,6 +340,14 @@ impl DestinationSpec {
             Some(Value::Array(a)) => a.clone(),
             Some(_) => return Err(InvalidField::new("transformations", "must be an array")),
         };
+        if kind == DestinationKind::Otlp {
+            if filter.as_object().is_some_and(|f| !f.is_empty()) {
+                return Err(InvalidField::new("filter", "an otlp destination sends every span: it has no filter"));
+            }
+            if !transformations.is_empty() {
+                return Err(InvalidField::new("transformations", "an otlp destination sends spans as they came: it has no transformations"));
+            }
+        }
         let start = match object.get("start").and_then(Value::as_str) {
             None if object.get("start").is_none_or(Value::is_null) => Start::Now,
             Some("now") => Start::Now,

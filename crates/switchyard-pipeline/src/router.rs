@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use switchyard_store::{ControlStore, DeadLetter, EventLog, NewDeadLetter, Selection, SqliteLog, StoredDestination};
 use tokio::sync::{watch, Notify};
 
-use crate::destination::{DestinationConfig, DestinationSpec, Start};
+use crate::destination::{DestinationConfig, DestinationKind, DestinationSpec, Start};
 use crate::retry::{classify, parse_retry_after, RetryPolicy, Verdict};
 use crate::transform::{Filter, JsLimits, Outcome, Transformations};
 use crate::wire;
@@ -77,6 +77,20 @@ impl Default for RouterConfig {
 /// The log cursor of destination `id`.
 pub fn cursor_name(id: i64) -> String {
     format!("destination:{id}")
+}
+
+/// The cursor of destination `id` of `kind`: in the spans for an `otlp` destination, in the
+/// events for the others.
+pub fn cursor_of(id: i64, kind: DestinationKind) -> String {
+    match kind {
+        DestinationKind::Otlp => format!("{}{}", switchyard_store::SPAN_CURSOR_PREFIX, cursor_name(id)),
+        _ => cursor_name(id),
+    }
+}
+
+/// The kind of a stored destination (webhook when its spec cannot be read).
+fn kind_of(d: &StoredDestination) -> DestinationKind {
+    serde_json::from_str::<Value>(&d.spec).ok().and_then(|v| DestinationSpec::parse(&v).ok()).map_or(DestinationKind::Webhook, |s| s.config.kind())
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +185,8 @@ struct Inner {
 
 struct Running {
     spec: String,
+    /// The worker's cursor (in the events, or in the spans).
+    cursor: String,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -204,28 +220,33 @@ impl Router {
         self.0.statuses.lock().unwrap().entry(id).or_default().clone()
     }
 
-    /// Positions a new destination's cursor: at the log's end (`now`) or its beginning.
-    pub async fn start_cursor(&self, id: i64, start: Start) -> Result<(), String> {
+    /// Positions a new destination's cursor: at the log's end (`now`) or its beginning (in the
+    /// spans for an `otlp` destination).
+    pub async fn start_cursor(&self, id: i64, kind: DestinationKind, start: Start) -> Result<(), String> {
         let log = self.0.stores.log();
-        let position = match start {
-            Start::Now => log.end().await.map_err(|e| e.to_string())?,
-            Start::Earliest => 0,
+        let position = match (start, kind) {
+            (Start::Now, DestinationKind::Otlp) => log.spans_end().await.map_err(|e| e.to_string())?,
+            (Start::Now, _) => log.end().await.map_err(|e| e.to_string())?,
+            (Start::Earliest, _) => 0,
         };
-        log.commit(&cursor_name(id), position).await.map_err(|e| e.to_string())
+        log.commit(&cursor_of(id, kind), position).await.map_err(|e| e.to_string())
     }
 
     /// Forgets a deleted destination's cursor (it no longer holds retention back).
     pub async fn forget(&self, id: i64) -> Result<(), String> {
-        self.0.stores.log().forget(&cursor_name(id)).await.map_err(|e| e.to_string())
+        let log = self.0.stores.log();
+        log.forget(&cursor_name(id)).await.map_err(|e| e.to_string())?;
+        log.forget(&cursor_of(id, DestinationKind::Otlp)).await.map_err(|e| e.to_string())
     }
 
     /// Sets the lag gauge of every running destination (also while one hangs or retries).
     async fn refresh_lag(&self) {
-        let running: Vec<i64> = self.0.workers.lock().unwrap().keys().copied().collect();
+        let running: Vec<(i64, String)> = self.0.workers.lock().unwrap().iter().map(|(id, r)| (*id, r.cursor.clone())).collect();
         let log = self.0.stores.log();
-        let Ok(end) = log.end().await else { return };
-        for id in running {
-            if let Ok(Some(position)) = log.cursor(&cursor_name(id)).await {
+        let (Ok(end), Ok(spans_end)) = (log.end().await, log.spans_end().await) else { return };
+        for (id, cursor) in running {
+            let end = if cursor.starts_with(switchyard_store::SPAN_CURSOR_PREFIX) { spans_end } else { end };
+            if let Ok(Some(position)) = log.cursor(&cursor).await {
                 self.0.metrics.lag_events.get_or_create(&DestinationLabels { destination: id.to_string() }).set((end - position).max(0));
             }
         }
@@ -234,7 +255,12 @@ impl Router {
     /// A destination's status as the API shows it.
     pub async fn status_json(&self, destination: &StoredDestination, enabled: bool) -> Value {
         let status = self.status(destination.id);
-        let (behind, oldest) = self.0.stores.log().lag(&cursor_name(destination.id), destination.project_id).await.unwrap_or((0, None));
+        let log = self.0.stores.log();
+        let (behind, oldest) = match kind_of(destination) {
+            DestinationKind::Otlp => log.spans_lag(&cursor_of(destination.id, DestinationKind::Otlp), destination.project_id).await,
+            _ => log.lag(&cursor_name(destination.id), destination.project_id).await,
+        }
+        .unwrap_or((0, None));
         let lag_seconds = oldest
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| ((Utc::now() - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64) / 1000.0)
@@ -294,14 +320,15 @@ impl Router {
             // A destination is created first, its cursor placed next (see `start_cursor`):
             // one seen in between is left for the next pass. One whose creation was cut short
             // gets its cursor placed here.
-            let cursor = self.0.stores.log().cursor(&cursor_name(d.id)).await.map_err(|e| e.to_string())?;
+            let kind = kind_of(&d);
+            let cursor = self.0.stores.log().cursor(&cursor_of(d.id, kind)).await.map_err(|e| e.to_string())?;
             if cursor.is_none() {
                 let created = DateTime::parse_from_rfc3339(&d.created_at).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
                 if Utc::now() - created < chrono::Duration::seconds(30) {
                     continue;
                 }
                 let start = serde_json::from_str::<Value>(&d.spec).ok().and_then(|v| DestinationSpec::parse(&v).ok()).map_or(Start::Now, |s| s.start);
-                self.start_cursor(d.id, start).await?;
+                self.start_cursor(d.id, kind, start).await?;
             }
             match serde_json::from_str::<Value>(&d.spec).map_err(|e| e.to_string()).and_then(|v| DestinationSpec::parse(&v).map_err(|e| e.to_string())) {
                 Ok(spec) if spec.enabled => {
@@ -328,7 +355,7 @@ impl Router {
                     Ok((worker, chain)) => {
                         let (stop, stopped) = watch::channel(false);
                         let task = tokio::spawn(Arc::new(worker).run(chain, stopped));
-                        workers.insert(id, Running { spec: d.spec.clone(), stop, task });
+                        workers.insert(id, Running { spec: d.spec.clone(), cursor: cursor_of(id, kind_of(&d)), stop, task });
                     }
                     Err(error) => {
                         self.status(id).failed(error.clone());
@@ -399,7 +426,7 @@ impl Worker {
 
     async fn run(self: Arc<Self>, mut transformations: Option<Transformations>, mut stop: watch::Receiver<bool>) {
         let this = self;
-        let cursor = cursor_name(this.id);
+        let cursor = cursor_of(this.id, this.config.kind());
         loop {
             if *stop.borrow() {
                 return;
@@ -447,13 +474,22 @@ impl Worker {
             return Ok(true);
         }
         let log = self.router.0.stores.log();
-        let batch = log.read(cursor, self.router.0.config.window_events, Selection::Project(self.project_id)).await.map_err(|e| e.to_string())?;
+        let window = self.router.0.config.window_events;
+        let batch = match self.config.kind() {
+            DestinationKind::Otlp => log.read_spans(cursor, window, self.project_id).await,
+            _ => log.read(cursor, window, Selection::Project(self.project_id)).await,
+        }
+        .map_err(|e| e.to_string())?;
         let Some(position) = batch.position else { return Ok(false) };
         let full = batch.entries.len() >= self.router.0.config.window_events;
         let entries: Vec<(i64, String)> = batch.entries.into_iter().map(|e| (e.seq, e.body)).collect();
         self.clone().deliver_window(entries, transformations).await?;
         log.commit(cursor, position).await.map_err(|e| e.to_string())?;
-        if let Ok((behind, _)) = log.lag(cursor, self.project_id).await {
+        let lag = match self.config.kind() {
+            DestinationKind::Otlp => log.spans_lag(cursor, self.project_id).await,
+            _ => log.lag(cursor, self.project_id).await,
+        };
+        if let Ok((behind, _)) = lag {
             self.router.0.metrics.lag_events.get_or_create(&self.labels).set(behind);
         }
         Ok(full)
@@ -583,7 +619,9 @@ impl Worker {
         };
         for ((seq, original, event_id, _), events) in kept.into_iter().zip(outcomes) {
             for send in events {
-                let lane = lane_of_id(send.get("distinct_id").and_then(Value::as_str).unwrap_or_default(), lanes_n);
+                // Events by distinct id; spans (an otlp destination's) by trace.
+                let key = send.get("distinct_id").or_else(|| send.get("trace_id")).and_then(Value::as_str).unwrap_or_default();
+                let lane = lane_of_id(key, lanes_n);
                 lanes[lane].push(Item { seq, original: original.clone(), event_id: event_id.clone(), send: Some(send) });
             }
         }
@@ -620,6 +658,7 @@ impl Worker {
             DestinationConfig::Posthog { .. } => 5000,
             DestinationConfig::Rudderstack { .. } => 5000,
             DestinationConfig::Segment { .. } => 2500,
+            DestinationConfig::Otlp { .. } => 5000,
         };
         let items: Vec<Arc<Item>> = lane.into_iter().map(Arc::new).collect();
         for part in items.chunks(chunk) {

@@ -105,7 +105,38 @@ pub fn render<V: std::borrow::Borrow<Value>>(config: &DestinationConfig, events:
             SEGMENT_MAX_BYTES,
             Some(SEGMENT_MAX_EVENT_BYTES),
         ),
+        DestinationConfig::Otlp { endpoint, headers } => render_otlp(endpoint, headers, events),
     }
+}
+
+/// Spans per OTLP export (the OTel SDK's batch processor sends at most 512).
+pub const OTLP_MAX_SPANS: usize = 512;
+
+/// OTLP/HTTP protobuf exports of stored spans (`Span::to_json`'s shape), `OTLP_MAX_SPANS` each.
+fn render_otlp<V: std::borrow::Borrow<Value>>(endpoint: &reqwest::Url, headers: &std::collections::BTreeMap<String, String>, events: &[V]) -> Rendered {
+    let mut out = Rendered::default();
+    let mut spans = Vec::with_capacity(events.len());
+    let mut indices = Vec::with_capacity(events.len());
+    for (index, value) in events.iter().enumerate() {
+        match switchyard_llm::otlp::Span::from_json(value.borrow()) {
+            Some(span) => {
+                spans.push(span);
+                indices.push(index);
+            }
+            None => out.refused.push((index, "not a span (a stored span's JSON was expected)".into())),
+        }
+    }
+    for (part, part_indices) in spans.chunks(OTLP_MAX_SPANS).zip(indices.chunks(OTLP_MAX_SPANS)) {
+        let mut request_headers = vec![("content-type".to_owned(), "application/x-protobuf".to_owned())];
+        request_headers.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out.requests.push(WireRequest {
+            url: endpoint.clone(),
+            headers: request_headers,
+            body: switchyard_llm::otlp::encode(part),
+            events: part_indices.to_vec(),
+        });
+    }
+    out
 }
 
 /// The unified event as a RudderStack/Segment message (what user transformations see).

@@ -61,6 +61,7 @@ fn validate(state: &AppState, router: &Router, spec: &DestinationSpec) -> Result
 fn url_field(spec: &DestinationSpec) -> &'static str {
     match spec.config.kind() {
         switchyard_pipeline::DestinationKind::Posthog => "config.host",
+        switchyard_pipeline::DestinationKind::Otlp => "config.endpoint",
         _ => "config.url",
     }
 }
@@ -90,7 +91,7 @@ pub async fn create_destination(State(state): State<AppState>, Path(project): Pa
     validate(&state, &router, &spec)?;
     let stored = spec.to_json(false).to_string();
     let created = blocking(&state, move |s| s.control.create_destination(project_id, &stored)).await?;
-    router.start_cursor(created.id, spec.start).await.map_err(ApiError::unavailable)?;
+    router.start_cursor(created.id, spec.config.kind(), spec.start).await.map_err(ApiError::unavailable)?;
     router.reload();
     Ok((StatusCode::CREATED, axum::Json(destination_json(&created, &spec))).into_response())
 }

@@ -18,5 +18,5 @@ pub use flags::{AuditEntry, FlagImport, ImportCounts, ImportedFlag, StoredFlag};
 pub use persons::{AppliedEvents, Group, Person, PropertyLimits};
 pub use log::{
     AppendBatch, AppendReceipt, EventLog, EventQuery, LogEntry, LogError, LogRecord,
-    CommitObserver, QuarantineEntry, QuarantineQuery, QuarantineRecord, ReadBatch, SpanRecord, RetentionObserver, RetentionPass, Selection, SqliteLog, SqliteLogConfig,
+    CommitObserver, QuarantineEntry, QuarantineQuery, QuarantineRecord, ReadBatch, SpanRecord, SPAN_CURSOR_PREFIX, RetentionObserver, RetentionPass, Selection, SqliteLog, SqliteLogConfig,
 };

@@ -151,6 +151,10 @@ pub enum Selection {
     Project(i64),
 }
 
+/// Cursors named so are positions in the spans, not the events (consumers of spans: `otlp`
+/// destinations); event retention ignores them, span retention honours them.
+pub const SPAN_CURSOR_PREFIX: &str = "spans:";
+
 /// What a consumer read: the entries, and the position to commit once they are processed
 /// (past entries the selection skipped).
 #[derive(Debug, Clone, Default)]
@@ -714,6 +718,53 @@ impl SqliteLog {
         })
         .await
         .map_err(|e| LogError::Storage(e.to_string()))?
+    }
+
+    /// Up to `max` spans of `project_id` after `consumer`'s cursor (a [`SPAN_CURSOR_PREFIX`]
+    /// name), as entries (seq, the span's JSON), and the position to commit.
+    pub async fn read_spans(&self, consumer: &str, max: usize, project_id: i64) -> Result<ReadBatch, LogError> {
+        let consumer = consumer.to_owned();
+        self.with_reader(move |conn| {
+            let conn = conn.unchecked_transaction()?;
+            let position = cursor_position(&conn, &consumer)?;
+            let mut stmt = conn.prepare_cached("SELECT seq, body FROM spans WHERE project_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
+            let entries = stmt
+                .query_map(params![project_id, position, max as i64], |r| Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? }))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let position = if entries.len() < max {
+                let end: Option<i64> = conn.query_row("SELECT max(seq) FROM spans", [], |r| r.get(0))?;
+                end.filter(|end| *end > position)
+            } else {
+                entries.last().map(|e| e.seq)
+            };
+            drop(stmt);
+            conn.commit()?;
+            Ok(ReadBatch { entries, position })
+        })
+        .await
+    }
+
+    /// The last position among the spans (0 when there are none).
+    pub async fn spans_end(&self) -> Result<i64, LogError> {
+        self.with_reader(|conn| Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM spans", [], |r| r.get(0))?)).await
+    }
+
+    /// [`SqliteLog::lag`] for a consumer of spans.
+    pub async fn spans_lag(&self, consumer: &str, project_id: i64) -> Result<(i64, Option<String>), LogError> {
+        let consumer = consumer.to_owned();
+        self.with_reader(move |conn| {
+            let position = cursor_position(conn, &consumer)?;
+            let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM spans", [], |r| r.get(0))?;
+            let oldest: Option<String> = conn
+                .query_row(
+                    "SELECT received_at FROM spans WHERE seq > ?1 AND project_id = ?2 ORDER BY seq LIMIT 1",
+                    params![position, project_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(((end - position).max(0), oldest))
+        })
+        .await
     }
 
     /// The spans of one trace, by start time (their JSON).
@@ -1368,7 +1419,8 @@ fn retention_pass(
     };
     let cutoff = switchyard_event::model::format_time(cutoff);
     let bound = retention_bound(conn, &settings.consumers)?;
-    for (table, bound) in [("events", Some(bound)), ("quarantine", None), ("spans", None)] {
+    let span_bound = span_retention_bound(conn)?;
+    for (table, bound) in [("events", Some(bound)), ("quarantine", None), ("spans", span_bound)] {
         loop {
             let deleted = delete_old_prefix(conn, table, &cutoff, bound, settings.batch)?;
             match table {
@@ -1403,6 +1455,9 @@ fn retention_bound(conn: &Connection, consumers: &[String]) -> Result<i64, LogEr
     let mut seen = std::collections::HashSet::new();
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (consumer, position) = row?;
+        if consumer.starts_with(SPAN_CURSOR_PREFIX) {
+            continue;
+        }
         bound = bound.min(position);
         seen.insert(consumer);
     }
@@ -1410,6 +1465,15 @@ fn retention_bound(conn: &Connection, consumers: &[String]) -> Result<i64, LogEr
         return Ok(0);
     }
     Ok(bound)
+}
+
+/// The last span every consumer of spans has read (`None`: no consumer reads spans).
+fn span_retention_bound(conn: &Connection) -> Result<Option<i64>, LogError> {
+    Ok(conn.query_row(
+        "SELECT min(position) FROM main.cursors WHERE substr(consumer, 1, ?1) = ?2",
+        params![SPAN_CURSOR_PREFIX.len() as i64, SPAN_CURSOR_PREFIX],
+        |r| r.get(0),
+    )?)
 }
 
 /// Deletes, in one transaction, the rows at the start of `table` (at most `batch`, up to `bound`

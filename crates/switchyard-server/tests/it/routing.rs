@@ -559,3 +559,58 @@ async fn connections_closed_mid_request_are_retried() {
     assert_eq!(status["dead_letters"], 0, "{status}");
     assert!(status["last_error"].is_string(), "the closed connections were seen: {status}");
 }
+
+#[tokio::test]
+async fn an_otlp_destination_forwards_spans_as_protobuf() {
+    // A collector: decodes each protobuf export; the first one is answered 503.
+    let received: Arc<Mutex<Vec<switchyard_llm::otlp::Span>>> = Arc::default();
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let (store, fail) = (received.clone(), failures.clone());
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: axum::body::Bytes| {
+        let (store, fail) = (store.clone(), fail.clone());
+        async move {
+            assert_eq!(headers["content-type"], "application/x-protobuf");
+            assert_eq!(headers["x-collector-key"], "k1");
+            if fail.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+            store.lock().unwrap().extend(switchyard_llm::otlp::decode("application/x-protobuf", &body).unwrap());
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let server = TestServer::start_with(quick).await;
+    let (status, body) = create(&server, json!({"name": "signoz", "type": "otlp", "config": {"endpoint": collector, "headers": {"x-collector-key": "k1"}}, "filter": {"events": ["x"]}})).await;
+    assert_eq!((status, body["attr"].as_str()), (400, Some("filter")), "{body}");
+    let (status, created) = create(&server, json!({"name": "signoz", "type": "otlp", "config": {"endpoint": collector, "headers": {"x-collector-key": "k1"}}})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["config"]["headers"]["x-collector-key"], "********");
+    let id = created["id"].as_i64().unwrap();
+    let spans: Vec<Value> = (1..=30)
+        .map(|i| {
+            json!({"traceId": format!("{:032x}", 0xabc + i % 3), "spanId": format!("{i:016x}"), "name": format!("step {i}"),
+                   "startTimeUnixNano": "1764927000000000000", "endTimeUnixNano": "1764927000500000000",
+                   "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}}]})
+        })
+        .collect();
+    let export = json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "agent-svc"}}]}, "scopeSpans": [{"spans": spans}]}]});
+    let response = server.client.post(format!("{}/v1/traces", server.url)).bearer_auth(TOKEN).json(&export).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    wait_until("every span reaches the collector", async || received.lock().unwrap().len() >= 30).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 30, "each span once");
+    let step7 = got.iter().find(|s| s.name == "step 7").unwrap();
+    assert_eq!(step7.span_id, format!("{:016x}", 7));
+    assert_eq!(step7.resource["service.name"], "agent-svc", "resource kept");
+    assert_eq!(step7.attributes["gen_ai.operation.name"], "chat");
+    let status = get(&server, &format!("{id}/status")).await;
+    assert_eq!(status["delivered"], 30, "{status}");
+    assert_eq!(status["lag"]["events"], 0, "{status}");
+    assert!(status["last_error"].as_str().unwrap().contains("503"), "the first export was retried: {status}");
+    // Its cursor is in the spans: it does not hold back the events' retention.
+    assert!(server.state.log.cursor(&format!("destination:{id}")).await.unwrap().is_none());
+    assert!(server.state.log.cursor(&format!("spans:destination:{id}")).await.unwrap().is_some());
+}
