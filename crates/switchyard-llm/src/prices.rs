@@ -95,7 +95,7 @@ impl Usd {
             } else {
                 let (kept, dropped) = digits.split_at(digits.len() - drop);
                 let base: i128 = if kept.is_empty() { 0 } else { kept.parse().ok()? };
-                base + i128::from(dropped.as_bytes().first().is_some_and(|&d| d >= b'5'))
+                base.checked_add(i128::from(dropped.as_bytes().first().is_some_and(|&d| d >= b'5')))?
             }
         };
         Some(Usd(if negative { -units } else { units }))

@@ -77,8 +77,14 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut flags: BTreeMap<String, Value> = BTreeMap::new();
 
+    let mut span_count = 0usize;
     for span in spans {
         let Some(id) = text(span.get("span_id")) else { continue };
+        // A retried export stores a span twice: it counts once.
+        if by_id.contains_key(&id) {
+            continue;
+        }
+        span_count += 1;
         let attributes = span.get("attributes").and_then(Value::as_object).cloned().unwrap_or_default();
         let start = number(span.get("start_unix_nano")).map(|n| n as i128);
         let end = number(span.get("end_unix_nano")).map(|n| n as i128);
@@ -135,7 +141,14 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
     let mut platform_cost = 0.0f64;
     let mut ai_cost_seen = false;
     let mut seen_flag_calls = HashSet::new();
+    let mut seen_events = HashSet::new();
     for event in events {
+        // A retried batch may store an event twice (same id): it counts once.
+        if let Some(id) = event.get("id").and_then(Value::as_str) {
+            if !seen_events.insert(id.to_owned()) {
+                continue;
+            }
+        }
         let name = event.get("event").and_then(Value::as_str).unwrap_or_default();
         let empty = Map::new();
         let properties = event.get("properties").and_then(Value::as_object).unwrap_or(&empty);
@@ -167,6 +180,7 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
                 let mut detail = Map::new();
                 detail.insert("source".into(), json!("event"));
                 detail.insert("event_id".into(), event.get("id").cloned().unwrap_or(Value::Null));
+                detail.insert("distinct_id".into(), event.get("distinct_id").cloned().unwrap_or(Value::Null));
                 for key in ["$ai_model", "$ai_provider", "$ai_model_cost_used", "$ai_cost_model_source", "$ai_error", "$ai_span_type", "$ai_http_status"] {
                     if let Some(v) = properties.get(key) {
                         detail.insert(key.trim_start_matches("$ai_").into(), v.clone());
@@ -198,7 +212,7 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
                     parent,
                     kind,
                     name: name_shown,
-                    start_ns: at.map(|t| t - latency_ns.unwrap_or(0)),
+                    start_ns: at.map(|t| t.saturating_sub(latency_ns.unwrap_or(0))),
                     end_ns: at,
                     is_error,
                     detail,
@@ -319,7 +333,7 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
             "name": node.name,
             "start": node.start_ns.map(rfc3339_of_nanos),
             "end": node.end_ns.map(rfc3339_of_nanos),
-            "duration_ms": match (node.start_ns, node.end_ns) { (Some(s), Some(e)) => json!(((e - s) as f64) / 1e6), _ => Value::Null },
+            "duration_ms": match (node.start_ns, node.end_ns) { (Some(s), Some(e)) => json!((e.saturating_sub(s) as f64) / 1e6), _ => Value::Null },
             "is_error": node.is_error,
             "input_tokens": node.input_tokens,
             "output_tokens": node.output_tokens,
@@ -338,8 +352,8 @@ pub fn trace_view(trace_id: &str, spans: &[Value], events: &[Value]) -> Value {
         "start": first.map(rfc3339_of_nanos),
         "end": last.map(rfc3339_of_nanos),
         "totals": {
-            "duration_ms": match (first, last) { (Some(s), Some(e)) => json!(((e - s) as f64) / 1e6), _ => Value::Null },
-            "spans": spans.len(),
+            "duration_ms": match (first, last) { (Some(s), Some(e)) => json!((e.saturating_sub(s) as f64) / 1e6), _ => Value::Null },
+            "spans": span_count,
             "llm_calls": llm_calls,
             "tool_calls": tool_calls,
             "input_tokens": input_tokens,
@@ -388,6 +402,11 @@ mod tests {
             event("prompt_blocked", "2025-12-05T09:30:00.500Z", json!({"$feature/enable_guardrails_tracing": true})),
             event("$feature_flag_called", "2025-12-05T09:30:00.010Z", json!({"$feature_flag": "versioned_rag_tracking", "$feature_flag_response": "v2"})),
         ];
+        // A retried export and a retried batch stored some parts twice: they count once.
+        let mut spans = spans;
+        spans.push(spans[1].clone());
+        let mut events = events;
+        events.push(events[1].clone());
         let view = trace_view("t", &spans, &events);
         let totals = &view["totals"];
         assert_eq!(totals["llm_calls"], 2, "{view:#}");
@@ -396,6 +415,7 @@ mod tests {
         assert!((totals["cost_usd"].as_f64().unwrap() - 1.45e-5).abs() < 1e-12, "not the $ai_trace's copy: {totals}");
         assert_eq!(totals["tool_calls"], 1);
         assert_eq!(totals["guardrail_blocks"], 1);
+        assert_eq!(totals["spans"], 3, "distinct spans");
         assert_eq!(totals["errors"], 1, "the failed tool call");
         let tree = view["tree"].as_array().unwrap();
         let names: Vec<&str> = tree.iter().map(|n| n["name"].as_str().unwrap()).collect();

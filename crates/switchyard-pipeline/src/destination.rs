@@ -382,6 +382,7 @@ impl DestinationSpec {
                 let Some(changes) = value.as_object() else {
                     return Err(InvalidField::new("config", "must be an object"));
                 };
+                self.check_secrets_follow(changes)?;
                 let mut config = self.config.to_json();
                 for (k, v) in self.config.unmask(Value::Object(changes.clone())).as_object().expect("object") {
                     config[k] = v.clone();
@@ -394,6 +395,34 @@ impl DestinationSpec {
         let mut spec = DestinationSpec::parse(&body)?;
         spec.start = self.start;
         Ok(spec)
+    }
+
+    /// A PATCH that moves the destination to another origin (scheme, host, port) must send its
+    /// secrets again: the stored ones (a webhook secret, a write key, header values) were given
+    /// for the old host and are never sent to a new one on the strength of a masked value.
+    fn check_secrets_follow(&self, changes: &Map<String, Value>) -> Result<(), InvalidField> {
+        let Some(new_url) = ["url", "host", "endpoint"].iter().find_map(|k| changes.get(*k)).and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let Ok(new_url) = reqwest::Url::parse(new_url) else { return Ok(()) };
+        if new_url.origin() == self.config.url().origin() {
+            return Ok(());
+        }
+        let stored = self.config.to_json();
+        let resent = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|v| v != MASK);
+        for key in ["secret", "write_key"] {
+            if stored.get(key).is_some_and(|v| !v.is_null()) && !resent(changes.get(key)) {
+                return Err(InvalidField::new(format!("config.{key}"), "send it again: the destination moves to another host"));
+            }
+        }
+        if let Some(headers) = stored["headers"].as_object() {
+            for name in headers.keys() {
+                if !resent(changes.get("headers").and_then(|h| h.get(name))) {
+                    return Err(InvalidField::new(format!("config.headers.{name}"), "send it again: the destination moves to another host"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The spec as JSON; `masked` for answers, unmasked for storage.
@@ -446,9 +475,15 @@ mod tests {
         let patched = spec.patched(&json!({"enabled": false, "config": shown["config"]})).unwrap();
         assert!(!patched.enabled);
         assert_eq!(patched.config, spec.config);
-        let renamed = spec.patched(&json!({"config": {"url": "https://y/hook"}})).unwrap();
+        let moved = spec.patched(&json!({"config": {"url": "http://x/elsewhere"}})).unwrap();
+        assert_eq!(moved.config.url().as_str(), "http://x/elsewhere");
+        assert!(matches!(moved.config, DestinationConfig::Webhook { secret: Some(ref s), .. } if s == secret), "same host: secrets kept");
+        // Another host: the secrets must come again, never follow on a masked value.
+        assert_eq!(spec.patched(&json!({"config": {"url": "https://attacker.example/"}})).unwrap_err().field, "config.secret");
+        let err = spec.patched(&json!({"config": {"url": "https://y/hook", "secret": secret}})).unwrap_err();
+        assert_eq!(err.field, "config.headers.Authorization");
+        let renamed = spec.patched(&json!({"config": {"url": "https://y/hook", "secret": secret, "headers": {"Authorization": "Bearer new"}}})).unwrap();
         assert_eq!(renamed.config.url().as_str(), "https://y/hook");
-        assert!(matches!(renamed.config, DestinationConfig::Webhook { secret: Some(ref s), .. } if s == secret));
         assert_eq!(spec.patched(&json!({"type": "segment"})).unwrap_err().field, "type");
         assert_eq!(spec.patched(&json!({"start": "earliest"})).unwrap_err().field, "start");
         // A GET's answer sent back as it is (read-only members included) changes nothing.

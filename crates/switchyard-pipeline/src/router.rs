@@ -232,6 +232,16 @@ impl Router {
         log.commit(&cursor_of(id, kind), position).await.map_err(|e| e.to_string())
     }
 
+    /// Stops destination `id`'s worker and waits until it has stopped (a deleted destination:
+    /// nothing of it may commit a cursor after this).
+    pub async fn stop_worker(&self, id: i64) {
+        let running = self.0.workers.lock().unwrap().remove(&id);
+        if let Some(running) = running {
+            let _ = running.stop.send(true);
+            let _ = running.task.await;
+        }
+    }
+
     /// Forgets a deleted destination's cursor (it no longer holds retention back).
     pub async fn forget(&self, id: i64) -> Result<(), String> {
         let log = self.0.stores.log();
@@ -265,8 +275,9 @@ impl Router {
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| ((Utc::now() - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64) / 1000.0)
             .unwrap_or(0.0);
-        let control = self.0.stores.control();
-        let dead_letters = control.count_dead_letters(destination.id).unwrap_or(0);
+        let stores = self.0.stores.clone();
+        let id = destination.id;
+        let dead_letters = tokio::task::spawn_blocking(move || stores.control().count_dead_letters(id)).await.ok().and_then(Result::ok).unwrap_or(0);
         let last_error = status.last_error.lock().unwrap().clone();
         json!({
             "id": destination.id,
@@ -400,7 +411,12 @@ struct Worker {
     status: Arc<Status>,
     /// Dead letters of the window being worked on.
     letters: Mutex<Vec<NewDeadLetter>>,
+    /// Set when a window failed in a way that lost the worker's transformations.
+    broken: std::sync::atomic::AtomicBool,
 }
+
+/// Most events a transformation may make of one (a fan-out past it dead-letters the event).
+pub const MAX_FAN_OUT: usize = 100;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -420,6 +436,7 @@ impl Worker {
             config: spec.config,
             filter,
             letters: Mutex::new(Vec::new()),
+            broken: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((worker, (!transformations.is_empty()).then_some(transformations)))
     }
@@ -433,17 +450,26 @@ impl Worker {
             }
             let appended = this.router.0.appended.clone();
             let notified = appended.notified();
+            tokio::pin!(notified);
+            // Registered now: an append while the window is worked on still wakes the wait.
+            notified.as_mut().enable();
             let work = this.clone().step(&cursor, &mut transformations);
             let outcome = tokio::select! {
                 outcome = work => outcome,
                 _ = stop.changed() => return,
             };
+            if this.broken.load(Ordering::Relaxed) {
+                // Its transformations were lost with a failed window: the supervisor starts
+                // the destination again from its spec.
+                tracing::error!(destination = this.id, "destination worker stopped after a failure; it is started again");
+                return;
+            }
             match outcome {
                 Ok(true) => continue,
                 Ok(false) => {
                     tokio::select! {
                         // A moment more, so that appends arriving together are read together.
-                        _ = notified => tokio::time::sleep(Duration::from_millis(5)).await,
+                        _ = &mut notified => tokio::time::sleep(Duration::from_millis(5)).await,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = stop.changed() => return,
                     }
@@ -519,9 +545,13 @@ impl Worker {
         // Parsing, the filter and the transformations are CPU work: off the async workers.
         let worker = self.clone();
         let chain = transformations.take();
-        let (lanes, chain) = tokio::task::spawn_blocking(move || worker.prepare(entries, chain, lanes_n, first_attempt))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (lanes, chain) = match tokio::task::spawn_blocking(move || worker.prepare(entries, chain, lanes_n, first_attempt)).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.broken.store(true, Ordering::Relaxed);
+                return Err(format!("preparing a window failed: {error}"));
+            }
+        };
         *transformations = chain;
         let mut set = tokio::task::JoinSet::new();
         for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
@@ -604,6 +634,11 @@ impl Worker {
                     .into_iter()
                     .zip(kept.iter())
                     .map(|(t, (seq, original, event_id, _))| match t.outcome {
+                        Outcome::Events(events) if events.len() > MAX_FAN_OUT => {
+                            let reason = format!("the transformation made {} events of one, over the limit of {MAX_FAN_OUT}", events.len());
+                            self.dead_letter_now(*seq, original, event_id, reason, first_attempt);
+                            Vec::new()
+                        }
                         Outcome::Events(events) => events,
                         Outcome::Dropped => {
                             filtered += 1;

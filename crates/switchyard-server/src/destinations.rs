@@ -143,8 +143,12 @@ pub async fn delete_destination(State(state): State<AppState>, Path((project, id
     if !blocking(&state, move |s| s.control.delete_destination(project_id, id)).await? {
         return Err(not_found());
     }
-    router.reload();
+    // Deleted first (the supervisor will not start it again), then its worker stopped and
+    // awaited, then what it may have written meanwhile removed.
+    router.stop_worker(id).await;
+    blocking(&state, move |s| s.control.discard_dead_letters(id, None)).await?;
     router.forget(id).await.map_err(ApiError::unavailable)?;
+    router.reload();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -267,12 +271,14 @@ pub async fn test_transformations(State(state): State<AppState>, Path(project): 
         _ => return Err(ApiError::invalid("transformations", "`transformations` must be an array")),
     };
     let events = match body.get("events") {
-        Some(Value::Array(events)) if events.len() <= 1000 => events.clone(),
-        Some(Value::Array(_)) => return Err(ApiError::invalid("events", "at most 1000 events at a time")),
+        Some(Value::Array(events)) if events.len() <= 100 => events.clone(),
+        Some(Value::Array(_)) => return Err(ApiError::invalid("events", "at most 100 events at a time")),
         _ => return Err(ApiError::invalid("events", "`events` must be an array of events")),
     };
     let events = events.into_iter().enumerate().map(|(i, e)| as_unified(e, project_id).map_err(|m| ApiError::invalid(&format!("events[{i}]"), m))).collect::<Result<Vec<_>, _>>()?;
-    let limits = router.config().js;
+    // A try is bounded as a whole: at most 100 events, one second of JavaScript each.
+    let mut limits = router.config().js;
+    limits.time_limit = limits.time_limit.min(std::time::Duration::from_secs(1));
     let results = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let mut chain = Transformations::compile(&specs, limits).map_err(invalid)?;
         Ok(chain

@@ -30,8 +30,8 @@ pub fn enrich(state: &AppState, event: &mut Accepted) {
     }
     let custom = state.project_prices.get(event.project_id);
     let prices = state.prices();
-    let Some((body, outcome, trace)) = enrich_spliced(&event.event, &event.body, prices, custom.as_deref())
-        .or_else(|| enrich_whole(&event.event, &event.body, prices, custom.as_deref()))
+    let Some((body, outcome, trace)) =
+        enrich_spliced(&event.event, &event.body, prices, custom.as_deref()).or_else(|| enrich_whole(&event.event, &event.body, prices, custom.as_deref()))
     else {
         return;
     };
@@ -246,8 +246,9 @@ async fn take_spans(state: &AppState, peer: Peer, headers: &HeaderMap, body: Bod
             format!("unsupported content type {content_type:?}: OTLP/HTTP is application/x-protobuf or application/json"),
         ));
     }
-    let token = otlp_token(headers)
-        .ok_or_else(|| answer(StatusCode::UNAUTHORIZED, 16, "no project token: send `Authorization: Bearer <project token>` (or Basic auth with it as user name)".into()))?;
+    let token = otlp_token(headers).ok_or_else(|| {
+        answer(StatusCode::UNAUTHORIZED, 16, "no project token: send `Authorization: Bearer <project token>` (or Basic auth with it as user name)".into())
+    })?;
     let project_id = state
         .control
         .lookup(KeyKind::ProjectToken, &token)
@@ -278,7 +279,10 @@ async fn take_spans(state: &AppState, peer: Peer, headers: &HeaderMap, body: Bod
     let worker = state.clone();
     let (batch, rejected, why) = tokio::task::spawn_blocking(move || build_batch(&worker, &content_type, &decoded, &meta))
         .await
-        .map_err(|e| answer(StatusCode::INTERNAL_SERVER_ERROR, 13, e.to_string()))?
+        .map_err(|error| {
+            tracing::error!(%error, "decoding an OTLP export failed");
+            answer(StatusCode::INTERNAL_SERVER_ERROR, 13, "the export could not be read".into())
+        })?
         .map_err(|(status, message)| answer(status, 3, message))?;
     let spans = batch.spans.len() as u64;
     let events = batch.events.len() as u64;
@@ -420,30 +424,45 @@ pub async fn list_traces(
     let Query(mut p) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     for (name, value) in [("after", &mut p.after), ("before", &mut p.before)] {
         if let Some(text) = value.as_ref() {
-            let parsed = switchyard_event::model::parse_time(text)
-                .ok_or_else(|| ApiError::invalid(name, format!("`{name}` is not a valid date-time: {text:?}")))?;
+            let parsed =
+                switchyard_event::model::parse_time(text).ok_or_else(|| ApiError::invalid(name, format!("`{name}` is not a valid date-time: {text:?}")))?;
             *value = Some(format_time(parsed));
         }
     }
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
-    // Candidates: the trace ids of the newest spans and of the newest events that carry one.
-    let mut candidates = state.log.recent_span_traces(project_id, 20_000).await.map_err(ApiError::unavailable)?;
-    let recent = state
-        .log
-        .query_events(EventQuery { project_id, limit: 20_000, ..EventQuery::default() })
-        .await
-        .map_err(ApiError::unavailable)?;
-    for entry in &recent {
-        if let Ok(event) = serde_json::from_str::<Value>(&entry.body) {
-            if let Some(trace) = event["trace_id"].as_str() {
-                if !candidates.iter().any(|c| c == trace) {
-                    candidates.push(trace.to_owned());
+    // Candidates: the trace ids of the newest spans and of the newest events that carry one,
+    // merged by when their newest part was received, newest first.
+    let span_traces = state.log.recent_span_traces(project_id, 20_000).await.map_err(ApiError::unavailable)?;
+    let recent = state.log.query_events(EventQuery { project_id, limit: 20_000, ..EventQuery::default() }).await.map_err(ApiError::unavailable)?;
+    let candidates = tokio::task::spawn_blocking(move || {
+        let mut newest: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        for (trace, received_at) in span_traces {
+            let at = newest.entry(trace).or_default();
+            if received_at > *at {
+                *at = received_at;
+            }
+        }
+        for entry in &recent {
+            if let Ok(event) = serde_json::from_str::<Value>(&entry.body) {
+                if let (Some(trace), Some(received_at)) = (event["trace_id"].as_str(), event["received_at"].as_str()) {
+                    let at = newest.entry(trace.to_owned()).or_default();
+                    if received_at > at.as_str() {
+                        *at = received_at.to_owned();
+                    }
                 }
             }
         }
-    }
+        let mut ordered: Vec<(String, String)> = newest.into_iter().collect();
+        ordered.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ordered.into_iter().map(|(trace, _)| trace).collect::<Vec<String>>()
+    })
+    .await
+    .map_err(ApiError::unavailable)?;
+    // Each candidate costs a trace view: at most ten times `limit` are looked at.
+    let examined = candidates.len().min(limit.saturating_mul(10));
+    let complete = examined == candidates.len();
     let mut results = Vec::new();
-    for trace_id in candidates {
+    for trace_id in candidates.into_iter().take(examined) {
         if results.len() >= limit {
             break;
         }
@@ -456,13 +475,13 @@ pub async fn list_traces(
             "start": view["start"],
             "end": view["end"],
             "totals": view["totals"],
-            "users": distinct_of(&view, &["distinct_id"]),
+            "users": users_of(&view),
             "workspaces": distinct_of(&view, &["properties", "workspace_id"]),
             "agents": distinct_of(&view, &["properties", "agent_id"]),
         }));
     }
     results.sort_by(|a, b| b["start"].as_str().cmp(&a["start"].as_str()));
-    Ok(axum::Json(json!({"results": results, "next": null})).into_response())
+    Ok(axum::Json(json!({"results": results, "next": null, "complete": complete})).into_response())
 }
 
 /// The distinct values at `path` among a view's events.
@@ -480,12 +499,29 @@ fn distinct_of(view: &Value, path: &[&str]) -> Vec<Value> {
     out
 }
 
+/// The users of a run: its product events' distinct ids and its `$ai_*` nodes' (their events'
+/// distinct ids are kept in the tree's detail), in the order first seen.
+fn users_of(view: &Value) -> Vec<Value> {
+    let mut users = distinct_of(view, &["distinct_id"]);
+    let mut todo: Vec<&Value> = view["tree"].as_array().into_iter().flatten().collect();
+    while let Some(node) = todo.pop() {
+        if let Some(user) = node["detail"].get("distinct_id").filter(|u| !u.is_null()) {
+            if !users.contains(user) {
+                users.push(user.clone());
+            }
+        }
+        todo.extend(node["children"].as_array().into_iter().flatten());
+    }
+    users
+}
+
 fn matches_filters(view: &Value, p: &TraceListParams) -> bool {
     let has = |path: &[&str], want: &Option<String>| want.as_ref().is_none_or(|w| distinct_of(view, path).iter().any(|v| v.as_str() == Some(w)));
+    let user_ok = p.user.as_ref().is_none_or(|w| users_of(view).iter().any(|v| v.as_str() == Some(w)));
     let errors = view["totals"]["errors"].as_u64().unwrap_or(0);
     let cost = view["totals"]["cost_usd"].as_f64().unwrap_or(0.0);
     let start = view["start"].as_str().unwrap_or("");
-    has(&["distinct_id"], &p.user)
+    user_ok
         && has(&["properties", "workspace_id"], &p.workspace)
         && has(&["properties", "agent_id"], &p.agent)
         && p.error.is_none_or(|e| e == (errors > 0))
@@ -530,7 +566,6 @@ mod tests {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Insights
 
@@ -560,6 +595,45 @@ struct Bucket {
     guardrail_blocks: u64,
     tool_calls: u64,
     tool_failures: u64,
+}
+
+type Buckets = std::collections::BTreeMap<(String, String), Bucket>;
+
+/// Adds a page of events of kind `name` to the buckets.
+fn add_page(buckets: &mut Buckets, page: &[switchyard_store::LogEntry], name: &str, daily: bool, dimension: fn(&Value) -> Option<String>) {
+    for entry in page {
+        let Ok(event) = serde_json::from_str::<Value>(&entry.body) else { continue };
+        let day = if daily { event["timestamp"].as_str().map_or(String::new(), |t| t.chars().take(10).collect()) } else { String::new() };
+        let group = dimension(&event).unwrap_or_default();
+        let bucket = buckets.entry((day, group)).or_default();
+        let props = &event["properties"];
+        match name {
+            "prompt_blocked" => bucket.guardrail_blocks += 1,
+            "tool_used" => {
+                bucket.tool_calls += 1;
+                if props["success"] == false || props["status"] == "error" {
+                    bucket.tool_failures += 1;
+                }
+            }
+            _ => {
+                bucket.llm_calls += 1;
+                if props["$ai_is_error"] == true || props["$ai_is_error"] == "true" {
+                    bucket.errors += 1;
+                }
+                bucket.cost_usd += props["$ai_total_cost_usd"].as_f64().unwrap_or(0.0);
+                bucket.input_tokens += props["$ai_input_tokens"].as_u64().unwrap_or(0);
+                bucket.output_tokens += props["$ai_output_tokens"].as_u64().unwrap_or(0);
+                if name == "$ai_generation" {
+                    if let Some(latency) = props["$ai_latency"].as_f64() {
+                        bucket.latencies.push(latency);
+                    }
+                }
+                if props["$ai_guardrail_triggered"] == true {
+                    bucket.guardrail_blocks += 1;
+                }
+            }
+        }
+    }
 }
 
 /// `GET /api/projects/{project_id}/insights/llm?after=&before=&group_by=&interval=`: cost,
@@ -603,7 +677,7 @@ pub async fn llm_insights(
         Some("all") => false,
         Some(other) => return Err(ApiError::invalid("interval", format!("unknown interval {other:?} (day, all)"))),
     };
-    let mut buckets: std::collections::BTreeMap<(String, String), Bucket> = std::collections::BTreeMap::new();
+    let mut buckets = Buckets::new();
     let mut complete = true;
     let mut scanned = 0usize;
     for name in ["$ai_generation", "$ai_embedding", "prompt_blocked", "tool_used"] {
@@ -626,40 +700,17 @@ pub async fn llm_insights(
             let Some(last) = page.last() else { break };
             before_seq = Some(last.seq);
             read += page.len();
-            for entry in &page {
-                let Ok(event) = serde_json::from_str::<Value>(&entry.body) else { continue };
-                let day = if daily { event["timestamp"].as_str().map_or(String::new(), |t| t.chars().take(10).collect()) } else { String::new() };
-                let group = dimension(&event).unwrap_or_default();
-                let bucket = buckets.entry((day, group)).or_default();
-                let props = &event["properties"];
-                match name {
-                    "prompt_blocked" => bucket.guardrail_blocks += 1,
-                    "tool_used" => {
-                        bucket.tool_calls += 1;
-                        if props["success"] == false || props["status"] == "error" {
-                            bucket.tool_failures += 1;
-                        }
-                    }
-                    _ => {
-                        bucket.llm_calls += 1;
-                        if props["$ai_is_error"] == true || props["$ai_is_error"] == "true" {
-                            bucket.errors += 1;
-                        }
-                        bucket.cost_usd += props["$ai_total_cost_usd"].as_f64().unwrap_or(0.0);
-                        bucket.input_tokens += props["$ai_input_tokens"].as_u64().unwrap_or(0);
-                        bucket.output_tokens += props["$ai_output_tokens"].as_u64().unwrap_or(0);
-                        if name == "$ai_generation" {
-                            if let Some(latency) = props["$ai_latency"].as_f64() {
-                                bucket.latencies.push(latency);
-                            }
-                        }
-                        if props["$ai_guardrail_triggered"] == true {
-                            bucket.guardrail_blocks += 1;
-                        }
-                    }
-                }
-            }
-            if page.len() < 10_000 {
+            let full = page.len() == 10_000;
+            // Parsing and adding up run off the async workers.
+            let mut taken = std::mem::take(&mut buckets);
+            taken = tokio::task::spawn_blocking(move || {
+                add_page(&mut taken, &page, name, daily, dimension);
+                taken
+            })
+            .await
+            .map_err(ApiError::unavailable)?;
+            buckets = taken;
+            if !full {
                 break;
             }
             if read >= MAX_INSIGHT_EVENTS {
@@ -673,7 +724,8 @@ pub async fn llm_insights(
         .into_iter()
         .map(|((day, group), mut b)| {
             b.latencies.sort_by(f64::total_cmp);
-            let quantile = |q: f64| if b.latencies.is_empty() { Value::Null } else { json!(b.latencies[((b.latencies.len() - 1) as f64 * q).round() as usize]) };
+            let quantile =
+                |q: f64| if b.latencies.is_empty() { Value::Null } else { json!(b.latencies[((b.latencies.len() - 1) as f64 * q).round() as usize]) };
             let mut row = json!({
                 "llm_calls": b.llm_calls,
                 "cost_usd": b.cost_usd,
@@ -744,7 +796,9 @@ pub async fn langfuse_scores(State(state): State<AppState>, peer: Peer, headers:
             "$ai_metric_value": value,
             "$ai_ingestion_source": "langfuse",
         });
-        for (from, to) in [("observationId", "$ai_span_id"), ("comment", "$ai_metric_comment"), ("dataType", "$ai_metric_data_type"), ("sessionId", "$ai_session_id")] {
+        for (from, to) in
+            [("observationId", "$ai_span_id"), ("comment", "$ai_metric_comment"), ("dataType", "$ai_metric_data_type"), ("sessionId", "$ai_session_id")]
+        {
             if let Some(v) = score.get(from).filter(|v| !v.is_null()) {
                 properties[to] = v.clone();
             }

@@ -779,13 +779,15 @@ impl SqliteLog {
         .await
     }
 
-    /// The trace ids of the newest spans (up to `scan` of them), newest first, distinct.
-    pub async fn recent_span_traces(&self, project_id: i64, scan: usize) -> Result<Vec<String>, LogError> {
+    /// The trace ids of the newest spans (up to `scan` of them), newest first, distinct, with
+    /// when their newest span was received.
+    pub async fn recent_span_traces(&self, project_id: i64, scan: usize) -> Result<Vec<(String, String)>, LogError> {
         self.with_reader(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT trace_id FROM (SELECT trace_id, seq FROM spans WHERE project_id = ?1 ORDER BY seq DESC LIMIT ?2) GROUP BY trace_id ORDER BY max(seq) DESC",
+                "SELECT trace_id, max(received_at) FROM (SELECT trace_id, seq, received_at FROM spans WHERE project_id = ?1 ORDER BY seq DESC LIMIT ?2)
+                 GROUP BY trace_id ORDER BY max(seq) DESC",
             )?;
-            let rows = stmt.query_map(params![project_id, scan as i64], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            let rows = stmt.query_map(params![project_id, scan as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
