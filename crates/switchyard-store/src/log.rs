@@ -751,13 +751,18 @@ impl SqliteLog {
 
     /// [`SqliteLog::lag`] for a consumer of spans.
     pub async fn spans_lag(&self, consumer: &str, project_id: i64) -> Result<(i64, Option<String>), LogError> {
+        self.lag_in("spans", consumer, project_id).await
+    }
+
+    /// How far `consumer` is behind in `table` (`events` or `spans`), see [`SqliteLog::lag`].
+    async fn lag_in(&self, table: &'static str, consumer: &str, project_id: i64) -> Result<(i64, Option<String>), LogError> {
         let consumer = consumer.to_owned();
         self.with_reader(move |conn| {
             let position = cursor_position(conn, &consumer)?;
-            let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM spans", [], |r| r.get(0))?;
+            let end: i64 = conn.query_row(&format!("SELECT coalesce(max(seq), 0) FROM {table}"), [], |r| r.get(0))?;
             let oldest: Option<String> = conn
                 .query_row(
-                    "SELECT received_at FROM spans WHERE seq > ?1 AND project_id = ?2 ORDER BY seq LIMIT 1",
+                    &format!("SELECT received_at FROM {table} WHERE seq > ?1 AND project_id = ?2 ORDER BY seq LIMIT 1"),
                     params![position, project_id],
                     |r| r.get(0),
                 )
@@ -818,20 +823,7 @@ impl SqliteLog {
     /// How far `consumer` is behind: positions between its cursor and the log's end, and when
     /// the first event after its cursor (of `project_id`) was received.
     pub async fn lag(&self, consumer: &str, project_id: i64) -> Result<(i64, Option<String>), LogError> {
-        let consumer = consumer.to_owned();
-        self.with_reader(move |conn| {
-            let position = cursor_position(conn, &consumer)?;
-            let end: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
-            let oldest: Option<String> = conn
-                .query_row(
-                    "SELECT received_at FROM events WHERE seq > ?1 AND project_id = ?2 ORDER BY seq LIMIT 1",
-                    params![position, project_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(((end - position).max(0), oldest))
-        })
-        .await
+        self.lag_in("events", consumer, project_id).await
     }
 
     /// Inspection: events matching `q`, newest first.

@@ -6,59 +6,21 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use serde_json::{json, Value};
 use switchyard_event::model::parse_time;
 use switchyard_store::KeyKind;
 
-use crate::TestServer;
+use crate::{Recorded, TestServer};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sdk-requests")
 }
 
-struct Recorded {
-    file: String,
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
 fn recorded_requests() -> Vec<Recorded> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
+    let recorded = crate::recordings(&data_dir());
+    let files: std::collections::BTreeSet<&str> = recorded.iter().map(|r| r.file.as_str()).collect();
     assert_eq!(files.len(), 6, "every SDK's recording is replayed");
-    let mut out = Vec::new();
-    for file in files {
-        for line in std::fs::read_to_string(&file).unwrap().lines() {
-            let r: Value = serde_json::from_str(line).unwrap();
-            let body = match (&r["body_text"], &r["body_base64"]) {
-                (Value::String(text), _) => text.as_bytes().to_vec(),
-                (_, Value::String(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
-                _ => Vec::new(),
-            };
-            let headers = r["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "host" | "content-length" | "connection"))
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                .collect();
-            out.push(Recorded {
-                file: file.file_name().unwrap().to_string_lossy().into_owned(),
-                method: r["method"].as_str().unwrap().to_owned(),
-                path: r["path"].as_str().unwrap().to_owned(),
-                headers,
-                body,
-            });
-        }
-    }
-    out
+    recorded
 }
 
 /// The parts of a stored event that do not depend on when the test ran: `received_at` is

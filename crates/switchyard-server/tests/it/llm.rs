@@ -4,43 +4,13 @@
 
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use serde_json::{json, Value};
 use switchyard_store::KeyKind;
 
 use crate::{TestServer, SECRET};
 
-struct Recorded {
-    file: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-fn recorded() -> Vec<Recorded> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llm-requests");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let mut out = Vec::new();
-    for file in files {
-        for line in std::fs::read_to_string(&file).unwrap().lines() {
-            let r: Value = serde_json::from_str(line).unwrap();
-            let body = match (&r["body_text"], &r["body_base64"]) {
-                (Value::String(text), _) => text.as_bytes().to_vec(),
-                (_, Value::String(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
-                _ => Vec::new(),
-            };
-            let headers = r["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "host" | "content-length" | "connection"))
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                .collect();
-            out.push(Recorded { file: file.file_name().unwrap().to_string_lossy().into_owned(), path: r["path"].as_str().unwrap().to_owned(), headers, body });
-        }
-    }
-    out
+fn recorded() -> Vec<crate::Recorded> {
+    crate::recordings(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llm-requests"))
 }
 
 /// A server knowing the fixtures' keys: `phc_test` (PostHog) and `pk-lf-test` (Langfuse's

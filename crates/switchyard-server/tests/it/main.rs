@@ -17,6 +17,8 @@ mod upstream;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use serde_json::Value;
 use switchyard_server::{serve, AppState, Config};
 use tokio::sync::oneshot;
 
@@ -123,4 +125,50 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A request recorded from a real client (`tests/data/*/*.jsonl`: method, path, headers, body
+/// as text or base64).
+pub struct Recorded {
+    pub file: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Every request of every `.jsonl` file in `dir`, files in name order.
+pub fn recordings(dir: &std::path::Path) -> Vec<Recorded> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        for line in std::fs::read_to_string(&file).unwrap().lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            let body = match (&r["body_text"], &r["body_base64"]) {
+                (Value::String(text), _) => text.as_bytes().to_vec(),
+                (_, Value::String(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap(),
+                _ => Vec::new(),
+            };
+            let headers = r["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "host" | "content-length" | "connection"))
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            out.push(Recorded {
+                file: file.file_name().unwrap().to_string_lossy().into_owned(),
+                method: r["method"].as_str().unwrap().to_owned(),
+                path: r["path"].as_str().unwrap().to_owned(),
+                headers,
+                body,
+            });
+        }
+    }
+    out
 }
