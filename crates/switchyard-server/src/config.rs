@@ -52,11 +52,15 @@ pub struct LlmSettings {
     /// `switchyard prices import` writes it) used instead of the embedded snapshot. Unset: the
     /// data directory's `prices.json` when present, else the embedded snapshot.
     pub prices_file: Option<PathBuf>,
+    /// Custom prices for every project (a LiteLLM-shaped JSON object keyed by model: your
+    /// fine-tunes, negotiated rates), used before the price table, under each project's own
+    /// prices from the model prices API. Costs from them say `$ai_cost_model_source: "project"`.
+    pub custom_prices_file: Option<PathBuf>,
 }
 
 impl Default for LlmSettings {
     fn default() -> Self {
-        LlmSettings { enrich: true, prices_file: None }
+        LlmSettings { enrich: true, prices_file: None, custom_prices_file: None }
     }
 }
 
@@ -318,7 +322,7 @@ pub enum ConfigError {
 const NOT_FIELDS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_URL"];
 const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls", "routing", "llm"];
 const STRING_FIELDS: &[&str] =
-    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file", "prices_file"];
+    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file", "prices_file", "custom_prices_file"];
 
 impl Config {
     /// Loads the file (if any), then applies `SWITCHYARD_*` variables from `env`.

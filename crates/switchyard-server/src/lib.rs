@@ -77,6 +77,18 @@ fn load_prices(config: &Config) -> anyhow::Result<Option<switchyard_llm::prices:
     }
 }
 
+/// The entries of `llm.custom_prices_file` (a LiteLLM-shaped table), checked by reading it as
+/// a price table first.
+fn configured_prices(config: &Config) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let Some(path) = &config.llm.custom_prices_file else { return Ok(serde_json::Map::new()) };
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read llm.custom_prices_file {}: {e}", path.display()))?;
+    switchyard_llm::prices::PriceBook::from_litellm_json(&text).map_err(|e| anyhow::anyhow!("llm.custom_prices_file {}: {e}", path.display()))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(entries)) => Ok(entries),
+        _ => anyhow::bail!("llm.custom_prices_file {}: a JSON object keyed by model is expected", path.display()),
+    }
+}
+
 /// What the person processor reports: dropped properties counted, flags reloaded for a new
 /// group type.
 fn person_hooks(state: &AppState) -> switchyard_pipeline::persons::PersonHooks {
@@ -163,7 +175,7 @@ impl AppState {
         )?;
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight_bytes));
         let prices = load_prices(&config)?;
-        let project_prices = model_prices::ProjectPrices::load(&control)?;
+        let project_prices = model_prices::ProjectPrices::load(&control, configured_prices(&config)?)?;
         let state = AppState(Arc::new(Shared {
             in_flight,
             lz_decodes: tokio::sync::Semaphore::new(1),

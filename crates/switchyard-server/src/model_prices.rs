@@ -39,32 +39,42 @@ const AMOUNTS: &[(&str, bool)] = &[
 #[derive(Default)]
 pub struct ProjectPrices {
     books: RwLock<HashMap<i64, Arc<PriceBook>>>,
+    /// Prices from the configuration (`llm.custom_prices_file`) for every project, under each
+    /// project's own (an API price for the same model wins).
+    configured: Map<String, Value>,
+    /// The configured prices alone, for projects with none of their own.
+    configured_book: Option<Arc<PriceBook>>,
     /// Held while a project's table is read and swapped in, so an older read never replaces
     /// a newer one.
     reloading: Mutex<()>,
 }
 
 impl ProjectPrices {
-    /// Every project's table from the control store (at start).
-    pub fn load(control: &ControlStore) -> Result<ProjectPrices, ControlError> {
+    /// Every project's table from the control store (at start), over `configured` (a LiteLLM
+    /// table's entries from the configuration, for every project).
+    pub fn load(control: &ControlStore, configured: Map<String, Value>) -> Result<ProjectPrices, ControlError> {
         let mut by_project: HashMap<i64, Vec<StoredModelPrice>> = HashMap::new();
         for row in control.list_model_prices(None)? {
             by_project.entry(row.project_id).or_default().push(row);
         }
-        let books = by_project.into_iter().filter_map(|(project_id, rows)| Some((project_id, Arc::new(book_of(project_id, &rows)?)))).collect();
-        Ok(ProjectPrices { books: RwLock::new(books), reloading: Mutex::new(()) })
+        let books = by_project
+            .into_iter()
+            .filter_map(|(project_id, rows)| Some((project_id, Arc::new(book_of(project_id, &rows, &configured)?))))
+            .collect();
+        let configured_book = book_of(0, &[], &configured).map(Arc::new);
+        Ok(ProjectPrices { books: RwLock::new(books), configured, configured_book, reloading: Mutex::new(()) })
     }
 
-    /// The project's own table, when it has one.
+    /// The project's own table (over the configured prices), else the configured prices.
     pub fn get(&self, project_id: i64) -> Option<Arc<PriceBook>> {
-        self.books.read().unwrap().get(&project_id).cloned()
+        self.books.read().unwrap().get(&project_id).cloned().or_else(|| self.configured_book.clone())
     }
 
     /// Reads the project's prices again from the control store.
     pub fn reload(&self, control: &ControlStore, project_id: i64) -> Result<(), ControlError> {
         let _held = self.reloading.lock().unwrap();
         let rows = control.list_model_prices(Some(project_id))?;
-        let book = book_of(project_id, &rows).map(Arc::new);
+        let book = if rows.is_empty() { None } else { book_of(project_id, &rows, &self.configured).map(Arc::new) };
         let mut books = self.books.write().unwrap();
         match book {
             Some(book) => books.insert(project_id, book),
@@ -74,9 +84,10 @@ impl ProjectPrices {
     }
 }
 
-/// A project's rows as one LiteLLM-shaped table; `None` when it has none (or none usable).
-fn book_of(project_id: i64, rows: &[StoredModelPrice]) -> Option<PriceBook> {
-    let mut table = Map::new();
+/// A project's rows over the configured entries, as one LiteLLM-shaped table; `None` when
+/// there is nothing (or nothing usable).
+fn book_of(project_id: i64, rows: &[StoredModelPrice], configured: &Map<String, Value>) -> Option<PriceBook> {
+    let mut table = configured.clone();
     for row in rows {
         match serde_json::from_str::<Value>(&row.spec) {
             Ok(spec) => {

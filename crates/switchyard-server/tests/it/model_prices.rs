@@ -114,3 +114,33 @@ async fn project_prices_survive_a_restart_and_names_with_slashes_work() {
     let (_, list) = call(&server, reqwest::Method::GET, "", None).await;
     assert_eq!(list["results"], json!([]));
 }
+
+#[tokio::test]
+async fn configured_prices_cost_every_project_under_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custom-prices.json");
+    std::fs::write(
+        &file,
+        json!({"our-router": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "litellm_provider": "openai", "mode": "chat"},
+               "my-finetune": {"input_cost_per_token": 5e-6, "output_cost_per_token": 5e-6, "litellm_provider": "openai", "mode": "chat"}})
+        .to_string(),
+    )
+    .unwrap();
+    let server = TestServer::start_with(|c| c.llm.custom_prices_file = Some(file.clone())).await;
+    let routed = generation(&server, "our-router", "cfg-1").await;
+    assert_eq!(routed["$ai_cost_model_source"], "project");
+    assert_eq!(routed["$ai_total_cost_usd"].as_f64().unwrap(), 0.0012, "1000 × 1e-6 + 100 × 2e-6, exactly");
+    // The project's own price for a model wins over the configured one.
+    let (status, _) = call(&server, reqwest::Method::POST, "", Some(json!({"model": "my-finetune", "input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"}))).await;
+    assert_eq!(status, 201);
+    let tuned = generation(&server, "my-finetune", "cfg-2").await;
+    assert!((tuned["$ai_total_cost_usd"].as_f64().unwrap() - 0.0028).abs() < 1e-15, "{tuned}");
+    let still = generation(&server, "our-router", "cfg-3").await;
+    assert_eq!(still["$ai_cost_model_source"], "project", "configured prices stay under the project's");
+    // A broken file is refused at start, naming the setting.
+    std::fs::write(&file, "[1, 2]").unwrap();
+    let mut config = switchyard_server::Config { data_dir: dir.path().join("data"), ..switchyard_server::Config::default() };
+    config.llm.custom_prices_file = Some(file.clone());
+    let error = switchyard_server::AppState::open(config).err().expect("refused").to_string();
+    assert!(error.contains("llm.custom_prices_file"), "{error}");
+}
