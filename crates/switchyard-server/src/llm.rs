@@ -326,17 +326,13 @@ fn build_batch(
     let spans = decoded.spans;
     let received_at = format_time(meta.received_at);
     let mut batch = AppendBatch::default();
-    let mut ai_events = Vec::new();
+    let custom = state.project_prices.get(meta.project_id);
     for span in &spans {
         if let Some(ai) = switchyard_llm::otlp::to_ai_event(span) {
-            let distinct_id = ai.distinct_id.clone().unwrap_or_else(|| span.trace_id.clone());
-            ai_events.push(json!({
-                "event": ai.event,
-                "distinct_id": distinct_id,
-                "timestamp": ai.timestamp,
-                "uuid": switchyard_pipeline::wire::posthog_uuid(&format!("otlp:{}:{}", span.trace_id, span.span_id)),
-                "properties": ai.properties,
-            }));
+            match ai_event(state, meta, &received_at, span, ai, custom.as_deref()) {
+                Ok(record) => batch.events.push(record),
+                Err(quarantined) => batch.quarantined.push(quarantined),
+            }
         }
         batch.spans.push(SpanRecord {
             project_id: meta.project_id,
@@ -350,18 +346,76 @@ fn build_batch(
             body: span.to_json().to_string(),
         });
     }
-    if !ai_events.is_empty() {
-        let text = json!({"api_key": "otlp", "batch": ai_events}).to_string();
-        let limits = state.event_limits();
-        let request = posthog::parse_capture_request(text.as_bytes(), None, &limits)
-            .map_err(|r| (StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.message))?;
-        let ctx = posthog::PosthogContext { meta, sent_at: None, historical_migration: false, engage: false, limits: &limits };
-        let normalized = posthog::normalize(request.events, &ctx);
-        let (events, quarantined) = crate::intake::records(state, "otlp", normalized, meta);
-        batch.events = events;
-        batch.quarantined = quarantined;
-    }
     Ok((batch, decoded.rejected_spans, decoded.rejection.unwrap_or_default()))
+}
+
+/// The `$ai_*` event a GenAI span becomes, built as the unified event directly (a PostHog
+/// event, as PostHog's capture makes it of a span), enriched like captured ones; one past the
+/// event size limit is quarantined instead.
+fn ai_event(
+    state: &AppState,
+    meta: &switchyard_event::RequestMeta,
+    received_at: &str,
+    span: &switchyard_llm::otlp::Span,
+    ai: switchyard_llm::otlp::AiEvent,
+    custom: Option<&switchyard_llm::prices::PriceBook>,
+) -> Result<switchyard_store::LogRecord, switchyard_store::QuarantineRecord> {
+    let mut properties = ai.properties;
+    if state.config.llm.enrich {
+        let outcome = switchyard_llm::enrich::enrich(ai.event, &mut properties, state.prices(), custom);
+        if outcome.costed {
+            state.metrics.llm_costed.inc();
+        }
+        if outcome.unmatched_model.is_some() {
+            state.metrics.llm_unmatched.inc();
+        }
+    }
+    let timestamp = switchyard_event::model::parse_time(&ai.timestamp).map(format_time).unwrap_or_else(|| received_at.to_owned());
+    let event = switchyard_event::Event {
+        id: switchyard_pipeline::wire::posthog_uuid(&format!("otlp:{}:{}", span.trace_id, span.span_id)).into_owned(),
+        project_id: meta.project_id,
+        protocol: switchyard_event::Protocol::Posthog,
+        kind: switchyard_event::EventType::Track,
+        event: ai.event.to_owned(),
+        distinct_id: ai.distinct_id.unwrap_or_else(|| span.trace_id.clone()),
+        user_id: None,
+        anonymous_id: None,
+        properties,
+        traits: Map::new(),
+        traits_set_once: Map::new(),
+        context: Map::new(),
+        groups: Map::new(),
+        group_type: None,
+        group_id: None,
+        previous_id: None,
+        name: None,
+        category: None,
+        original_timestamp: Some(timestamp.clone()),
+        timestamp,
+        sent_at: None,
+        received_at: received_at.to_owned(),
+        trace_id: Some(span.trace_id.clone()),
+        span_id: Some(span.span_id.clone()),
+        request_ip: meta.ip.clone(),
+        extra: Map::new(),
+    };
+    let accepted = Accepted::from_event(event);
+    if accepted.body.len() > state.config.limits.max_event_bytes {
+        return Err(switchyard_store::QuarantineRecord {
+            project_id: meta.project_id,
+            protocol: "otlp",
+            received_at: received_at.to_owned(),
+            code: "event_too_large".into(),
+            reason: format!(
+                "the $ai_* event of span {} is {} bytes, over limits.max_event_bytes ({}); the span itself is stored",
+                span.span_id,
+                accepted.body.len(),
+                state.config.limits.max_event_bytes
+            ),
+            raw: accepted.event_json(),
+        });
+    }
+    Ok(switchyard_store::LogRecord::from_accepted(accepted, false))
 }
 
 // ---------------------------------------------------------------------------------------------
