@@ -53,7 +53,11 @@ pub struct Row {
 
 impl Row {
     fn new(table: &str, merge: Merge) -> Row {
-        Row { table: table.to_owned(), columns: Columns::new(), merge }
+        Row {
+            table: table.to_owned(),
+            columns: Columns::new(),
+            merge,
+        }
     }
 
     /// The row's key: its `id` column.
@@ -100,7 +104,20 @@ impl Row {
 
 /// The standard columns every RudderStack table but `users` has (a property of that name is
 /// dropped).
-const STANDARD: &[&str] = &["id", "anonymous_id", "user_id", "sent_at", "timestamp", "received_at", "original_timestamp", "channel", "context_ip", "context_request_ip", "context_passed_ip", "uuid_ts"];
+const STANDARD: &[&str] = &[
+    "id",
+    "anonymous_id",
+    "user_id",
+    "sent_at",
+    "timestamp",
+    "received_at",
+    "original_timestamp",
+    "channel",
+    "context_ip",
+    "context_request_ip",
+    "context_passed_ip",
+    "uuid_ts",
+];
 
 /// The rows of an event, names for PostgreSQL.
 pub fn rows_of(event: &Event) -> Vec<Row> {
@@ -235,17 +252,18 @@ pub(crate) fn scope_of(event: &Event, key: &str, group: &str) -> Option<String> 
     })
 }
 
-/// The event's latency in milliseconds: `latency_ms`, else `duration_ms`, else `$ai_latency`
-/// (seconds).
+/// The event's latency in whole milliseconds (rounded half up): `latency_ms`, else
+/// `duration_ms`, else `$ai_latency` (seconds). A value that is not a number is given as it
+/// is, for the schema to discard.
 pub(crate) fn latency_ms(props: &Map<String, Value>) -> Option<Value> {
-    if let Some(v) = prop(props, &["latency_ms", "duration_ms"]) {
-        return Some(v.clone());
-    }
-    let seconds = Decimal::parse_value(prop(props, &["$ai_latency"])?)?;
-    // Whole milliseconds, rounded half up (seconds have 12 fractional digits here).
-    let unit = 10_i128.pow(Decimal::SCALE - 3);
-    let ms = (seconds.0 + unit / 2).div_euclid(unit);
-    i64::try_from(ms).ok().map(Value::from)
+    let (value, per_ms) = match prop(props, &["latency_ms", "duration_ms"]) {
+        Some(v) => (v, 1),
+        None => (prop(props, &["$ai_latency"])?, 1000),
+    };
+    let Some(amount) = Decimal::parse_value(value) else { return Some(value.clone()) };
+    let unit = 10_i128.pow(Decimal::SCALE);
+    let ms = amount.0.checked_mul(per_ms).map(|n| (n + unit / 2).div_euclid(unit));
+    Some(ms.and_then(|ms| i64::try_from(ms).ok()).map_or_else(|| value.clone(), Value::from))
 }
 
 /// The event's status: `status`, else `error`/`success` from `success` or `$ai_is_error`.
@@ -328,24 +346,294 @@ pub fn fixed_tables() -> Vec<(&'static str, Vec<(&'static str, ColumnType)>)> {
         (
             "event_logs",
             vec![
-                ("id", String), ("event", String), ("type", String), ("distinct_id", String), ("user_id", String), ("anonymous_id", String),
-                ("workspace_id", String), ("organization_id", String), ("trace_id", String), ("span_id", String), ("status", String),
-                ("latency_ms", Int), ("timestamp", Datetime), ("received_at", Datetime), ("properties", Json), ("context", Json), ("uuid_ts", Datetime),
+                ("id", String),
+                ("event", String),
+                ("type", String),
+                ("distinct_id", String),
+                ("user_id", String),
+                ("anonymous_id", String),
+                ("workspace_id", String),
+                ("organization_id", String),
+                ("trace_id", String),
+                ("span_id", String),
+                ("status", String),
+                ("latency_ms", Int),
+                ("timestamp", Datetime),
+                ("received_at", Datetime),
+                ("properties", Json),
+                ("context", Json),
+                ("uuid_ts", Datetime),
             ],
         ),
         (
             "model_cost_logs",
             vec![
-                ("id", String), ("event", String), ("model", String), ("provider", String), ("input_tokens", Int), ("output_tokens", Int),
-                ("cached_input_tokens", Int), ("cost_usd", Decimal), ("distinct_id", String), ("user_id", String), ("workspace_id", String),
-                ("organization_id", String), ("agent_id", String), ("flow_id", String), ("run_id", String), ("trace_id", String), ("span_id", String),
-                ("pricing_version", String), ("timestamp", Datetime), ("received_at", Datetime), ("uuid_ts", Datetime),
+                ("id", String),
+                ("event", String),
+                ("model", String),
+                ("provider", String),
+                ("input_tokens", Int),
+                ("output_tokens", Int),
+                ("cached_input_tokens", Int),
+                ("cost_usd", Decimal),
+                ("distinct_id", String),
+                ("user_id", String),
+                ("workspace_id", String),
+                ("organization_id", String),
+                ("agent_id", String),
+                ("flow_id", String),
+                ("run_id", String),
+                ("trace_id", String),
+                ("span_id", String),
+                ("pricing_version", String),
+                ("timestamp", Datetime),
+                ("received_at", Datetime),
+                ("uuid_ts", Datetime),
             ],
         ),
         ("agent_trace_history", crate::trace::COLUMNS.to_vec()),
         (
             "rudder_discards",
-            vec![("row_id", String), ("table_name", String), ("column_name", String), ("column_value", String), ("received_at", Datetime), ("reason", String), ("uuid_ts", Datetime)],
+            vec![
+                ("row_id", String),
+                ("table_name", String),
+                ("column_name", String),
+                ("column_value", String),
+                ("received_at", Datetime),
+                ("reason", String),
+                ("uuid_ts", Datetime),
+            ],
         ),
     ]
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::schema::Schema;
+    use serde_json::json;
+
+    /// An event in the events API's shape, with the catalog's common properties.
+    pub(crate) fn event(id: &str, kind: &str, name: &str, timestamp: &str, props: Value) -> Event {
+        let mut properties = json!({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7", "workspace_id": "ws_1", "organization_id": "org_1"});
+        properties.as_object_mut().unwrap().extend(props.as_object().unwrap().clone());
+        serde_json::from_value(json!({
+            "id": id, "project_id": 1, "protocol": "segment", "type": kind, "event": name,
+            "distinct_id": "user_7", "user_id": "user_7", "anonymous_id": "anon_3",
+            "properties": properties, "traits": {},
+            "context": {"library": {"name": "analytics-python", "version": "2.3.0"}, "ip": "203.0.113.9", "traits": {"plan": "pro"}},
+            "timestamp": timestamp, "original_timestamp": timestamp, "sent_at": "2025-12-05T09:31:00.000000Z",
+            "received_at": "2025-12-05T09:31:00.250000Z", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+            "request_ip": "198.51.100.4", "extra": {"channel": "server"}
+        }))
+        .unwrap()
+    }
+
+    fn cols(row: &Row) -> Vec<(String, &'static str, Value)> {
+        row.columns.iter().map(|(k, (t, v))| (k.clone(), t.as_str(), v.clone())).collect()
+    }
+
+    #[test]
+    fn a_track_event_fills_tracks_its_own_table_and_event_logs() {
+        let e = event(
+            "e1",
+            "track",
+            "Flow Executed",
+            "2025-12-05T09:30:00Z",
+            json!({"flow_id": "flow_42", "status": "success", "duration_ms": 1830, "trigger": "schedule", "node_count": 5, "user_id": "spoofed", "nodes": ["a", "b"]}),
+        );
+        let rows = rows_of(&e);
+        let tables: Vec<&str> = rows.iter().map(|r| r.table.as_str()).collect();
+        assert_eq!(tables, vec!["tracks", "flow_executed", "event_logs"]);
+        let standard = vec![
+            ("anonymous_id".to_owned(), "string", json!("anon_3")),
+            ("channel".into(), "string", json!("server")),
+            ("context_ip".into(), "string", json!("203.0.113.9")),
+            ("context_library_name".into(), "string", json!("analytics-python")),
+            ("context_library_version".into(), "string", json!("2.3.0")),
+            ("context_passed_ip".into(), "string", json!("203.0.113.9")),
+            ("context_request_ip".into(), "string", json!("198.51.100.4")),
+            ("context_traits_plan".into(), "string", json!("pro")),
+            ("event".into(), "string", json!("flow_executed")),
+            ("event_text".into(), "string", json!("Flow Executed")),
+            ("id".into(), "string", json!("e1")),
+            ("original_timestamp".into(), "datetime", json!("2025-12-05T09:30:00.000000Z")),
+            ("received_at".into(), "datetime", json!("2025-12-05T09:31:00.250000Z")),
+            ("sent_at".into(), "datetime", json!("2025-12-05T09:31:00.000000Z")),
+            ("timestamp".into(), "datetime", json!("2025-12-05T09:30:00.000000Z")),
+            ("user_id".into(), "string", json!("user_7")),
+        ];
+        assert_eq!(cols(&rows[0]), standard, "tracks: standard columns, no properties");
+        let own: Vec<_> = cols(&rows[1]).into_iter().filter(|c| !standard.contains(c)).collect();
+        assert_eq!(
+            own,
+            vec![
+                ("duration_ms".to_owned(), "int", json!(1830)),
+                ("flow_id".into(), "string", json!("flow_42")),
+                ("node_count".into(), "int", json!(5)),
+                ("nodes".into(), "string", json!("[\"a\",\"b\"]")),
+                ("organization_id".into(), "string", json!("org_1")),
+                ("span_id".into(), "string", json!("00f067aa0ba902b7")),
+                ("status".into(), "string", json!("success")),
+                ("trace_id".into(), "string", json!("4bf92f3577b34da6a3ce929d0e0e4736")),
+                ("trigger".into(), "string", json!("schedule")),
+                ("workspace_id".into(), "string", json!("ws_1")),
+            ],
+            "properties flattened; the reserved user_id property dropped"
+        );
+        assert_eq!(rows[1].columns["user_id"].1, json!("user_7"));
+        let log = &rows[2];
+        for (column, value) in [
+            ("event", json!("Flow Executed")),
+            ("type", json!("track")),
+            ("distinct_id", json!("user_7")),
+            ("workspace_id", json!("ws_1")),
+            ("organization_id", json!("org_1")),
+            ("trace_id", json!("4bf92f3577b34da6a3ce929d0e0e4736")),
+            ("status", json!("success")),
+            ("latency_ms", json!(1830)),
+        ] {
+            assert_eq!(log.columns[column].1, value, "{column}");
+        }
+        assert_eq!(log.columns["properties"].0, ColumnType::Json);
+        assert_eq!(log.columns["properties"].1["nodes"], json!(["a", "b"]));
+    }
+
+    #[test]
+    fn llm_calls_fill_model_cost_logs_with_exact_cost() {
+        let generation = event(
+            "g1",
+            "track",
+            "$ai_generation",
+            "2025-12-05T09:30:01Z",
+            json!({"$ai_model": "gpt-4o-mini", "$ai_provider": "openai", "$ai_input_tokens": 1200, "$ai_output_tokens": 340, "$ai_cache_read_input_tokens": 200, "$ai_total_cost_usd": 0.000384, "$ai_latency": 1.2345, "agent_id": "agent_9", "$ai_trace_id": "ignored-when-event-has-one"}),
+        );
+        let rows = rows_of(&generation);
+        assert_eq!(
+            rows.iter().map(|r| r.table.as_str()).collect::<Vec<_>>(),
+            vec!["tracks", "ai_generation", "event_logs", "model_cost_logs"]
+        );
+        let cost = &rows[3];
+        for (column, ty, value) in [
+            ("model", "string", json!("gpt-4o-mini")),
+            ("provider", "string", json!("openai")),
+            ("input_tokens", "int", json!(1200)),
+            ("output_tokens", "int", json!(340)),
+            ("cached_input_tokens", "int", json!(200)),
+            ("cost_usd", "decimal", json!("0.000384")),
+            ("agent_id", "string", json!("agent_9")),
+            ("user_id", "string", json!("user_7")),
+            ("workspace_id", "string", json!("ws_1")),
+            ("trace_id", "string", json!("4bf92f3577b34da6a3ce929d0e0e4736")),
+        ] {
+            assert_eq!((cost.columns[column].0.as_str(), &cost.columns[column].1), (ty, &value), "{column}");
+        }
+        assert_eq!(rows[2].columns["latency_ms"].1, json!(1235), "$ai_latency seconds as whole ms");
+
+        // The platform's own event; a wrong type lands in the discards, not in the row.
+        let platform = event(
+            "m1",
+            "track",
+            "model_cost",
+            "2025-12-05T09:30:02Z",
+            json!({"model": "claude-sonnet-4-5", "provider": "anthropic", "input_tokens": "many", "output_tokens": 20, "cost_usd": "0.00075", "run_id": "run_1", "flow_id": "flow_42"}),
+        );
+        let mut schema = Schema::with_fixed_tables();
+        let row = rows_of(&platform).pop().unwrap();
+        assert_eq!(row.table, "model_cost_logs");
+        let (row, discards) = schema.admit(row);
+        assert_eq!(row.columns["cost_usd"], (ColumnType::Decimal, json!("0.00075")));
+        assert!(!row.columns.contains_key("input_tokens"));
+        assert_eq!(discards.len(), 1);
+        assert_eq!((discards[0].column.as_str(), discards[0].row_id.as_str(), discards[0].value.as_str()), ("input_tokens", "m1", "many"));
+        assert_eq!(discards[0].reason, "incompatible schema conversion from string to int");
+    }
+
+    #[test]
+    fn identify_group_page_screen_alias_fill_their_tables() {
+        let mut identify = event("i1", "identify", "$identify", "2025-12-05T09:30:00Z", json!({}));
+        identify.traits = json!({"email": "ada@example.com", "plan": {"name": "pro", "seats": 5}, "user_id": "x"}).as_object().unwrap().clone();
+        let rows = rows_of(&identify);
+        assert_eq!(rows.iter().map(|r| r.table.as_str()).collect::<Vec<_>>(), vec!["identifies", "users", "event_logs"]);
+        assert_eq!(rows[0].columns["email"].1, json!("ada@example.com"));
+        assert_eq!(rows[0].columns["plan_seats"], (ColumnType::Int, json!(5)));
+        assert_eq!(rows[0].columns["_user_id"].1, json!("x"));
+        assert_eq!(rows[0].columns["user_id"].1, json!("user_7"));
+        let users = &rows[1];
+        assert_eq!(users.merge, Merge::LatestNonNull);
+        assert_eq!(users.id(), Some("user_7"));
+        assert!(!users.columns.contains_key("anonymous_id"));
+        assert_eq!(users.columns["context_traits_plan"].1, json!("pro"));
+        assert_eq!(users.columns["plan_name"].1, json!("pro"));
+
+        let mut group = event("gr1", "group", "$groupidentify", "2025-12-05T09:30:00Z", json!({}));
+        group.group_id = Some("ws_1".into());
+        group.group_type = Some("workspace".into());
+        group.traits = json!({"name": "Acme", "seats": 12}).as_object().unwrap().clone();
+        let rows = rows_of(&group);
+        assert_eq!(rows[0].table, "groups");
+        assert_eq!((&rows[0].columns["group_id"].1, &rows[0].columns["seats"].1), (&json!("ws_1"), &json!(12)));
+
+        let mut page = event("p1", "page", "$pageview", "2025-12-05T09:30:00Z", json!({"url": "https://app.example.com/flows", "name": "ignored"}));
+        page.name = Some("Flows".into());
+        let rows = rows_of(&page);
+        assert_eq!(rows[0].table, "pages");
+        assert_eq!((&rows[0].columns["name"].1, &rows[0].columns["url"].1), (&json!("Flows"), &json!("https://app.example.com/flows")));
+        let screen = event("s1", "screen", "$screen", "2025-12-05T09:30:00Z", json!({"name": "Agent Debugger"}));
+        assert_eq!(rows_of(&screen)[0].table, "screens");
+        assert_eq!(rows_of(&screen)[0].columns["name"].1, json!("Agent Debugger"));
+
+        let mut alias = event("a1", "alias", "$create_alias", "2025-12-05T09:30:00Z", json!({}));
+        alias.previous_id = Some("anon_3".into());
+        let rows = rows_of(&alias);
+        assert_eq!(rows[0].table, "aliases");
+        assert_eq!(rows[0].columns["previous_id"].1, json!("anon_3"));
+    }
+
+    #[test]
+    fn new_properties_add_columns_and_conflicts_are_discarded_across_events() {
+        let mut schema = Schema::with_fixed_tables();
+        let mut discards = Vec::new();
+        let events = [
+            event(
+                "t1",
+                "track",
+                "tool_used",
+                "2025-12-05T09:30:00Z",
+                json!({"tool_name": "web_search", "success": true, "duration_ms": 120}),
+            ),
+            event(
+                "t2",
+                "track",
+                "tool_used",
+                "2025-12-05T09:30:01Z",
+                json!({"tool_name": "sql", "success": false, "duration_ms": 80, "error_type": "timeout"}),
+            ),
+            event(
+                "t3",
+                "track",
+                "tool_used",
+                "2025-12-05T09:30:02Z",
+                json!({"tool_name": "mcp", "success": "yes", "duration_ms": 95.5, "latency_ms": "slow"}),
+            ),
+        ];
+        for e in &events {
+            for row in rows_of(e) {
+                let (_, d) = schema.admit(row);
+                discards.extend(d);
+            }
+        }
+        assert_eq!(schema.column("tool_used", "error_type"), Some(ColumnType::String), "a new property, a new column");
+        assert_eq!(schema.column("tool_used", "success"), Some(ColumnType::Boolean));
+        let got: Vec<(&str, &str, &str, &str)> = discards.iter().map(|d| (d.table.as_str(), d.column.as_str(), d.row_id.as_str(), d.value.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("tool_used", "duration_ms", "t3", "95.5"),
+                ("tool_used", "success", "t3", "yes"),
+                ("event_logs", "latency_ms", "t3", "slow")
+            ]
+        );
+        assert_eq!(discards[1].reason, "incompatible schema conversion from string to boolean");
+    }
 }

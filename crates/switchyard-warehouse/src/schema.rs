@@ -49,7 +49,11 @@ impl Discard {
         if let Some(at) = &self.received_at {
             columns.insert("received_at".into(), (ColumnType::Datetime, Value::String(at.clone())));
         }
-        Row { table: DISCARDS_TABLE.into(), columns, merge: Merge::Replace }
+        Row {
+            table: DISCARDS_TABLE.into(),
+            columns,
+            merge: Merge::Replace,
+        }
     }
 }
 
@@ -111,7 +115,14 @@ impl Schema {
                 }),
             }
         }
-        (Row { table: row.table, columns, merge: row.merge }, discards)
+        (
+            Row {
+                table: row.table,
+                columns,
+                merge: row.merge,
+            },
+            discards,
+        )
     }
 }
 
@@ -128,7 +139,11 @@ mod tests {
             let (t, v) = crate::types::infer(value).unwrap();
             columns.insert((*name).into(), (t, v));
         }
-        Row { table: table.into(), columns, merge: Merge::Replace }
+        Row {
+            table: table.into(),
+            columns,
+            merge: Merge::Replace,
+        }
     }
 
     #[test]
@@ -155,8 +170,22 @@ mod tests {
         assert_eq!(
             discards,
             vec![
-                Discard { table: "flow_executed".into(), column: "duration_ms".into(), row_id: "e4".into(), value: "slow".into(), received_at: Some("2025-12-05T09:30:00.000000Z".into()), reason: "incompatible schema conversion from string to int".into() },
-                Discard { table: "flow_executed".into(), column: "node_count".into(), row_id: "e4".into(), value: "2.5".into(), received_at: Some("2025-12-05T09:30:00.000000Z".into()), reason: "incompatible schema conversion from float to int".into() },
+                Discard {
+                    table: "flow_executed".into(),
+                    column: "duration_ms".into(),
+                    row_id: "e4".into(),
+                    value: "slow".into(),
+                    received_at: Some("2025-12-05T09:30:00.000000Z".into()),
+                    reason: "incompatible schema conversion from string to int".into()
+                },
+                Discard {
+                    table: "flow_executed".into(),
+                    column: "node_count".into(),
+                    row_id: "e4".into(),
+                    value: "2.5".into(),
+                    received_at: Some("2025-12-05T09:30:00.000000Z".into()),
+                    reason: "incompatible schema conversion from float to int".into()
+                },
             ]
         );
         // Never retyped by a later value, in the same table; other tables are their own.
@@ -165,7 +194,15 @@ mod tests {
         assert!(discards.is_empty());
         assert_eq!(schema.column("tool_used", "duration_ms"), Some(ColumnType::String));
 
-        let discard_row = Discard { table: "t".into(), column: "c".into(), row_id: "r".into(), value: "v".into(), received_at: None, reason: "why".into() }.to_row();
+        let discard_row = Discard {
+            table: "t".into(),
+            column: "c".into(),
+            row_id: "r".into(),
+            value: "v".into(),
+            received_at: None,
+            reason: "why".into(),
+        }
+        .to_row();
         assert_eq!(discard_row.table, "rudder_discards");
         assert_eq!(discard_row.columns["column_value"].1, json!("v"));
     }

@@ -94,7 +94,7 @@ fn whole(n: &serde_json::Number) -> Option<i64> {
     }
     let f = n.as_f64()?;
     // 2^63 is exactly representable; the range check keeps the cast exact.
-    (f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
+    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)).then_some(f as i64)
 }
 
 /// An ISO 8601 date or date-time (years 0001–9999) in the stored form, else `None`.
