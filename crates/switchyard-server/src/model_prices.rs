@@ -249,6 +249,7 @@ mod tests {
         let book = book_of(
             7,
             &[row("my-finetune", json!({"input_cost_per_token": "0.000002", "output_cost_per_token": "0.00000015", "cache_read_input_token_cost": "0.0000005"}))],
+            &Map::new(),
         )
         .unwrap();
         assert_eq!(book.version(), "project-7@2026-01-01T00:00:00Z");
@@ -256,6 +257,6 @@ mod tests {
         assert_eq!(price.input.to_string(), "0.000002");
         assert_eq!(price.output.to_string(), "0.00000015");
         assert_eq!(price.cache_read.map(|u| u.to_string()).as_deref(), Some("0.0000005"));
-        assert!(book_of(7, &[]).is_none());
+        assert!(book_of(7, &[], &Map::new()).is_none());
     }
 }
