@@ -3,6 +3,7 @@
 //! `docs/routing.md`).
 
 pub mod destination;
+pub mod lake;
 pub mod outbound;
 pub mod persons;
 pub mod retry;

@@ -39,6 +39,27 @@ pub struct Config {
     pub tls: TlsSettings,
     pub routing: RoutingSettings,
     pub llm: LlmSettings,
+    pub warehouse: WarehouseSettings,
+}
+
+/// Warehouse loading (see `docs/warehouse.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarehouseSettings {
+    /// Load every event into the embedded Parquet lake (off for now: no compaction yet).
+    pub lake: bool,
+    /// The lake's directory; unset: `lake` under the data directory.
+    pub lake_dir: Option<PathBuf>,
+    /// Events per load, at most.
+    pub max_events: usize,
+    /// Seconds a load waits to fill: what is logged reaches the lake within about this.
+    pub max_wait_secs: u64,
+}
+
+impl Default for WarehouseSettings {
+    fn default() -> Self {
+        WarehouseSettings { lake: false, lake_dir: None, max_events: 10_000, max_wait_secs: 5 }
+    }
 }
 
 /// LLM analytics (see `docs/llm-analytics.md`).
@@ -227,6 +248,7 @@ impl Default for Config {
             tls: TlsSettings::default(),
             routing: RoutingSettings::default(),
             llm: LlmSettings::default(),
+            warehouse: WarehouseSettings::default(),
         }
     }
 }
@@ -320,9 +342,9 @@ pub enum ConfigError {
 
 /// Environment variables that are not configuration fields.
 const NOT_FIELDS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG", "SWITCHYARD_URL"];
-const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls", "routing", "llm"];
+const SECTIONS: &[&str] = &["limits", "log", "upstream", "http", "tls", "routing", "llm", "warehouse"];
 const STRING_FIELDS: &[&str] =
-    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file", "prices_file", "custom_prices_file"];
+    &["data_dir", "listen", "project_token", "write_key", "secret_key", "url", "personal_api_key", "ca_file", "prices_file", "custom_prices_file", "lake_dir"];
 
 impl Config {
     /// Loads the file (if any), then applies `SWITCHYARD_*` variables from `env`.
@@ -408,6 +430,8 @@ impl Config {
             ("routing.lanes", self.routing.lanes),
             ("routing.js_time_limit_ms", self.routing.js_time_limit_ms as usize),
             ("routing.js_memory_mib", self.routing.js_memory_mib),
+            ("warehouse.max_events", self.warehouse.max_events),
+            ("warehouse.max_wait_secs", self.warehouse.max_wait_secs as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));

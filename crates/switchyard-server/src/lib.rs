@@ -160,7 +160,10 @@ impl AppState {
                 counted_files: vec![config.data_dir.join("control.db")],
                 quarantine_raw_bytes: config.log.quarantine_raw_bytes.min(config.limits.max_event_bytes),
                 retention: config.log.retention_days.map(|days| Duration::from_secs(u64::from(days) * 86_400)),
-                retention_consumers: vec![switchyard_pipeline::persons::CONSUMER.to_owned()],
+                retention_consumers: std::iter::once(switchyard_pipeline::persons::CONSUMER)
+                    .chain(config.warehouse.lake.then_some(switchyard_pipeline::lake::CONSUMER))
+                    .map(str::to_owned)
+                    .collect(),
                 on_retention: Some(switchyard_store::RetentionObserver(Arc::new({
                     let deleted = metrics.log_retention_deleted.clone();
                     move |pass| {
@@ -439,10 +442,14 @@ async fn cors_and_count(State(state): State<AppState>, request: Request, next: N
     response
 }
 
-/// Runs the router on a runtime of its own, whose threads run at a lower priority (nice 10)
+/// Runs the router (and the lake loader, when on) on a runtime of its own, whose threads run at a lower priority (nice 10)
 /// than intake's: when both want the CPU, acknowledging events comes first and delivery
 /// catches up after (its backlog is on disk); an idle machine delivers at full speed.
-fn spawn_router(router: switchyard_pipeline::Router, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+fn spawn_router(
+    router: switchyard_pipeline::Router,
+    lake: Option<(Arc<dyn switchyard_pipeline::Stores>, switchyard_pipeline::lake::LakeConfig)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("router")
@@ -451,7 +458,14 @@ fn spawn_router(router: switchyard_pipeline::Router, stop: tokio::sync::watch::R
         .build()?;
     Ok(std::thread::Builder::new().name("router".into()).spawn(move || {
         background_priority();
-        runtime.block_on(router.run(stop));
+        runtime.block_on(async move {
+            // The lake loader shares the router's runtime and priority.
+            let loader = lake.map(|(stores, config)| tokio::spawn(switchyard_pipeline::lake::run(stores, config, stop.clone())));
+            router.run(stop).await;
+            if let Some(loader) = loader {
+                let _ = loader.await;
+            }
+        });
     })?)
 }
 
@@ -486,7 +500,17 @@ pub async fn serve(
         processor_stop.clone(),
     ));
     let routing = match state.router() {
-        Some(router) => Some(spawn_router(router, processor_stop.clone())?),
+        Some(router) => {
+            let lake = state.config.warehouse.lake.then(|| {
+                let w = &state.config.warehouse;
+                let root = w.lake_dir.clone().unwrap_or_else(|| state.config.data_dir.join("lake"));
+                let mut config = switchyard_pipeline::lake::LakeConfig::new(root);
+                config.max_events = w.max_events;
+                config.max_wait = Duration::from_secs(w.max_wait_secs);
+                (Arc::new(RouterStores(state.clone())) as Arc<dyn switchyard_pipeline::Stores>, config)
+            });
+            Some(spawn_router(router, lake, processor_stop.clone())?)
+        }
         None => None,
     };
     let poller = state.mirror.get().map(|(project_id, mirror)| {

@@ -13,6 +13,7 @@ mod persons;
 mod routing;
 mod tls;
 mod upstream;
+mod warehouse;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

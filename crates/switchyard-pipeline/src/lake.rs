@@ -1,0 +1,756 @@
+//! The embedded Parquet lake, the default warehouse: a consumer of the event log (cursor
+//! `warehouse:lake`) that writes the warehouse rows of each window of events
+//! ([`switchyard_warehouse::rows_for`], [`Dialect::Lake`]) as Parquet files, one per table and
+//! day:
+//!
+//! `{root}/project={id}/{table}/day={YYYY-MM-DD}/part-{first_seq:020}-{last_seq:020}.parquet`
+//!
+//! The day is the row's `timestamp`, else its `received_at` (else `1970-01-01`). Column types:
+//! int → Int64, float → Float64, boolean → Boolean, string and json → Utf8 (json as JSON
+//! text), datetime → Timestamp(µs, UTC), decimal → Decimal128(38, 12); a row without a column
+//! has NULL there. Columns are sorted by name.
+//!
+//! At-least-once, idempotent by the window: a file is written to a temporary name in its
+//! directory, synced, renamed and the directory synced; the cursor is committed after every
+//! file of the window is in place. A replay after a crash starts at the same `first_seq`: it
+//! overwrites the files of the same window and removes the files of an earlier attempt that
+//! ended at another `last_seq` ([`remove_attempts`], done on the first window of a run and
+//! after a failure), so a window's events are never in the lake twice.
+//!
+//! One in-memory [`Schema`] per project decides the column types (the first value's type wins,
+//! values that do not fit go to `rudder_discards`). It starts empty at every run, so after a
+//! restart a column may be typed differently in later files (readers that union by name see
+//! the conflict). `users` rows (RudderStack merges them column by column, latest non-null) are
+//! written as they are: one row per identify; compacting or upserting them is not done here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema as ArrowSchema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use serde_json::Value;
+use switchyard_event::model::parse_time;
+use switchyard_event::Event;
+use switchyard_store::{EventLog, LogEntry, Selection};
+use switchyard_warehouse::types::{coerce, value_text};
+use switchyard_warehouse::{rows_for, ColumnType, Decimal, Dialect, Row, Schema};
+use tokio::sync::watch;
+
+use crate::Stores;
+
+/// The lake's cursor in the event log.
+pub const CONSUMER: &str = "warehouse:lake";
+
+/// The lake's settings.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// The lake's directory.
+    pub root: PathBuf,
+    /// Events per window, at most.
+    pub max_events: usize,
+    /// How long a window may wait to fill: anything in the log is written within about this.
+    pub max_wait: Duration,
+}
+
+impl LakeConfig {
+    pub fn new(root: impl Into<PathBuf>) -> LakeConfig {
+        LakeConfig {
+            root: root.into(),
+            max_events: 10_000,
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("lake I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    #[error("table name {0:?} is not a lake table name")]
+    TableName(String),
+    #[error("{table}.{column}: {reason}")]
+    Value { table: String, column: String, reason: String },
+}
+
+/// Writes the rows of one window of events (seqs `first_seq..=last_seq`) of one project: one
+/// file per table and day, replacing the file of the same window if there is one. Gives the
+/// paths written, in (table, day) order.
+pub fn write_window(root: &Path, project_id: i64, first_seq: i64, last_seq: i64, rows: &[Row]) -> Result<Vec<PathBuf>, LakeError> {
+    let mut groups: BTreeMap<(&str, String), Vec<&Row>> = BTreeMap::new();
+    for row in rows.iter().filter(|r| !r.columns.is_empty()) {
+        if row.table.is_empty() || !row.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(LakeError::TableName(row.table.clone()));
+        }
+        groups.entry((row.table.as_str(), day_of(row))).or_default().push(row);
+    }
+    let mut written = Vec::with_capacity(groups.len());
+    for ((table, day), rows) in groups {
+        let batch = record_batch(table, &rows)?;
+        let dir = root.join(format!("project={project_id}")).join(table).join(format!("day={day}"));
+        let path = dir.join(part_name(first_seq, last_seq));
+        write_atomically(&dir, &path, &batch)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Removes the files of earlier attempts at the window starting at `first_seq` (a crash or a
+/// failure after some of its files were written; the attempt may have ended at another seq),
+/// and leftover temporary files, except `keep`. Gives how many were removed.
+pub fn remove_attempts(root: &Path, first_seq: i64, keep: &[PathBuf]) -> Result<usize, LakeError> {
+    let prefix = format!("part-{first_seq:020}-");
+    let mut removed = 0;
+    for project in subdirs(root)? {
+        for table in subdirs(&project)? {
+            for day in subdirs(&table)? {
+                for entry in fs::read_dir(&day)? {
+                    let path = entry?.path();
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    let stale = (name.starts_with(&prefix) && name.ends_with(".parquet")) || (name.starts_with(".part-") && name.ends_with(".tmp"));
+                    if stale && !keep.contains(&path) {
+                        fs::remove_file(&path)?;
+                        removed += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, LakeError> {
+    let mut dirs = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(dirs),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
+}
+
+fn part_name(first_seq: i64, last_seq: i64) -> String {
+    format!("part-{first_seq:020}-{last_seq:020}.parquet")
+}
+
+/// The row's day (UTC): its `timestamp`, else its `received_at`.
+fn day_of(row: &Row) -> String {
+    ["timestamp", "received_at"]
+        .iter()
+        .filter_map(|c| match row.columns.get(*c) {
+            Some((ColumnType::Datetime, Value::String(text))) => parse_time(text),
+            _ => None,
+        })
+        .next()
+        .map_or_else(|| "1970-01-01".to_owned(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Int => DataType::Int64,
+        ColumnType::Float => DataType::Float64,
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::String | ColumnType::Json => DataType::Utf8,
+        ColumnType::Datetime => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ColumnType::Decimal => DataType::Decimal128(Decimal::PRECISION as u8, Decimal::SCALE as i8),
+    }
+}
+
+/// One batch of the rows of one group: the union of their columns (the first row's type for a
+/// column; a value of another type is converted as the schema would, or refused).
+fn record_batch(table: &str, rows: &[&Row]) -> Result<RecordBatch, LakeError> {
+    let mut columns: BTreeMap<&str, ColumnType> = BTreeMap::new();
+    for row in rows {
+        for (name, (ty, _)) in &row.columns {
+            columns.entry(name.as_str()).or_insert(*ty);
+        }
+    }
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    for (&name, &ty) in &columns {
+        let bad = |reason: String| LakeError::Value {
+            table: table.to_owned(),
+            column: name.to_owned(),
+            reason,
+        };
+        // Each row's value, converted to the column's type.
+        let mut values: Vec<Option<Value>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            values.push(match row.columns.get(name) {
+                None => None,
+                Some((found, v)) if *found == ty => Some(v.clone()),
+                Some((found, v)) => Some(coerce(v, *found, ty).map_err(&bad)?),
+            });
+        }
+        let array: ArrayRef = match ty {
+            ColumnType::Int => {
+                let mut b = Int64Builder::with_capacity(rows.len());
+                for v in &values {
+                    b.append_option(v.as_ref().map(|v| v.as_i64().ok_or_else(|| bad(format!("not an int: {v}")))).transpose()?);
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Float => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                for v in &values {
+                    b.append_option(v.as_ref().map(|v| v.as_f64().ok_or_else(|| bad(format!("not a float: {v}")))).transpose()?);
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Boolean => {
+                let mut b = BooleanBuilder::with_capacity(rows.len());
+                for v in &values {
+                    b.append_option(v.as_ref().map(|v| v.as_bool().ok_or_else(|| bad(format!("not a boolean: {v}")))).transpose()?);
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::String | ColumnType::Json => {
+                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+                for v in &values {
+                    let text = v.as_ref().map(|v| if ty == ColumnType::Json { v.to_string() } else { value_text(v) });
+                    b.append_option(text);
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Datetime => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+                for v in &values {
+                    let micros = v
+                        .as_ref()
+                        .map(|v| v.as_str().and_then(parse_time).map(|t| t.timestamp_micros()).ok_or_else(|| bad(format!("not a datetime: {v}"))));
+                    b.append_option(micros.transpose()?);
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Decimal => {
+                let mut b = Decimal128Builder::with_capacity(rows.len()).with_precision_and_scale(Decimal::PRECISION as u8, Decimal::SCALE as i8)?;
+                for v in &values {
+                    let units = v.as_ref().map(|v| Decimal::parse_value(v).map(|d| d.0).ok_or_else(|| bad(format!("not a decimal: {v}"))));
+                    b.append_option(units.transpose()?);
+                }
+                Arc::new(b.finish())
+            }
+        };
+        fields.push(Field::new(name, arrow_type(ty), true));
+        arrays.push(array);
+    }
+    Ok(RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays)?)
+}
+
+/// Writes `batch` to `path`: a temporary file in `dir`, synced, renamed over `path`, `dir` synced.
+fn write_atomically(dir: &Path, path: &Path, batch: &RecordBatch) -> Result<(), LakeError> {
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
+    let temp = dir.join(format!(".{name}.tmp"));
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let result = (|| -> Result<(), LakeError> {
+        let mut writer = ArrowWriter::try_new(File::create(&temp)?, batch.schema(), Some(props))?;
+        writer.write(batch)?;
+        let file = writer.into_inner()?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Runs until `stop` turns true: waits for a window to fill (`max_events`, or `max_wait` after
+/// the first pending event), writes it, commits the cursor.
+pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, mut stop: watch::Receiver<bool>) {
+    let schemas: Arc<Mutex<HashMap<i64, Schema>>> = Arc::default();
+    let poll = (config.max_wait / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    // Set when files of an uncommitted attempt may be in the lake (a run's start, a failure).
+    let mut clean = true;
+    let mut pending_since: Option<Instant> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let ready = match pending(&stores).await {
+            Ok(0) => {
+                pending_since = None;
+                false
+            }
+            Ok(n) => n >= config.max_events as i64 || pending_since.get_or_insert_with(Instant::now).elapsed() >= config.max_wait,
+            Err(error) => {
+                tracing::error!(%error, "lake: reading the log failed; retrying");
+                false
+            }
+        };
+        if ready {
+            match write_next(&stores, &config, &schemas, clean).await {
+                Ok(()) => {
+                    clean = false;
+                    pending_since = None;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "lake: writing a window failed; retrying");
+                    clean = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Events after the cursor (about: seqs may have gaps).
+async fn pending(stores: &Arc<dyn Stores>) -> anyhow::Result<i64> {
+    let log = stores.log();
+    let end = log.end().await?;
+    let cursor = log.cursor(CONSUMER).await?.unwrap_or(0);
+    Ok((end - cursor).max(0))
+}
+
+async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool) -> anyhow::Result<()> {
+    let batch = stores.log().read(CONSUMER, config.max_events, Selection::All).await?;
+    let Some(position) = batch.position else { return Ok(()) };
+    if let Some(first) = batch.entries.first() {
+        let (first_seq, root, schemas) = (first.seq, config.root.clone(), schemas.clone());
+        // Parsing and writing run on a blocking thread, never on the async workers.
+        tokio::task::spawn_blocking(move || write_entries(&root, &schemas, first_seq, position, &batch.entries, clean)).await??;
+    }
+    stores.log().commit(CONSUMER, position).await?;
+    Ok(())
+}
+
+fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: i64, last_seq: i64, entries: &[LogEntry], clean: bool) -> Result<(), LakeError> {
+    let mut by_project: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+    {
+        let mut schemas = schemas.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let loaded_at = chrono::Utc::now();
+        for entry in entries {
+            let event = match serde_json::from_str::<Event>(&entry.body) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::error!(seq = entry.seq, %error, "logged event is not readable; skipped by the lake");
+                    continue;
+                }
+            };
+            let schema = schemas.entry(event.project_id).or_insert_with(Schema::with_fixed_tables);
+            let rows = by_project.entry(event.project_id).or_default();
+            for row in rows_for(&event, Dialect::Lake) {
+                let (mut row, discards) = schema.admit(row);
+                row.stamp(loaded_at);
+                rows.push(row);
+                for discard in discards {
+                    let (mut row, _) = schema.admit(discard.to_row());
+                    row.stamp(loaded_at);
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    let mut written = Vec::new();
+    for (project_id, rows) in by_project {
+        written.extend(write_window(root, project_id, first_seq, last_seq, &rows)?);
+    }
+    if clean {
+        let removed = remove_attempts(root, first_seq, &written)?;
+        if removed > 0 {
+            tracing::info!(removed, first_seq, "lake: removed the files of an earlier attempt at this window");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, BooleanArray, Decimal128Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use serde_json::json;
+    use switchyard_store::{AppendBatch, ControlStore, LogRecord, SqliteLog, SqliteLogConfig};
+
+    fn event(project_id: i64, id: &str, kind: &str, name: &str, timestamp: &str, properties: Value, traits: Value) -> Event {
+        serde_json::from_value(json!({
+            "id": id, "project_id": project_id, "protocol": "segment", "type": kind, "event": name,
+            "distinct_id": "user_7", "user_id": "user_7", "anonymous_id": "anon_3",
+            "properties": properties, "traits": traits,
+            "context": {"library": {"name": "analytics-python", "version": "2.3.0"}, "traits": {"plan": "pro"}},
+            "timestamp": timestamp, "received_at": "2025-12-06T23:59:00.000000Z", "request_ip": "198.51.100.4"
+        }))
+        .unwrap()
+    }
+
+    fn events() -> Vec<Event> {
+        vec![
+            event(
+                1,
+                "e1",
+                "track",
+                "tool_used",
+                "2025-12-05T09:30:00Z",
+                json!({"tool_name": "web_search", "duration_ms": 120, "success": true, "score": 0.5}),
+                json!({}),
+            ),
+            event(
+                1,
+                "e2",
+                "track",
+                "$ai_generation",
+                "2025-12-06T10:00:00.123456Z",
+                json!({"$ai_model": "gpt-4o-mini", "$ai_provider": "openai", "$ai_input_tokens": 1200, "$ai_output_tokens": 300, "$ai_total_cost_usd": 0.0042135, "$ai_trace_id": "t1"}),
+                json!({}),
+            ),
+            event(1, "e3", "identify", "", "2025-12-05T11:00:00Z", json!({}), json!({"plan": "team", "seats": 3})),
+        ]
+    }
+
+    fn admitted(events: &[Event]) -> Vec<Row> {
+        let mut schema = Schema::with_fixed_tables();
+        let mut rows = Vec::new();
+        for e in events {
+            for row in rows_for(e, Dialect::Lake) {
+                let (row, discards) = schema.admit(row);
+                assert!(discards.is_empty(), "{discards:?}");
+                rows.push(row);
+            }
+        }
+        rows
+    }
+
+    fn read(path: &Path) -> RecordBatch {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 1, "{path:?}");
+        batches.into_iter().next().unwrap()
+    }
+
+    fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+        batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+            .as_any()
+            .downcast_ref::<T>()
+            .unwrap_or_else(|| panic!("{name}: wrong array type"))
+    }
+
+    fn files(root: &Path) -> Vec<String> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else {
+                    out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if root.exists() {
+            walk(root, root, &mut out);
+        }
+        out.sort();
+        out
+    }
+
+    fn micros(text: &str) -> i64 {
+        parse_time(text).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn a_window_is_written_by_table_and_day_with_arrow_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let rows = admitted(&events());
+        let written = write_window(root, 1, 10, 12, &rows).unwrap();
+        let part = "part-00000000000000000010-00000000000000000012.parquet";
+        let expected: Vec<String> = [
+            "ai_generation/day=2025-12-06",
+            "event_logs/day=2025-12-05",
+            "event_logs/day=2025-12-06",
+            "identifies/day=2025-12-05",
+            "model_cost_logs/day=2025-12-06",
+            "tool_used/day=2025-12-05",
+            "tracks/day=2025-12-05",
+            "tracks/day=2025-12-06",
+            "users/day=2025-12-05",
+        ]
+        .iter()
+        .map(|d| format!("project=1/{d}/{part}"))
+        .collect();
+        assert_eq!(files(root), expected);
+        let mut written_rel: Vec<String> = written.iter().map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned()).collect();
+        written_rel.sort();
+        assert_eq!(written_rel, expected);
+
+        let at = |table: &str, day: &str| root.join(format!("project=1/{table}/day={day}/{part}"));
+        let tool = read(&at("tool_used", "2025-12-05"));
+        assert_eq!(tool.num_rows(), 1);
+        let schema = tool.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "columns sorted by name");
+        assert_eq!(schema.field_with_name("duration_ms").unwrap().data_type(), &DataType::Int64);
+        assert_eq!(schema.field_with_name("success").unwrap().data_type(), &DataType::Boolean);
+        assert_eq!(schema.field_with_name("score").unwrap().data_type(), &DataType::Float64);
+        assert_eq!(schema.field_with_name("tool_name").unwrap().data_type(), &DataType::Utf8);
+        assert_eq!(
+            schema.field_with_name("timestamp").unwrap().data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        );
+        assert_eq!(column::<Int64Array>(&tool, "duration_ms").value(0), 120);
+        assert!(column::<BooleanArray>(&tool, "success").value(0));
+        assert_eq!(column::<Float64Array>(&tool, "score").value(0), 0.5);
+        assert_eq!(column::<StringArray>(&tool, "tool_name").value(0), "web_search");
+        assert_eq!(column::<StringArray>(&tool, "id").value(0), "e1");
+        assert_eq!(column::<TimestampMicrosecondArray>(&tool, "timestamp").value(0), micros("2025-12-05T09:30:00Z"));
+        assert_eq!(column::<StringArray>(&tool, "context_library_name").value(0), "analytics-python");
+
+        let cost = read(&at("model_cost_logs", "2025-12-06"));
+        assert_eq!(cost.num_rows(), 1);
+        assert_eq!(cost.schema().field_with_name("cost_usd").unwrap().data_type(), &DataType::Decimal128(38, 12));
+        let usd = column::<Decimal128Array>(&cost, "cost_usd");
+        assert_eq!(usd.value(0), 4_213_500_000, "0.0042135 exactly, in 10^-12 units");
+        assert_eq!(usd.value_as_string(0), "0.004213500000");
+        assert_eq!(column::<Int64Array>(&cost, "input_tokens").value(0), 1200);
+        assert_eq!(column::<Int64Array>(&cost, "output_tokens").value(0), 300);
+        assert_eq!(column::<StringArray>(&cost, "model").value(0), "gpt-4o-mini");
+        assert_eq!(column::<StringArray>(&cost, "trace_id").value(0), "t1");
+        assert_eq!(column::<TimestampMicrosecondArray>(&cost, "timestamp").value(0), micros("2025-12-06T10:00:00.123456Z"));
+
+        // Two events of the day in event_logs: the identify has no properties (NULL there).
+        let logs = read(&at("event_logs", "2025-12-05"));
+        assert_eq!(logs.num_rows(), 2);
+        let ids = column::<StringArray>(&logs, "id");
+        assert_eq!((ids.value(0), ids.value(1)), ("e1", "e3"));
+        let props = column::<StringArray>(&logs, "properties");
+        let first: Value = serde_json::from_str(props.value(0)).unwrap();
+        assert_eq!(first["tool_name"], json!("web_search"), "json as JSON text");
+        assert!(props.is_null(1));
+        assert!(column::<Int64Array>(&logs, "latency_ms").is_null(1));
+        assert_eq!(column::<Int64Array>(&logs, "latency_ms").value(0), 120);
+
+        let users = read(&at("users", "2025-12-05"));
+        assert_eq!(users.num_rows(), 1);
+        assert_eq!(column::<StringArray>(&users, "id").value(0), "user_7");
+        assert_eq!(column::<StringArray>(&users, "plan").value(0), "team");
+        assert_eq!(column::<Int64Array>(&users, "seats").value(0), 3);
+        assert_eq!(column::<StringArray>(&users, "context_traits_plan").value(0), "pro");
+
+        // The same window again: the same files, the same rows, nothing beside them.
+        let again = write_window(root, 1, 10, 12, &rows).unwrap();
+        assert_eq!(again, written);
+        assert_eq!(files(root), expected);
+        assert_eq!(read(&at("event_logs", "2025-12-05")), logs);
+        assert_eq!(read(&at("model_cost_logs", "2025-12-06")), cost);
+
+        // A table name that is not one is refused before anything is written.
+        let mut bad = rows[0].clone();
+        bad.table = "../escape".into();
+        assert!(matches!(write_window(root, 1, 13, 13, &[bad]), Err(LakeError::TableName(_))));
+        assert_eq!(files(root), expected);
+    }
+
+    #[test]
+    fn the_day_falls_back_to_received_at_and_earlier_attempts_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let discard = switchyard_warehouse::Discard {
+            table: "tool_used".into(),
+            column: "duration_ms".into(),
+            row_id: "e9".into(),
+            value: "slow".into(),
+            received_at: Some("2025-12-07T01:00:00.000000Z".into()),
+            reason: "incompatible schema conversion from string to int".into(),
+        };
+        let written = write_window(root, 3, 5, 9, &[discard.to_row()]).unwrap();
+        assert_eq!(files(root), vec!["project=3/rudder_discards/day=2025-12-07/part-00000000000000000005-00000000000000000009.parquet"]);
+        // A retry of the window that read further: the earlier attempt's file goes.
+        let retry = write_window(root, 3, 5, 11, &[discard.to_row()]).unwrap();
+        assert_ne!(retry, written);
+        assert_eq!(remove_attempts(root, 5, &retry).unwrap(), 1);
+        assert_eq!(files(root), vec!["project=3/rudder_discards/day=2025-12-07/part-00000000000000000005-00000000000000000011.parquet"]);
+        let batch = read(&retry[0]);
+        assert_eq!(column::<StringArray>(&batch, "column_value").value(0), "slow");
+        assert_eq!(column::<TimestampMicrosecondArray>(&batch, "received_at").value(0), micros("2025-12-07T01:00:00Z"));
+    }
+
+    struct TestStores {
+        log: SqliteLog,
+        control: ControlStore,
+    }
+
+    impl Stores for TestStores {
+        fn log(&self) -> &SqliteLog {
+            &self.log
+        }
+        fn control(&self) -> &ControlStore {
+            &self.control
+        }
+    }
+
+    fn record(event: &Event) -> LogRecord {
+        LogRecord {
+            id: event.id.clone(),
+            project_id: event.project_id,
+            kind: event.kind.as_str(),
+            event: event.event.clone(),
+            distinct_id: event.distinct_id.clone(),
+            trace_id: None,
+            timestamp: event.timestamp.clone(),
+            received_at: event.received_at.clone(),
+            body: serde_json::to_string(event).unwrap(),
+            person_update: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_consumer_writes_windows_from_the_log_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("lake");
+        let stores = Arc::new(TestStores {
+            log: SqliteLog::open(&dir.path().join("log.db"), SqliteLogConfig::default()).unwrap(),
+            control: ControlStore::open(&dir.path().join("control.db")).unwrap(),
+        });
+        let mut all = events();
+        all.push(event(
+            1,
+            "e4",
+            "track",
+            "tool_used",
+            "2025-12-05T12:00:00Z",
+            json!({"tool_name": "calc", "duration_ms": "slow"}),
+            json!({}),
+        ));
+        all.push(event(2, "e5", "track", "tool_used", "2025-12-05T12:00:00Z", json!({"tool_name": "calc", "duration_ms": 7}), json!({})));
+        stores
+            .log
+            .append(AppendBatch {
+                events: all.iter().map(record).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let probe = stores.log.read("probe", 100, Selection::All).await.unwrap();
+        let (first, last) = (probe.entries[0].seq, probe.position.unwrap());
+        assert_eq!(last - first, 4);
+        // A file of an earlier attempt at this window that read further (a crash before the commit).
+        let stale = root.join(format!("project=1/tool_used/day=2025-12-05/part-{first:020}-{:020}.parquet", last + 5));
+        fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        fs::write(&stale, b"partial").unwrap();
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let config = LakeConfig {
+            root: root.clone(),
+            max_events: 100,
+            max_wait: Duration::from_millis(50),
+        };
+        let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stores.log.cursor(CONSUMER).await.unwrap() != Some(last) {
+            assert!(Instant::now() < deadline, "the cursor did not pass the events");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+
+        let part = format!("part-{first:020}-{last:020}.parquet");
+        let listed = files(&root);
+        assert!(listed.iter().all(|f| f.ends_with(&part)), "one window, no stale or temporary file: {listed:?}");
+        assert!(!stale.exists());
+        let tool = read(&root.join(format!("project=1/tool_used/day=2025-12-05/{part}")));
+        assert_eq!(tool.num_rows(), 2);
+        let durations = column::<Int64Array>(&tool, "duration_ms");
+        assert_eq!(durations.value(0), 120);
+        assert!(durations.is_null(1), "the conflicting value is left out");
+        let uuid_ts = column::<TimestampMicrosecondArray>(&tool, "uuid_ts");
+        assert!(!uuid_ts.is_null(0), "the load time is stamped");
+        // The conflict is in the discards (dated by the row's received_at).
+        let discards = read(&root.join(format!("project=1/rudder_discards/day=2025-12-06/{part}")));
+        assert_eq!(discards.num_rows(), 2, "the property's column and event_logs.latency_ms");
+        let tables = column::<StringArray>(&discards, "table_name");
+        assert_eq!((tables.value(0), tables.value(1)), ("tool_used", "event_logs"));
+        for i in 0..2 {
+            assert_eq!(column::<StringArray>(&discards, "row_id").value(i), "e4");
+            assert_eq!(column::<StringArray>(&discards, "column_value").value(i), "slow");
+            assert_eq!(column::<StringArray>(&discards, "reason").value(i), "incompatible schema conversion from string to int");
+        }
+        let columns = column::<StringArray>(&discards, "column_name");
+        assert_eq!((columns.value(0), columns.value(1)), ("duration_ms", "latency_ms"));
+        // Projects are apart, with their own schemas.
+        let other = read(&root.join(format!("project=2/tool_used/day=2025-12-05/{part}")));
+        assert_eq!(column::<Int64Array>(&other, "duration_ms").value(0), 7);
+        let costs = read(&root.join(format!("project=1/model_cost_logs/day=2025-12-06/{part}")));
+        assert_eq!(column::<Decimal128Array>(&costs, "cost_usd").value(0), 4_213_500_000);
+        assert_eq!(listed.len(), 13, "{listed:?}");
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_windows_are_written_at_once_and_a_partial_one_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("lake");
+        let stores = Arc::new(TestStores {
+            log: SqliteLog::open(&dir.path().join("log.db"), SqliteLogConfig::default()).unwrap(),
+            control: ControlStore::open(&dir.path().join("control.db")).unwrap(),
+        });
+        let tool = |i: usize| event(1, &format!("e{i}"), "track", "tool_used", "2025-12-05T09:30:00Z", json!({"n": i}), json!({}));
+        stores
+            .log
+            .append(AppendBatch {
+                events: (0..5).map(|i| record(&tool(i))).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let probe = stores.log.read("probe", 100, Selection::All).await.unwrap();
+        let seqs: Vec<i64> = probe.entries.iter().map(|e| e.seq).collect();
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let config = LakeConfig {
+            root: root.clone(),
+            max_events: 2,
+            max_wait: Duration::from_secs(600),
+        };
+        let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stores.log.cursor(CONSUMER).await.unwrap() != Some(seqs[3]) {
+            assert!(Instant::now() < deadline, "the full windows were not written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The fifth event waits for its window to fill (or for max_wait).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(stores.log.cursor(CONSUMER).await.unwrap(), Some(seqs[3]));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+
+        let day = root.join("project=1/tool_used/day=2025-12-05");
+        let mut parts: Vec<String> = fs::read_dir(&day).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        parts.sort();
+        assert_eq!(parts, vec![part_name(seqs[0], seqs[1]), part_name(seqs[2], seqs[3])]);
+        let second = read(&day.join(part_name(seqs[2], seqs[3])));
+        let n = column::<Int64Array>(&second, "n");
+        assert_eq!((n.len(), n.value(0), n.value(1)), (2, 2, 3));
+    }
+}
