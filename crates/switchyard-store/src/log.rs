@@ -731,12 +731,7 @@ impl SqliteLog {
             let entries = stmt
                 .query_map(params![project_id, position, max as i64], |r| Ok(LogEntry { seq: r.get(0)?, body: r.get(1)? }))?
                 .collect::<Result<Vec<_>, _>>()?;
-            let position = if entries.len() < max {
-                let end: Option<i64> = conn.query_row("SELECT max(seq) FROM spans", [], |r| r.get(0))?;
-                end.filter(|end| *end > position)
-            } else {
-                entries.last().map(|e| e.seq)
-            };
+            let position = position_after(&conn, "spans", position, &entries, max, true)?;
             drop(stmt);
             conn.commit()?;
             Ok(ReadBatch { entries, position })
@@ -958,13 +953,7 @@ impl EventLog for SqliteLog {
                 Some(id) => stmt.query_map(params![position, max as i64, id], log_entry)?.collect::<Result<Vec<_>, _>>()?,
                 None => stmt.query_map(params![position, max as i64], log_entry)?.collect::<Result<Vec<_>, _>>()?,
             };
-            let position = if selection != Selection::All && entries.len() < max {
-                // Everything up to the log's end was looked at: the skipped rest is done too.
-                let end: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
-                end.filter(|end| *end > position)
-            } else {
-                entries.last().map(|e| e.seq)
-            };
+            let position = position_after(&conn, "events", position, &entries, max, selection != Selection::All)?;
             drop(stmt);
             conn.commit()?;
             Ok(ReadBatch { entries, position })
@@ -1300,6 +1289,17 @@ fn release_cached_pages(db_file: &std::fs::File, tail: u64) {
 
 const UPSERT_CURSOR: &str = "INSERT INTO cursors (consumer, position) VALUES (?1, ?2)
      ON CONFLICT (consumer) DO UPDATE SET position = excluded.position";
+
+/// The position a consumer commits after reading `entries` (at most `max`) of `table` from
+/// `position`: past the last one read; or, when the read was filtered (`filtered`) and did not
+/// fill up, the table's end, since everything up to it was looked at.
+fn position_after(conn: &Connection, table: &str, position: i64, entries: &[LogEntry], max: usize, filtered: bool) -> Result<Option<i64>, LogError> {
+    if filtered && entries.len() < max {
+        let end: Option<i64> = conn.query_row(&format!("SELECT max(seq) FROM {table}"), [], |r| r.get(0))?;
+        return Ok(end.filter(|end| *end > position));
+    }
+    Ok(entries.last().map(|e| e.seq))
+}
 
 /// A consumer's committed position in the log (0 before its first commit).
 fn cursor_position(conn: &Connection, consumer: &str) -> Result<i64, LogError> {
