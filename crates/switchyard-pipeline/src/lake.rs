@@ -8,7 +8,8 @@
 //! The day is the row's `timestamp`, else its `received_at` (else `1970-01-01`). Column types:
 //! int → Int64, float → Float64, boolean → Boolean, string and json → Utf8 (json as JSON
 //! text), datetime → Timestamp(µs, UTC), decimal → Decimal128(38, 12); a row without a column
-//! has NULL there. Columns are sorted by name.
+//! has NULL there. Columns are sorted by name; the files of the platform's tables (fixed
+//! columns) have all of them.
 //!
 //! At-least-once, idempotent by the window: a file is written to a temporary name in its
 //! directory, synced, renamed and the directory synced; the cursor is committed after every
@@ -162,6 +163,9 @@ fn day_of(row: &Row) -> String {
         .map_or_else(|| "1970-01-01".to_owned(), |t| t.format("%Y-%m-%d").to_string())
 }
 
+/// The tables whose columns are fixed, with their columns.
+static FIXED_TABLES: std::sync::OnceLock<Vec<(&'static str, Vec<(&'static str, ColumnType)>)>> = std::sync::OnceLock::new();
+
 fn arrow_type(ty: ColumnType) -> DataType {
     match ty {
         ColumnType::Int => DataType::Int64,
@@ -177,6 +181,11 @@ fn arrow_type(ty: ColumnType) -> DataType {
 /// column; a value of another type is converted as the schema would, or refused).
 fn record_batch(table: &str, rows: &[&Row]) -> Result<RecordBatch, LakeError> {
     let mut columns: BTreeMap<&str, ColumnType> = BTreeMap::new();
+    // The platform's tables have all their columns in every file, so readers (and the
+    // `agent_trace_history` view) find a column even where no row of the file has a value.
+    if let Some((_, fixed)) = FIXED_TABLES.get_or_init(switchyard_warehouse::rows::fixed_tables).iter().find(|(name, _)| *name == table) {
+        columns.extend(fixed.iter().copied());
+    }
     for row in rows {
         for (name, (ty, _)) in &row.columns {
             columns.entry(name.as_str()).or_insert(*ty);

@@ -125,7 +125,7 @@ pub fn rows_of(event: &Event) -> Vec<Row> {
 }
 
 /// The rows of an event, names for `dialect`: RudderStack's tables, then `event_logs`, then
-/// `model_cost_logs` for LLM calls.
+/// `model_cost_logs` for LLM calls, then `agent_trace_events` for events of a trace.
 pub fn rows_for(event: &Event, dialect: Dialect) -> Vec<Row> {
     let mut rows = Vec::with_capacity(4);
     let name = |n: &str| naming::safe_name(dialect, n.to_owned());
@@ -199,6 +199,7 @@ pub fn rows_for(event: &Event, dialect: Dialect) -> Vec<Row> {
     if is_llm_call(&event.event) {
         rows.push(model_cost_log(event));
     }
+    rows.extend(crate::trace::event_row(event));
     rows
 }
 
@@ -392,6 +393,7 @@ pub fn fixed_tables() -> Vec<(&'static str, Vec<(&'static str, ColumnType)>)> {
             ],
         ),
         ("agent_trace_history", crate::trace::COLUMNS.to_vec()),
+        ("agent_trace_events", crate::trace::EVENT_COLUMNS.to_vec()),
         (
             "rudder_discards",
             vec![
@@ -444,7 +446,7 @@ pub(crate) mod tests {
         );
         let rows = rows_of(&e);
         let tables: Vec<&str> = rows.iter().map(|r| r.table.as_str()).collect();
-        assert_eq!(tables, vec!["tracks", "flow_executed", "event_logs"]);
+        assert_eq!(tables, vec!["tracks", "flow_executed", "event_logs", "agent_trace_events"]);
         let standard = vec![
             ("anonymous_id".to_owned(), "string", json!("anon_3")),
             ("channel".into(), "string", json!("server")),
@@ -511,7 +513,7 @@ pub(crate) mod tests {
         let rows = rows_of(&generation);
         assert_eq!(
             rows.iter().map(|r| r.table.as_str()).collect::<Vec<_>>(),
-            vec!["tracks", "ai_generation", "event_logs", "model_cost_logs"]
+            vec!["tracks", "ai_generation", "event_logs", "model_cost_logs", "agent_trace_events"]
         );
         let cost = &rows[3];
         for (column, ty, value) in [
@@ -539,8 +541,7 @@ pub(crate) mod tests {
             json!({"model": "claude-sonnet-4-5", "provider": "anthropic", "input_tokens": "many", "output_tokens": 20, "cost_usd": "0.00075", "run_id": "run_1", "flow_id": "flow_42"}),
         );
         let mut schema = Schema::with_fixed_tables();
-        let row = rows_of(&platform).pop().unwrap();
-        assert_eq!(row.table, "model_cost_logs");
+        let row = rows_of(&platform).into_iter().find(|r| r.table == "model_cost_logs").unwrap();
         let (row, discards) = schema.admit(row);
         assert_eq!(row.columns["cost_usd"], (ColumnType::Decimal, json!("0.00075")));
         assert!(!row.columns.contains_key("input_tokens"));
@@ -554,7 +555,7 @@ pub(crate) mod tests {
         let mut identify = event("i1", "identify", "$identify", "2025-12-05T09:30:00Z", json!({}));
         identify.traits = json!({"email": "ada@example.com", "plan": {"name": "pro", "seats": 5}, "user_id": "x"}).as_object().unwrap().clone();
         let rows = rows_of(&identify);
-        assert_eq!(rows.iter().map(|r| r.table.as_str()).collect::<Vec<_>>(), vec!["identifies", "users", "event_logs"]);
+        assert_eq!(rows.iter().map(|r| r.table.as_str()).collect::<Vec<_>>(), vec!["identifies", "users", "event_logs", "agent_trace_events"]);
         assert_eq!(rows[0].columns["email"].1, json!("ada@example.com"));
         assert_eq!(rows[0].columns["plan_seats"], (ColumnType::Int, json!(5)));
         assert_eq!(rows[0].columns["_user_id"].1, json!("x"));

@@ -238,6 +238,144 @@ impl TraceSummary {
     }
 }
 
+/// The columns of `agent_trace_events`: one row per event of a trace, its contribution to the
+/// trace's summary. `agent_trace_history` is a view that folds them with SQL aggregates
+/// ([`history_view`]), so it is right however a trace's events arrive: late, across loads, in
+/// any order.
+pub const EVENT_COLUMNS: &[(&str, ColumnType)] = &[
+    ("id", ColumnType::String),
+    ("trace_id", ColumnType::String),
+    ("timestamp", ColumnType::Datetime),
+    ("timestamp_ms", ColumnType::Int),
+    ("user_id", ColumnType::String),
+    ("workspace_id", ColumnType::String),
+    ("organization_id", ColumnType::String),
+    ("agent_id", ColumnType::String),
+    ("flow_id", ColumnType::String),
+    ("llm_kind", ColumnType::String),
+    ("input_tokens", ColumnType::Int),
+    ("output_tokens", ColumnType::Int),
+    ("cost_usd", ColumnType::Decimal),
+    ("tool_calls", ColumnType::Int),
+    ("guardrail_blocks", ColumnType::Int),
+    ("rag_queries", ColumnType::Int),
+    ("errors", ColumnType::Int),
+    ("error", ColumnType::String),
+    ("received_at", ColumnType::Datetime),
+    ("uuid_ts", ColumnType::Datetime),
+];
+
+/// The event's row of `agent_trace_events`, `None` for an event without a trace.
+pub fn event_row(event: &Event) -> Option<Row> {
+    let mut one = TraceSummary::new(&trace_of(event)?);
+    one.add(event);
+    let timestamp = one.first.clone()?;
+    let mut columns = Columns::new();
+    let mut put = |c: &str, t: ColumnType, v: Value| {
+        columns.insert(c.to_owned(), (t, v));
+    };
+    put("id", ColumnType::String, Value::String(event.id.clone()));
+    put("trace_id", ColumnType::String, Value::String(one.trace_id.clone()));
+    if let Some(t) = parse_time(&timestamp) {
+        put("timestamp_ms", ColumnType::Int, Value::from(t.timestamp_millis()));
+    }
+    put("timestamp", ColumnType::Datetime, Value::String(timestamp));
+    for (column, slot) in [
+        ("user_id", &one.user_id),
+        ("workspace_id", &one.workspace_id),
+        ("organization_id", &one.organization_id),
+        ("agent_id", &one.agent_id),
+        ("flow_id", &one.flow_id),
+        ("error", &one.first_error),
+    ] {
+        if let Some((_, v)) = slot {
+            put(column, ColumnType::String, Value::String(v.clone()));
+        }
+    }
+    let (kind, calls) = if one.ai_calls.count > 0 {
+        (Some("ai"), &one.ai_calls)
+    } else if one.platform_calls.count > 0 {
+        (Some("platform"), &one.platform_calls)
+    } else {
+        (None, &one.ai_calls)
+    };
+    if let Some(kind) = kind {
+        put("llm_kind", ColumnType::String, Value::from(kind));
+        put("input_tokens", ColumnType::Int, Value::from(calls.input_tokens));
+        put("output_tokens", ColumnType::Int, Value::from(calls.output_tokens));
+        put("cost_usd", ColumnType::Decimal, Value::String(calls.cost.to_string()));
+    }
+    put("tool_calls", ColumnType::Int, Value::from(one.tool_calls));
+    put("guardrail_blocks", ColumnType::Int, Value::from(one.guardrail_blocks));
+    put("rag_queries", ColumnType::Int, Value::from(one.rag_queries));
+    put("errors", ColumnType::Int, Value::from(one.errors));
+    if let Some(r) = &one.received_at {
+        put("received_at", ColumnType::Datetime, Value::String(r.clone()));
+    }
+    Some(Row {
+        table: "agent_trace_events".into(),
+        columns,
+        merge: Merge::Replace,
+    })
+}
+
+/// The engines the `agent_trace_history` view is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewEngine {
+    /// Apache DataFusion (the lake's SQL) and DuckDB: ordered aggregates with `FILTER`.
+    DataFusion,
+    PostgreSQL,
+}
+
+/// The `SELECT` of `agent_trace_history` over `{source}` (`agent_trace_events`, qualified as
+/// the engine needs): the same fold as [`TraceSummary`], in SQL. Counts of LLM calls, tokens
+/// and cost come from the `$ai_*` calls, or from `model_cost` events when the trace has no
+/// `$ai_*` call; identities and the first error from the earliest event (by timestamp, then
+/// id) that carries them.
+pub fn history_view(engine: ViewEngine, source: &str) -> String {
+    let earliest = |c: &str| match engine {
+        ViewEngine::DataFusion => format!("first_value({c} ORDER BY \"timestamp\", id) FILTER (WHERE {c} IS NOT NULL)"),
+        ViewEngine::PostgreSQL => format!("(array_agg({c} ORDER BY \"timestamp\", id) FILTER (WHERE {c} IS NOT NULL))[1]"),
+    };
+    let calls = |expr: &str| {
+        format!(
+            "CASE WHEN count(*) FILTER (WHERE llm_kind = 'ai') > 0 THEN {expr} FILTER (WHERE llm_kind = 'ai') ELSE {expr} FILTER (WHERE llm_kind = 'platform') END"
+        )
+    };
+    let zero = |e: String| format!("coalesce({e}, 0)");
+    let cost_zero = match engine {
+        ViewEngine::DataFusion => "CAST(0 AS DECIMAL(38, 12))",
+        ViewEngine::PostgreSQL => "CAST(0 AS NUMERIC(38, 12))",
+    };
+    let columns = [
+        "trace_id AS id".to_owned(),
+        "trace_id".to_owned(),
+        "min(\"timestamp\") AS first_timestamp".to_owned(),
+        "max(\"timestamp\") AS last_timestamp".to_owned(),
+        "max(timestamp_ms) - min(timestamp_ms) AS duration_ms".to_owned(),
+        "CASE WHEN sum(errors) > 0 THEN 'error' ELSE 'success' END AS status".to_owned(),
+        format!("{} AS user_id", earliest("user_id")),
+        format!("{} AS workspace_id", earliest("workspace_id")),
+        format!("{} AS organization_id", earliest("organization_id")),
+        format!("{} AS agent_id", earliest("agent_id")),
+        format!("{} AS flow_id", earliest("flow_id")),
+        "count(*) AS events".to_owned(),
+        format!("{} AS llm_calls", calls("count(*)")),
+        "sum(tool_calls) AS tool_calls".to_owned(),
+        "sum(guardrail_blocks) AS guardrail_blocks".to_owned(),
+        "sum(rag_queries) AS rag_queries".to_owned(),
+        "sum(errors) AS errors".to_owned(),
+        format!("{} AS input_tokens", zero(calls("sum(input_tokens)"))),
+        format!("{} AS output_tokens", zero(calls("sum(output_tokens)"))),
+        format!("coalesce({}, {cost_zero}) AS cost_usd", calls("sum(cost_usd)")),
+        format!("{} AS first_error", earliest("error")),
+        "max(received_at) AS received_at".to_owned(),
+        "max(uuid_ts) AS uuid_ts".to_owned(),
+    ];
+    format!("SELECT {} FROM {source} GROUP BY trace_id", columns.join(", "))
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

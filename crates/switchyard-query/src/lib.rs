@@ -1,0 +1,365 @@
+//! SQL over the embedded Parquet lake, through Apache DataFusion: read-only, one project's
+//! tables only, within a time, row and memory limit.
+//!
+//! Each query gets its own DataFusion session holding the project's tables and nothing else:
+//! every directory `{root}/project={id}/{table}/` is a table over its Parquet files (all days,
+//! the files' schemas merged by column name). Two tables are views, as RudderStack's warehouse
+//! has them as tables:
+//! - `users`: the latest non-null value of each column per user (the lake keeps one row per
+//!   identify, its loader does not merge them);
+//! - `agent_trace_history`: one row per trace, folded from `agent_trace_events`
+//!   ([`switchyard_warehouse::trace::history_view`]), right however the events arrived.
+//!
+//! The statement is planned with DDL, DML and other statements refused, so nothing a query
+//! does can write, and no file outside the project's tables can be named (DataFusion reads
+//! files named in SQL only when a session enables it; these don't).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Decimal128Array, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array, RecordBatch, UInt16Array,
+    UInt32Array, UInt64Array, UInt8Array,
+};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig, SessionContext};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use switchyard_warehouse::trace::{history_view, ViewEngine};
+
+/// A query's limits.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Rows an answer may have; a query that gives more is refused (add a `LIMIT`).
+    pub max_rows: usize,
+    /// How long a query may run.
+    pub timeout: Duration,
+    /// Memory its operators may hold (sorts, joins, aggregations), in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> QueryLimits {
+        QueryLimits {
+            max_rows: 100_000,
+            timeout: Duration::from_secs(30),
+            memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Why a query was refused or failed. Every kind but [`QueryError::Engine`] is the query's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("queries are read-only: {0}")]
+    ReadOnly(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the answer has more than {0} rows; add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    #[error("the query ran longer than its limit of {0:?}")]
+    Timeout(Duration),
+    #[error("the query needs more memory than its limit: {0}")]
+    Memory(String),
+    #[error("query engine: {0}")]
+    Engine(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> QueryError {
+        match error.find_root() {
+            DataFusionError::ResourcesExhausted(e) => QueryError::Memory(e.clone()),
+            DataFusionError::Plan(e) if is_read_only_refusal(e) => QueryError::ReadOnly(e.clone()),
+            DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
+                QueryError::Invalid(error.strip_backtrace())
+            }
+            DataFusionError::Execution(e) if is_read_only_refusal(e) => QueryError::ReadOnly(e.clone()),
+            DataFusionError::Execution(e) => QueryError::Invalid(e.clone()),
+            _ => QueryError::Engine(error.strip_backtrace()),
+        }
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for QueryError {
+    fn from(error: datafusion::arrow::error::ArrowError) -> QueryError {
+        QueryError::Engine(error.to_string())
+    }
+}
+
+/// DataFusion's refusals under [`SQLOptions`] ("DDL not supported: …", "DML not supported: …",
+/// "Statement not supported: …").
+fn is_read_only_refusal(message: &str) -> bool {
+    ["DDL not supported", "DML not supported", "Statement not supported"].iter().any(|m| message.contains(m))
+}
+
+/// An answer: column names, their types, and the rows as JSON values (decimals as exact
+/// strings, timestamps as RFC 3339 in UTC).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub types: Vec<String>,
+    pub results: Vec<Vec<Value>>,
+}
+
+/// The lake's directory of one project.
+pub fn project_dir(root: &Path, project_id: i64) -> PathBuf {
+    root.join(format!("project={project_id}"))
+}
+
+/// The project's tables (directories) in the lake, sorted. Names are the loader's: ASCII
+/// letters, digits and `_`; anything else (temporary, hidden) is not a table.
+pub fn lake_tables(root: &Path, project_id: i64) -> std::io::Result<Vec<String>> {
+    let dir = project_dir(root, project_id);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut tables = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let valid = !name.is_empty() && !name.starts_with('_') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if valid && entry.file_type()?.is_dir() && has_parquet(&entry.path())? {
+            tables.push(name);
+        }
+    }
+    tables.sort();
+    Ok(tables)
+}
+
+fn has_parquet(dir: &Path) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if has_parquet(&path)? {
+                return Ok(true);
+            }
+        } else if path.extension().is_some_and(|e| e == "parquet") && !entry.file_name().to_string_lossy().starts_with('.') {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The table the lake's `users` rows are registered as; `users` is the merged view over it.
+const USERS_ROWS: &str = "users_identified";
+
+/// A session with the project's tables and views registered, nothing else.
+async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc()?;
+    let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let dir = project_dir(root, project_id);
+    let tables = lake_tables(root, project_id).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))?;
+    for table in &tables {
+        let name = if table == "users" { USERS_ROWS } else { table.as_str() };
+        let path = format!("{}/", dir.join(table).display());
+        ctx.register_parquet(name, &path, ParquetReadOptions::default()).await?;
+    }
+    if tables.iter().any(|t| t == "users") {
+        let schema = ctx.table_provider(USERS_ROWS).await?.schema();
+        let mut columns = vec!["id".to_owned()];
+        for field in schema.fields().iter().filter(|f| f.name() != "id") {
+            let c = quoted(field.name());
+            columns.push(format!("last_value({c} ORDER BY received_at, uuid_ts) FILTER (WHERE {c} IS NOT NULL) AS {c}"));
+        }
+        ctx.sql(&format!("CREATE VIEW users AS SELECT {} FROM {USERS_ROWS} GROUP BY id", columns.join(", "))).await?;
+    }
+    if tables.iter().any(|t| t == "agent_trace_events") {
+        ctx.sql(&format!("CREATE VIEW agent_trace_history AS {}", history_view(ViewEngine::DataFusion, "agent_trace_events"))).await?;
+    }
+    Ok(ctx)
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs queries on threads of its own, so a query that keeps a core busy never holds up the
+/// caller's runtime, and its time limit is enforced from outside: past it, the caller has its
+/// answer (`Timeout`) and the query's task is aborted.
+pub struct QueryEngine {
+    root: PathBuf,
+    limits: QueryLimits,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl QueryEngine {
+    /// An engine over the lake at `root`; `on_thread_start` runs on each of its threads (the
+    /// server lowers their priority there).
+    pub fn new(root: impl Into<PathBuf>, limits: QueryLimits, on_thread_start: impl Fn() + Send + Sync + 'static) -> std::io::Result<QueryEngine> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("query")
+            .on_thread_start(on_thread_start)
+            .enable_all()
+            .build()?;
+        Ok(QueryEngine {
+            root: root.into(),
+            limits,
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// Runs `sql` over project `project_id`'s tables.
+    pub async fn query(&self, project_id: i64, sql: &str) -> Result<QueryResult, QueryError> {
+        let Some(runtime) = &self.runtime else { return Err(QueryError::Engine("the query engine is shut down".into())) };
+        let (root, limits, sql) = (self.root.clone(), self.limits.clone(), sql.to_owned());
+        let mut task = runtime.spawn(async move { query(&root, project_id, &sql, &limits).await });
+        match tokio::time::timeout(self.limits.timeout, &mut task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => Err(QueryError::Engine(format!("the query's task failed: {error}"))),
+            Err(_) => {
+                task.abort();
+                Err(QueryError::Timeout(self.limits.timeout))
+            }
+        }
+    }
+}
+
+impl Drop for QueryEngine {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `sql` over project `project_id`'s tables in the lake at `root`, on the calling
+/// runtime. Its time limit holds only where the query yields: use [`QueryEngine`] to bound it.
+pub async fn query(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits) -> Result<QueryResult, QueryError> {
+    if sql.trim().is_empty() {
+        return Err(QueryError::Invalid("the query is empty".into()));
+    }
+    let run = async {
+        let ctx = session(root, project_id, limits).await?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let frame = ctx.sql_with_options(sql, options).await?;
+        let schema = frame.schema().as_arrow().clone();
+        let mut stream = frame.execute_stream().await?;
+        let mut results = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if results.len() + batch.num_rows() > limits.max_rows {
+                return Err(QueryError::TooManyRows(limits.max_rows));
+            }
+            append_rows(&batch, &mut results)?;
+        }
+        Ok(QueryResult {
+            columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
+            types: schema.fields().iter().map(|f| type_name(f.data_type())).collect(),
+            results,
+        })
+    };
+    tokio::time::timeout(limits.timeout, run).await.map_err(|_| QueryError::Timeout(limits.timeout))?
+}
+
+/// A column type as a user reads it.
+fn type_name(ty: &DataType) -> String {
+    match ty {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "int".into(),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => "int".into(),
+        DataType::Float32 | DataType::Float64 => "float".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Timestamp(..) => "datetime".into(),
+        DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
+fn append_rows(batch: &RecordBatch, rows: &mut Vec<Vec<Value>>) -> Result<(), QueryError> {
+    let start = rows.len();
+    rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())));
+    for column in batch.columns() {
+        let values = json_values(column.as_ref())?;
+        for (row, value) in rows[start..].iter_mut().zip(values) {
+            row.push(value);
+        }
+    }
+    Ok(())
+}
+
+macro_rules! numbers {
+    ($array:expr, $ty:ty) => {{
+        let a = $array.as_any().downcast_ref::<$ty>().expect("the array's type matches its data type");
+        (0..a.len()).map(|i| if a.is_null(i) { Value::Null } else { Value::from(a.value(i)) }).collect()
+    }};
+}
+
+/// One column's values as JSON.
+fn json_values(array: &dyn Array) -> Result<Vec<Value>, QueryError> {
+    let float = |f: f64| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
+    Ok(match array.data_type() {
+        DataType::Int8 => numbers!(array, Int8Array),
+        DataType::Int16 => numbers!(array, Int16Array),
+        DataType::Int32 => numbers!(array, Int32Array),
+        DataType::Int64 => numbers!(array, Int64Array),
+        DataType::UInt8 => numbers!(array, UInt8Array),
+        DataType::UInt16 => numbers!(array, UInt16Array),
+        DataType::UInt32 => numbers!(array, UInt32Array),
+        DataType::UInt64 => numbers!(array, UInt64Array),
+        DataType::Boolean => numbers!(array, BooleanArray),
+        DataType::Float32 => {
+            let a = array.as_any().downcast_ref::<Float32Array>().expect("Float32");
+            (0..a.len()).map(|i| if a.is_null(i) { Value::Null } else { float(f64::from(a.value(i))) }).collect()
+        }
+        DataType::Float64 => {
+            let a = array.as_any().downcast_ref::<Float64Array>().expect("Float64");
+            (0..a.len()).map(|i| if a.is_null(i) { Value::Null } else { float(a.value(i)) }).collect()
+        }
+        DataType::Utf8 => strings(array.as_string::<i32>().iter()),
+        DataType::LargeUtf8 => strings(array.as_string::<i64>().iter()),
+        DataType::Utf8View => strings(array.as_string_view().iter()),
+        DataType::Decimal128(_, _) => {
+            let a = array.as_any().downcast_ref::<Decimal128Array>().expect("Decimal128");
+            (0..a.len()).map(|i| if a.is_null(i) { Value::Null } else { Value::String(trim_decimal(&a.value_as_string(i))) }).collect()
+        }
+        DataType::Timestamp(..) => {
+            let cast = datafusion::arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+            let a = cast.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+            (0..a.len())
+                .map(|i| {
+                    if a.is_null(i) {
+                        return Value::Null;
+                    }
+                    chrono::DateTime::from_timestamp_micros(a.value(i)).map_or(Value::Null, |t| Value::String(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()))
+                })
+                .collect()
+        }
+        _ => {
+            let options = FormatOptions::default();
+            let formatter = ArrayFormatter::try_new(array, &options)?;
+            (0..array.len()).map(|i| if array.is_null(i) { Value::Null } else { Value::String(formatter.value(i).to_string()) }).collect()
+        }
+    })
+}
+
+fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Vec<Value> {
+    values.map(|v| v.map_or(Value::Null, |s| Value::String(s.to_owned()))).collect()
+}
+
+/// `0.004213500000` → `0.0042135`, `12.000000000000` → `12`.
+fn trim_decimal(text: &str) -> String {
+    if !text.contains('.') {
+        return text.to_owned();
+    }
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests;

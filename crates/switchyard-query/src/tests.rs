@@ -1,0 +1,194 @@
+//! Queries over a real lake: Parquet files written by the lake's own writer.
+
+use super::*;
+use serde_json::json;
+use switchyard_event::Event;
+use switchyard_warehouse::{rows_for, Dialect, Schema, TraceSummary};
+
+fn event(project_id: i64, id: &str, kind: &str, name: &str, timestamp: &str, properties: Value, traits: Value) -> Event {
+    serde_json::from_value(json!({
+        "id": id, "project_id": project_id, "protocol": "segment", "type": kind, "event": name,
+        "distinct_id": "user_7", "user_id": "user_7", "anonymous_id": "anon_3",
+        "properties": properties, "traits": traits, "context": {},
+        "timestamp": timestamp, "received_at": "2025-12-06T23:59:00.000000Z", "request_ip": "198.51.100.4"
+    }))
+    .unwrap()
+}
+
+/// A track event; a `trace_id` property is the event's trace, as intake makes it.
+fn track(id: &str, name: &str, timestamp: &str, properties: Value) -> Event {
+    let trace_id = properties.get("trace_id").and_then(Value::as_str).map(str::to_owned);
+    let mut e = event(1, id, "track", name, timestamp, properties, json!({}));
+    e.trace_id = trace_id;
+    e
+}
+
+/// Writes `windows` of events as the lake loader does: each window its own files.
+fn lake(windows: &[Vec<Event>]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut schemas: std::collections::HashMap<i64, Schema> = Default::default();
+    let mut seq = 0;
+    for window in windows {
+        let first = seq + 1;
+        let mut by_project: std::collections::BTreeMap<i64, Vec<switchyard_warehouse::Row>> = Default::default();
+        for e in window {
+            seq += 1;
+            let schema = schemas.entry(e.project_id).or_insert_with(Schema::with_fixed_tables);
+            for row in rows_for(e, Dialect::Lake) {
+                let (mut row, discards) = schema.admit(row);
+                row.stamp(chrono::Utc::now());
+                by_project.entry(e.project_id).or_default().push(row);
+                for d in discards {
+                    by_project.entry(e.project_id).or_default().push(schema.admit(d.to_row()).0);
+                }
+            }
+        }
+        for (project, rows) in by_project {
+            switchyard_pipeline::lake::write_window(dir.path(), project, first, seq, &rows).unwrap();
+        }
+    }
+    dir
+}
+
+async fn run(root: &Path, sql: &str) -> QueryResult {
+    query(root, 1, sql, &QueryLimits::default()).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn run_of_an_agent() -> Vec<Event> {
+    vec![
+        track("r1", "rag_query_triggered", "2025-12-05T09:30:00.100Z", json!({"trace_id": "t1", "knowledge_base_id": "kb_1", "workspace_id": "ws_1"})),
+        track(
+            "r2",
+            "$ai_generation",
+            "2025-12-05T09:30:01Z",
+            json!({"$ai_trace_id": "t1", "$ai_model": "gpt-4o-mini", "$ai_provider": "openai", "$ai_input_tokens": 1000, "$ai_output_tokens": 200, "$ai_total_cost_usd": 0.000123456789, "agent_id": "agent_9", "workspace_id": "ws_1"}),
+        ),
+        track(
+            "r3",
+            "$ai_generation",
+            "2025-12-05T09:30:02Z",
+            json!({"$ai_trace_id": "t1", "$ai_model": "gpt-4o-mini", "$ai_provider": "openai", "$ai_input_tokens": 500, "$ai_output_tokens": 100, "$ai_total_cost_usd": 0.2, "$ai_tool_call_count": 2}),
+        ),
+        track("r4", "model_cost", "2025-12-05T09:30:02Z", json!({"trace_id": "t1", "model": "gpt-4o-mini", "cost_usd": 9.99})),
+        track("r5", "tool_used", "2025-12-05T09:30:03Z", json!({"trace_id": "t1", "tool_name": "sql", "success": false, "error_type": "timeout", "flow_id": "flow_42"})),
+        track("r6", "prompt_blocked", "2025-12-06T09:30:04Z", json!({"trace_id": "t1", "reason": "pii"})),
+        track("s1", "flow_executed", "2025-12-06T10:00:00Z", json!({"trace_id": "t2", "flow_id": "flow_7", "duration_ms": 830})),
+    ]
+}
+
+#[tokio::test]
+async fn counts_sums_and_exact_costs() {
+    let lake = lake(&[run_of_an_agent()]);
+    let counts = run(lake.path(), "SELECT event, count(*) AS n FROM event_logs GROUP BY event ORDER BY event").await;
+    assert_eq!(counts.columns, vec!["event", "n"]);
+    assert_eq!(counts.types, vec!["string", "int"]);
+    assert_eq!(counts.results[0], vec![json!("$ai_generation"), json!(2)]);
+    assert_eq!(counts.results.len(), 6);
+    let cost = run(lake.path(), "SELECT model, sum(cost_usd) AS cost FROM model_cost_logs GROUP BY model").await;
+    assert_eq!(cost.results, vec![vec![json!("gpt-4o-mini"), json!("10.190123456789")]], "exact decimal sum");
+    assert!(cost.types[1].starts_with("decimal("), "{:?}", cost.types);
+    let by_day = run(lake.path(), "SELECT date_trunc('day', \"timestamp\") AS day, count(*) AS n FROM tracks GROUP BY 1 ORDER BY 1").await;
+    assert_eq!(by_day.results, vec![vec![json!("2025-12-05T00:00:00.000000Z"), json!(5)], vec![json!("2025-12-06T00:00:00.000000Z"), json!(2)]]);
+    let tables = run(lake.path(), "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1").await;
+    let names: Vec<&str> = tables.results.iter().map(|r| r[0].as_str().unwrap()).collect();
+    for t in ["agent_trace_history", "event_logs", "model_cost_logs", "tool_used", "tracks"] {
+        assert!(names.contains(&t), "{t} in {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn trace_history_is_right_whatever_the_order_and_loads() {
+    let events = run_of_an_agent();
+    let mut expected = TraceSummary::new("t1");
+    for e in &events {
+        expected.add(e);
+    }
+    let expected = expected.row().unwrap();
+    // The trace's events arrive late and out of order, over three loads.
+    let windows = vec![vec![events[4].clone(), events[6].clone()], vec![events[2].clone(), events[0].clone()], vec![events[5].clone(), events[1].clone(), events[3].clone()]];
+    let lake = lake(&windows);
+    let got = run(lake.path(), "SELECT * FROM agent_trace_history WHERE trace_id = 't1'").await;
+    assert_eq!(got.results.len(), 1);
+    let row: std::collections::BTreeMap<&str, &Value> = got.columns.iter().map(String::as_str).zip(&got.results[0]).collect();
+    for (column, (_, value)) in &expected.columns {
+        let got = row.get(column.as_str()).unwrap_or_else(|| panic!("no column {column}"));
+        match column.as_str() {
+            // RFC 3339 both; the fold keeps the event's precision, the lake microseconds.
+            "first_timestamp" | "last_timestamp" | "received_at" => assert_eq!(got.as_str().unwrap().get(..19), value.as_str().unwrap().get(..19), "{column}"),
+            "cost_usd" => assert_eq!(got.as_str().unwrap(), value.as_str().unwrap().trim_end_matches('0').trim_end_matches('.'), "{column}"),
+            _ => assert_eq!(*got, value, "{column}"),
+        }
+    }
+    assert_eq!(row["status"], &json!("error"));
+    assert_eq!(row["llm_calls"], &json!(2), "the $ai_* calls, not the model_cost event");
+    assert_eq!(row["tool_calls"], &json!(3));
+    assert_eq!(row["first_error"], &json!("timeout"));
+    assert_eq!(row["duration_ms"], &json!(86_403_900));
+}
+
+#[tokio::test]
+async fn users_are_merged_latest_non_null() {
+    let lake = lake(&[
+        vec![event(1, "i1", "identify", "", "2025-12-05T09:00:00Z", json!({}), json!({"plan": "free", "company": "Acme"}))],
+        vec![event(1, "i2", "identify", "", "2025-12-05T10:00:00Z", json!({}), json!({"plan": "team", "seats": 3}))],
+    ]);
+    let users = run(lake.path(), "SELECT id, plan, company, seats FROM users").await;
+    assert_eq!(users.results, vec![vec![json!("user_7"), json!("team"), json!("Acme"), json!(3)]]);
+    let identifies = run(lake.path(), "SELECT count(*) FROM identifies").await;
+    assert_eq!(identifies.results, vec![vec![json!(2)]]);
+}
+
+#[tokio::test]
+async fn writes_other_projects_and_files_are_refused() {
+    let mut events = run_of_an_agent();
+    events.push(event(2, "p2", "track", "secret_event", "2025-12-05T09:00:00Z", json!({"x": 1}), json!({})));
+    let lake = lake(&[events]);
+    for sql in [
+        "INSERT INTO tracks (id) VALUES ('x')",
+        "DELETE FROM tracks",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE VIEW v AS SELECT 1",
+        "DROP TABLE tracks",
+        "CREATE EXTERNAL TABLE leak STORED AS PARQUET LOCATION '/etc/'",
+        "COPY (SELECT * FROM tracks) TO '/tmp/out.parquet'",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let error = query(lake.path(), 1, sql, &QueryLimits::default()).await.unwrap_err();
+        assert!(matches!(error, QueryError::ReadOnly(_)), "{sql}: {error:?}");
+    }
+    for sql in ["SELECT * FROM secret_event", "SELECT * FROM 'project=2/event_logs/'", "SELECT * FROM '/etc/passwd'"] {
+        let error = query(lake.path(), 1, sql, &QueryLimits::default()).await.unwrap_err();
+        assert!(matches!(error, QueryError::Invalid(_)), "{sql}: {error:?}");
+    }
+    let other = query(lake.path(), 2, "SELECT count(*) FROM event_logs", &QueryLimits::default()).await.unwrap();
+    assert_eq!(other.results, vec![vec![json!(1)]], "project 2 sees its own event only");
+    let empty = query(lake.path(), 3, "SELECT 1 AS one", &QueryLimits::default()).await.unwrap();
+    assert_eq!(empty.results, vec![vec![json!(1)]]);
+}
+
+#[tokio::test]
+async fn rows_and_time_are_limited() {
+    let lake = lake(&[run_of_an_agent()]);
+    let limits = QueryLimits {
+        max_rows: 3,
+        ..QueryLimits::default()
+    };
+    let error = query(lake.path(), 1, "SELECT * FROM event_logs", &limits).await.unwrap_err();
+    assert!(matches!(error, QueryError::TooManyRows(3)), "{error:?}");
+    assert_eq!(query(lake.path(), 1, "SELECT * FROM event_logs LIMIT 3", &limits).await.unwrap().results.len(), 3);
+    let limits = QueryLimits {
+        timeout: Duration::from_millis(300),
+        ..QueryLimits::default()
+    };
+    let engine = QueryEngine::new(lake.path(), limits.clone(), || {}).unwrap();
+    // 7^12 rows, each looked at: never finishes in time.
+    let endless = "SELECT count(*) FROM event_logs a, event_logs b, event_logs c, event_logs d, event_logs e, event_logs f, event_logs g, event_logs h, event_logs i, event_logs j, event_logs k, event_logs l WHERE concat(a.id, b.id, c.id, d.id, e.id, f.id, g.id, h.id, i.id, j.id, k.id, l.id) <> 'x'";
+    let started = std::time::Instant::now();
+    let error = engine.query(1, endless).await.unwrap_err();
+    assert!(matches!(error, QueryError::Timeout(_)), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The aborted query gave its threads back.
+    assert_eq!(engine.query(1, "SELECT count(*) FROM event_logs").await.unwrap().results, vec![vec![json!(7)]]);
+    let error = query(lake.path(), 1, "SELEC nonsense", &limits).await.unwrap_err();
+    assert!(matches!(error, QueryError::Invalid(_)), "{error:?}");
+}
