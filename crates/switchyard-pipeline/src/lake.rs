@@ -18,11 +18,15 @@
 //! ended at another `last_seq` ([`remove_attempts`], done on the first window of a run and
 //! after a failure), so a window's events are never in the lake twice.
 //!
-//! One in-memory [`Schema`] per project decides the column types (the first value's type wins,
-//! values that do not fit go to `rudder_discards`). It starts empty at every run, so after a
-//! restart a column may be typed differently in later files (readers that union by name see
-//! the conflict). `users` rows (RudderStack merges them column by column, latest non-null) are
-//! written as they are: one row per identify; compacting or upserting them is not done here.
+//! One [`Schema`] per project decides the column types (the first value's type wins, values
+//! that do not fit go to `rudder_discards`); it is kept in `project={id}/_schema.json`,
+//! written before the files that use it, so types stay the same across runs. `users` rows
+//! (RudderStack merges them column by column, latest non-null) are written as they are, one
+//! row per identify: the SQL engine's `users` view merges them.
+//!
+//! Compaction: after each commit, a day's directory of a table with more than
+//! `compact_files` small files gets them merged into one ([`compact_dir`]), so a lake of
+//! millions of events stays a modest number of files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -33,6 +37,7 @@ use std::time::{Duration, Instant};
 use arrow_array::builder::{BooleanBuilder, Decimal128Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema as ArrowSchema, TimeUnit};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
@@ -59,6 +64,10 @@ pub struct LakeConfig {
     pub max_events: usize,
     /// How long a window may wait to fill: anything in the log is written within about this.
     pub max_wait: Duration,
+    /// A day's directory of a table is compacted when it has more small files than this.
+    pub compact_files: usize,
+    /// Files from this size on are left as they are by compaction.
+    pub compact_small_bytes: u64,
 }
 
 impl LakeConfig {
@@ -67,6 +76,8 @@ impl LakeConfig {
             root: root.into(),
             max_events: 10_000,
             max_wait: Duration::from_secs(5),
+            compact_files: 8,
+            compact_small_bytes: 64 << 20,
         }
     }
 }
@@ -79,6 +90,8 @@ pub enum LakeError {
     Arrow(#[from] ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] ParquetError),
+    #[error("the lake's schema file: {0}")]
+    Schema(String),
     #[error("table name {0:?} is not a lake table name")]
     TableName(String),
     #[error("{table}.{column}: {reason}")]
@@ -125,10 +138,123 @@ pub fn remove_attempts(root: &Path, first_seq: i64, keep: &[PathBuf]) -> Result<
                         removed += 1;
                     }
                 }
+                removed += remove_covered(&day)?;
             }
         }
     }
     Ok(removed)
+}
+
+/// The log range of a part file's name: `part-{first}-{last}.parquet`.
+fn part_range(path: &Path) -> Option<(i64, i64)> {
+    let name = path.file_name()?.to_str()?;
+    let (first, last) = name.strip_prefix("part-")?.strip_suffix(".parquet")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// The part files of a day's directory with their ranges, by range.
+fn parts(dir: &Path) -> Result<Vec<(PathBuf, (i64, i64))>, LakeError> {
+    let mut parts = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(range) = part_range(&path) {
+            parts.push((path, range));
+        }
+    }
+    parts.sort_by_key(|(_, range)| *range);
+    Ok(parts)
+}
+
+/// Removes the files whose range another file of the directory covers: the inputs of a
+/// compaction that stopped between writing its output and removing them.
+fn remove_covered(dir: &Path) -> Result<usize, LakeError> {
+    let parts = parts(dir)?;
+    let mut removed = 0;
+    for (path, (first, last)) in &parts {
+        let covered = parts.iter().any(|(other, (f, l))| other != path && f <= first && last <= l && (f, l) != (first, last));
+        if covered {
+            fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Compacts a day's directory of a table: when it has more than `max_files` files smaller
+/// than `small_bytes`, they become one file named for their whole range (their rows in log
+/// order, their columns united by name). The output is in place before the inputs are
+/// removed; a crash in between leaves inputs that [`remove_attempts`] removes as covered.
+/// Only committed windows are compacted (the loader calls this after its commit), and a
+/// replay never starts inside a compacted range. Gives the file written, if any.
+pub fn compact_dir(dir: &Path, max_files: usize, small_bytes: u64) -> Result<Option<PathBuf>, LakeError> {
+    let mut small = Vec::new();
+    for (path, range) in parts(dir)? {
+        if fs::metadata(&path)?.len() < small_bytes {
+            small.push((path, range));
+        }
+    }
+    if small.len() <= max_files {
+        return Ok(None);
+    }
+    let mut batches = Vec::new();
+    for (path, _) in &small {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
+        for batch in reader {
+            batches.push(batch?);
+        }
+    }
+    let mut fields: BTreeMap<String, Field> = BTreeMap::new();
+    for batch in &batches {
+        for field in batch.schema().fields() {
+            match fields.get(field.name()) {
+                Some(known) if known.data_type() != field.data_type() => {
+                    return Err(LakeError::Value {
+                        table: dir.display().to_string(),
+                        column: field.name().clone(),
+                        reason: format!("files disagree on its type ({} and {}); not compacted", known.data_type(), field.data_type()),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    fields.insert(field.name().clone(), Field::new(field.name(), field.data_type().clone(), true));
+                }
+            }
+        }
+    }
+    let schema = Arc::new(ArrowSchema::new(fields.into_values().collect::<Vec<_>>()));
+    let first = small.first().map_or(0, |(_, (f, _))| *f);
+    let last = small.last().map_or(0, |(_, (_, l))| *l);
+    let path = dir.join(part_name(first, last));
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let temp = dir.join(format!(".{}.tmp", part_name(first, last)));
+    let result = (|| -> Result<(), LakeError> {
+        let mut writer = ArrowWriter::try_new(File::create(&temp)?, schema.clone(), Some(props))?;
+        for batch in &batches {
+            let columns: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| batch.column_by_name(f.name()).cloned().unwrap_or_else(|| arrow_array::new_null_array(f.data_type(), batch.num_rows())))
+                .collect();
+            writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+        }
+        let file = writer.into_inner()?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, &path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(error) = result {
+        let _ = fs::remove_file(&temp);
+        return Err(error);
+    }
+    for (input, _) in &small {
+        if *input != path {
+            fs::remove_file(input)?;
+        }
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(Some(path))
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, LakeError> {
@@ -285,10 +411,63 @@ fn write_atomically(dir: &Path, path: &Path, batch: &RecordBatch) -> Result<(), 
     result
 }
 
+/// Each project's schema, kept beside its tables so column types stay the same across runs.
+const SCHEMA_FILE: &str = "_schema.json";
+
+/// The schemas kept in the lake (a project without one starts with the fixed tables).
+fn load_schemas(root: &Path) -> Result<HashMap<i64, Schema>, LakeError> {
+    let mut schemas = HashMap::new();
+    for dir in subdirs(root)? {
+        let Some(project_id) = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("project=")).and_then(|n| n.parse::<i64>().ok()) else {
+            continue;
+        };
+        let path = dir.join(SCHEMA_FILE);
+        let mut schema = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Schema>(&bytes).map_err(|e| LakeError::Schema(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Schema::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // Columns a newer version added to the fixed tables.
+        for (table, columns) in Schema::with_fixed_tables().tables {
+            let known = schema.tables.entry(table).or_default();
+            for (column, ty) in columns {
+                known.entry(column).or_insert(ty);
+            }
+        }
+        schemas.insert(project_id, schema);
+    }
+    Ok(schemas)
+}
+
+/// Writes a project's schema (atomically: a temporary file renamed over it).
+fn save_schema(root: &Path, project_id: i64, schema: &Schema) -> Result<(), LakeError> {
+    let dir = root.join(format!("project={project_id}"));
+    fs::create_dir_all(&dir)?;
+    let temp = dir.join(format!(".{SCHEMA_FILE}.tmp"));
+    let bytes = serde_json::to_vec(schema).map_err(|e| LakeError::Schema(e.to_string()))?;
+    let mut file = File::create(&temp)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.sync_all()?;
+    fs::rename(&temp, dir.join(SCHEMA_FILE))?;
+    File::open(&dir)?.sync_all()?;
+    Ok(())
+}
+
 /// Runs until `stop` turns true: waits for a window to fill (`max_events`, or `max_wait` after
 /// the first pending event), writes it, commits the cursor.
 pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, mut stop: watch::Receiver<bool>) {
-    let schemas: Arc<Mutex<HashMap<i64, Schema>>> = Arc::default();
+    let schemas = loop {
+        let root = config.root.clone();
+        match tokio::task::spawn_blocking(move || load_schemas(&root)).await {
+            Ok(Ok(schemas)) => break Arc::new(Mutex::new(schemas)),
+            Ok(Err(error)) => tracing::error!(%error, "lake: its schemas cannot be read; retrying"),
+            Err(error) => tracing::error!(%error, "lake: reading its schemas failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    };
     let poll = (config.max_wait / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     // Set when files of an uncommitted attempt may be in the lake (a run's start, a failure).
     let mut clean = true;
@@ -344,19 +523,39 @@ async fn pending(stores: &Arc<dyn Stores>) -> anyhow::Result<i64> {
 async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool) -> anyhow::Result<()> {
     let batch = stores.log().read(CONSUMER, config.max_events, Selection::All).await?;
     let Some(position) = batch.position else { return Ok(()) };
+    let mut written = Vec::new();
     if let Some(first) = batch.entries.first() {
         let (first_seq, root, schemas) = (first.seq, config.root.clone(), schemas.clone());
         // Parsing and writing run on a blocking thread, never on the async workers.
-        tokio::task::spawn_blocking(move || write_entries(&root, &schemas, first_seq, position, &batch.entries, clean)).await??;
+        written = tokio::task::spawn_blocking(move || write_entries(&root, &schemas, first_seq, position, &batch.entries, clean)).await??;
     }
     stores.log().commit(CONSUMER, position).await?;
+    if !written.is_empty() {
+        let (max_files, small_bytes) = (config.compact_files, config.compact_small_bytes);
+        let compacted = tokio::task::spawn_blocking(move || {
+            let mut dirs: Vec<PathBuf> = written.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+            dirs.dedup();
+            for dir in dirs {
+                match compact_dir(&dir, max_files, small_bytes) {
+                    Ok(Some(path)) => tracing::debug!(path = %path.display(), "lake: compacted"),
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(%error, dir = %dir.display(), "lake: compaction failed; the files stay as they are"),
+                }
+            }
+        });
+        compacted.await?;
+    }
     Ok(())
 }
 
-fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: i64, last_seq: i64, entries: &[LogEntry], clean: bool) -> Result<(), LakeError> {
+/// Writes a window's files (and the schemas it changed); gives the files written.
+fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: i64, last_seq: i64, entries: &[LogEntry], clean: bool) -> Result<Vec<PathBuf>, LakeError> {
     let mut by_project: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+    let column_count = |schema: &Schema| schema.tables.values().map(BTreeMap::len).sum::<usize>();
+    let mut grown: Vec<(i64, Schema)> = Vec::new();
     {
         let mut schemas = schemas.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut columns_before: BTreeMap<i64, usize> = BTreeMap::new();
         let loaded_at = chrono::Utc::now();
         for entry in entries {
             let event = match serde_json::from_str::<Event>(&entry.body) {
@@ -367,6 +566,7 @@ fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: 
                 }
             };
             let schema = schemas.entry(event.project_id).or_insert_with(Schema::with_fixed_tables);
+            columns_before.entry(event.project_id).or_insert_with(|| column_count(schema));
             let rows = by_project.entry(event.project_id).or_default();
             for row in rows_for(&event, Dialect::Lake) {
                 let (mut row, discards) = schema.admit(row);
@@ -379,6 +579,15 @@ fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: 
                 }
             }
         }
+        for (project_id, before) in columns_before {
+            if let Some(schema) = schemas.get(&project_id).filter(|s| column_count(s) != before) {
+                grown.push((project_id, schema.clone()));
+            }
+        }
+    }
+    // The schema is in place before the files that use it, and both before the commit.
+    for (project_id, schema) in &grown {
+        save_schema(root, *project_id, schema)?;
     }
     let mut written = Vec::new();
     for (project_id, rows) in by_project {
@@ -390,14 +599,13 @@ fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: 
             tracing::info!(removed, first_seq, "lake: removed the files of an earlier attempt at this window");
         }
     }
-    Ok(())
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow_array::{Array, BooleanArray, Decimal128Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use serde_json::json;
     use switchyard_store::{AppendBatch, ControlStore, LogRecord, SqliteLog, SqliteLogConfig};
 
@@ -496,6 +704,7 @@ mod tests {
         let written = write_window(root, 1, 10, 12, &rows).unwrap();
         let part = "part-00000000000000000010-00000000000000000012.parquet";
         let expected: Vec<String> = [
+            "agent_trace_events/day=2025-12-06",
             "ai_generation/day=2025-12-06",
             "event_logs/day=2025-12-05",
             "event_logs/day=2025-12-06",
@@ -607,6 +816,58 @@ mod tests {
         assert_eq!(column::<TimestampMicrosecondArray>(&batch, "received_at").value(0), micros("2025-12-07T01:00:00Z"));
     }
 
+    #[test]
+    fn small_files_are_compacted_in_log_order_and_a_crash_between_leaves_no_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut schema = Schema::with_fixed_tables();
+        // Ten windows of one event each, the same day; later ones carry a new column.
+        for n in 1..=10 {
+            let props = if n > 5 { json!({"tool_name": "sql", "rows": n}) } else { json!({"tool_name": "sql"}) };
+            let e = event(1, &format!("e{n}"), "track", "tool_used", "2025-12-05T09:30:00Z", props, json!({}));
+            let rows: Vec<Row> = rows_for(&e, Dialect::Lake).into_iter().filter(|r| r.table == "tool_used").map(|r| schema.admit(r).0).collect();
+            write_window(root, 1, n, n, &rows).unwrap();
+        }
+        let day = root.join("project=1/tool_used/day=2025-12-05");
+        assert_eq!(compact_dir(&day, 10, 1 << 20).unwrap(), None, "not more than 10 files");
+        let inputs: Vec<(PathBuf, Vec<u8>)> = parts(&day).unwrap().into_iter().map(|(p, _)| (p.clone(), fs::read(&p).unwrap())).collect();
+        let out = compact_dir(&day, 8, 1 << 20).unwrap().unwrap();
+        assert_eq!(files(root), vec!["project=1/tool_used/day=2025-12-05/part-00000000000000000001-00000000000000000010.parquet"]);
+        let batch = read(&out);
+        assert_eq!(batch.num_rows(), 10);
+        let ids = column::<StringArray>(&batch, "id");
+        assert_eq!((0..10).map(|i| ids.value(i).to_owned()).collect::<Vec<_>>(), (1..=10).map(|n| format!("e{n}")).collect::<Vec<_>>());
+        let rows = column::<Int64Array>(&batch, "rows");
+        assert!(rows.is_null(0) && rows.value(9) == 10, "the new column, null where absent");
+        // A crash after the output was in place but before the inputs went: they are covered.
+        for (path, bytes) in &inputs[..3] {
+            fs::write(path, bytes).unwrap();
+        }
+        assert_eq!(files(root).len(), 4);
+        assert_eq!(remove_attempts(root, 11, &[]).unwrap(), 3);
+        assert_eq!(files(root).len(), 1);
+        // Files from the size limit on are left alone.
+        assert_eq!(compact_dir(&day, 0, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn schemas_are_kept_across_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let schemas = Mutex::new(HashMap::new());
+        let e = event(4, "e1", "track", "tool_used", "2025-12-05T09:30:00Z", json!({"latency": 12}), json!({}));
+        let entry = LogEntry { seq: 1, body: serde_json::to_string(&e).unwrap() };
+        write_entries(dir.path(), &schemas, 1, 1, &[entry], true).unwrap();
+        let loaded = load_schemas(dir.path()).unwrap();
+        assert_eq!(loaded[&4].column("tool_used", "latency"), Some(ColumnType::Int));
+        assert_eq!(loaded[&4], schemas.lock().unwrap()[&4]);
+        // The next run discards a string there, as this one would have.
+        let schemas = Mutex::new(loaded);
+        let e = event(4, "e2", "track", "tool_used", "2025-12-05T09:31:00Z", json!({"latency": "slow"}), json!({}));
+        let entry = LogEntry { seq: 2, body: serde_json::to_string(&e).unwrap() };
+        let written = write_entries(dir.path(), &schemas, 2, 2, &[entry], false).unwrap();
+        assert!(written.iter().any(|p| p.to_string_lossy().contains("rudder_discards")), "{written:?}");
+    }
+
     struct TestStores {
         log: SqliteLog,
         control: ControlStore,
@@ -673,9 +934,9 @@ mod tests {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let config = LakeConfig {
-            root: root.clone(),
             max_events: 100,
             max_wait: Duration::from_millis(50),
+            ..LakeConfig::new(root.clone())
         };
         let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -688,7 +949,7 @@ mod tests {
 
         let part = format!("part-{first:020}-{last:020}.parquet");
         let listed = files(&root);
-        assert!(listed.iter().all(|f| f.ends_with(&part)), "one window, no stale or temporary file: {listed:?}");
+        assert!(listed.iter().all(|f| f.ends_with(&part) || f.ends_with("/_schema.json")), "one window, no stale or temporary file: {listed:?}");
         assert!(!stale.exists());
         let tool = read(&root.join(format!("project=1/tool_used/day=2025-12-05/{part}")));
         assert_eq!(tool.num_rows(), 2);
@@ -714,8 +975,9 @@ mod tests {
         assert_eq!(column::<Int64Array>(&other, "duration_ms").value(0), 7);
         let costs = read(&root.join(format!("project=1/model_cost_logs/day=2025-12-06/{part}")));
         assert_eq!(column::<Decimal128Array>(&costs, "cost_usd").value(0), 4_213_500_000);
-        assert_eq!(listed.len(), 13, "{listed:?}");
+        assert_eq!(listed.len(), 16, "14 files and 2 schemas: {listed:?}");
     }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn full_windows_are_written_at_once_and_a_partial_one_waits() {
         let dir = tempfile::tempdir().unwrap();
@@ -738,9 +1000,9 @@ mod tests {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let config = LakeConfig {
-            root: root.clone(),
             max_events: 2,
             max_wait: Duration::from_secs(600),
+            ..LakeConfig::new(root.clone())
         };
         let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -46,7 +46,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarehouseSettings {
-    /// Load every event into the embedded Parquet lake (off for now: no compaction yet).
+    /// Load every event into the embedded Parquet lake.
     pub lake: bool,
     /// The lake's directory; unset: `lake` under the data directory.
     pub lake_dir: Option<PathBuf>,
@@ -54,11 +54,35 @@ pub struct WarehouseSettings {
     pub max_events: usize,
     /// Seconds a load waits to fill: what is logged reaches the lake within about this.
     pub max_wait_secs: u64,
+    /// A day's files of a table are compacted into one when there are more than this many.
+    pub compact_files: usize,
+    /// SQL (`/api/projects/{id}/query`, `switchyard sql`): a query's time limit.
+    pub query_timeout_secs: u64,
+    /// The rows an answer may have.
+    pub query_max_rows: usize,
+    /// The memory a query's operators may hold, MiB.
+    pub query_memory_mib: usize,
+}
+
+impl WarehouseSettings {
+    /// The lake's directory.
+    pub fn lake_root(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.lake_dir.clone().unwrap_or_else(|| data_dir.join("lake"))
+    }
 }
 
 impl Default for WarehouseSettings {
     fn default() -> Self {
-        WarehouseSettings { lake: false, lake_dir: None, max_events: 10_000, max_wait_secs: 5 }
+        WarehouseSettings {
+            lake: true,
+            lake_dir: None,
+            max_events: 10_000,
+            max_wait_secs: 5,
+            compact_files: 8,
+            query_timeout_secs: 30,
+            query_max_rows: 100_000,
+            query_memory_mib: 1024,
+        }
     }
 }
 
@@ -432,6 +456,10 @@ impl Config {
             ("routing.js_memory_mib", self.routing.js_memory_mib),
             ("warehouse.max_events", self.warehouse.max_events),
             ("warehouse.max_wait_secs", self.warehouse.max_wait_secs as usize),
+            ("warehouse.compact_files", self.warehouse.compact_files),
+            ("warehouse.query_timeout_secs", self.warehouse.query_timeout_secs as usize),
+            ("warehouse.query_max_rows", self.warehouse.query_max_rows),
+            ("warehouse.query_memory_mib", self.warehouse.query_memory_mib),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));

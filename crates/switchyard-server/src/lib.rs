@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model_prices;
 pub mod persons;
 pub mod upstream;
+pub mod warehouse;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,8 @@ pub struct Shared {
     prices: Option<switchyard_llm::prices::PriceBook>,
     /// Each project's own model prices (`/api/projects/{id}/model_prices/`), looked up first.
     pub project_prices: model_prices::ProjectPrices,
+    /// SQL over the embedded lake, when the lake is on.
+    query: Option<switchyard_query::QueryEngine>,
 }
 
 /// The price table: `llm.prices_file`, else the data directory's `prices.json` (what
@@ -179,7 +182,21 @@ impl AppState {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight_bytes));
         let prices = load_prices(&config)?;
         let project_prices = model_prices::ProjectPrices::load(&control, configured_prices(&config)?)?;
+        let query = config
+            .warehouse
+            .lake
+            .then(|| {
+                let w = &config.warehouse;
+                let limits = switchyard_query::QueryLimits {
+                    max_rows: w.query_max_rows,
+                    timeout: Duration::from_secs(w.query_timeout_secs),
+                    memory_bytes: w.query_memory_mib << 20,
+                };
+                switchyard_query::QueryEngine::new(w.lake_root(&config.data_dir), limits, background_priority)
+            })
+            .transpose()?;
         let state = AppState(Arc::new(Shared {
+            query,
             in_flight,
             lz_decodes: tokio::sync::Semaphore::new(1),
             config,
@@ -234,6 +251,11 @@ impl AppState {
     /// The LLM price table in use.
     pub fn prices(&self) -> &switchyard_llm::prices::PriceBook {
         self.prices.as_ref().unwrap_or_else(|| switchyard_llm::prices::PriceBook::embedded())
+    }
+
+    /// SQL over the lake, when the lake is on.
+    pub fn query_engine(&self) -> Option<&switchyard_query::QueryEngine> {
+        self.query.as_ref()
     }
 
     /// The router, while the server runs.
@@ -292,7 +314,8 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("/api/projects/{{project_id}}/model_prices/{{model}}{suffix}"), axum::routing::delete(model_prices::delete_model_price))
             .route(&format!("/api/projects/{{project_id}}/traces{suffix}"), get(llm::list_traces))
             .route(&format!("/api/projects/{{project_id}}/traces/{{trace_id}}{suffix}"), get(llm::get_trace))
-            .route(&format!("/api/projects/{{project_id}}/insights/llm{suffix}"), get(llm::llm_insights));
+            .route(&format!("/api/projects/{{project_id}}/insights/llm{suffix}"), get(llm::llm_insights))
+            .route(&format!("/api/projects/{{project_id}}/query{suffix}"), post(warehouse::query));
     }
     // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
     // too (axum would answer it as a GET: link checkers would send events).
@@ -503,8 +526,7 @@ pub async fn serve(
         Some(router) => {
             let lake = state.config.warehouse.lake.then(|| {
                 let w = &state.config.warehouse;
-                let root = w.lake_dir.clone().unwrap_or_else(|| state.config.data_dir.join("lake"));
-                let mut config = switchyard_pipeline::lake::LakeConfig::new(root);
+                let mut config = switchyard_pipeline::lake::LakeConfig::new(w.lake_root(&state.config.data_dir));
                 config.max_events = w.max_events;
                 config.max_wait = Duration::from_secs(w.max_wait_secs);
                 (Arc::new(RouterStores(state.clone())) as Arc<dyn switchyard_pipeline::Stores>, config)

@@ -45,6 +45,17 @@ pub struct ConnectionMetrics {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WarehouseLabels {
+    /// `lake`, or `postgres:{id}`.
+    pub warehouse: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
     /// `events`, `quarantine` or `spans`.
     pub table: &'static str,
@@ -100,6 +111,15 @@ pub struct Metrics {
     /// `invalid_definition`, `dependency_cycle_flag`, `dependency_cycle_cohort`,
     /// `dependency_too_deep`.
     pub flags_upstream_rejected: Family<ReasonLabels, Counter>,
+    /// SQL queries, by outcome (`ok`, `read_only`, `invalid`, `too_many_rows`, `timeout`,
+    /// `memory`, `error`).
+    pub warehouse_queries: Family<OutcomeLabels, Counter>,
+    /// Per warehouse (set when `/metrics` is read): events loaded since start, events the
+    /// loader is behind the log, the last successful load (Unix seconds), consecutive failures.
+    pub warehouse_loaded_events: Family<WarehouseLabels, Gauge>,
+    pub warehouse_lag_events: Family<WarehouseLabels, Gauge>,
+    pub warehouse_last_load_seconds: Family<WarehouseLabels, Gauge>,
+    pub warehouse_failures: Family<WarehouseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -162,7 +182,22 @@ impl Default for Metrics {
         registry.register("otlp_spans", "Spans stored from OTLP trace exports", otlp_spans.clone());
         let otlp_rejected = Counter::default();
         registry.register("otlp_requests_rejected", "OTLP trace export requests refused", otlp_rejected.clone());
+        let warehouse_queries = Family::<OutcomeLabels, Counter>::default();
+        registry.register("warehouse_queries", "SQL queries over the lake, by outcome", warehouse_queries.clone());
+        let warehouse_loaded_events = Family::<WarehouseLabels, Gauge>::default();
+        registry.register("warehouse_loaded_events", "Events a warehouse loader loaded since the server started", warehouse_loaded_events.clone());
+        let warehouse_lag_events = Family::<WarehouseLabels, Gauge>::default();
+        registry.register("warehouse_lag_events", "Log positions between a warehouse loader's cursor and the log's end", warehouse_lag_events.clone());
+        let warehouse_last_load_seconds = Family::<WarehouseLabels, Gauge>::default();
+        registry.register("warehouse_last_load_seconds", "When a warehouse loader last loaded (Unix seconds; 0: not yet)", warehouse_last_load_seconds.clone());
+        let warehouse_failures = Family::<WarehouseLabels, Gauge>::default();
+        registry.register("warehouse_failures", "A warehouse loader's consecutive failed loads", warehouse_failures.clone());
         Metrics {
+            warehouse_queries,
+            warehouse_loaded_events,
+            warehouse_lag_events,
+            warehouse_last_load_seconds,
+            warehouse_failures,
             router,
             llm_costed,
             llm_unmatched,
