@@ -6,6 +6,7 @@ pub mod destination;
 pub mod lake;
 pub mod outbound;
 pub mod persons;
+pub mod postgres;
 pub mod retry;
 pub mod router;
 pub mod transform;

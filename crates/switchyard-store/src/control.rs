@@ -282,6 +282,13 @@ CREATE TABLE IF NOT EXISTS cohorts (
     definition TEXT NOT NULL,
     PRIMARY KEY (project_id, id)
 );
+CREATE TABLE IF NOT EXISTS warehouses (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    deleted_at TEXT
+);
 CREATE TABLE IF NOT EXISTS destinations (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL,

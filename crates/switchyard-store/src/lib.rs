@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod destinations;
+pub mod warehouses;
 pub mod flags;
 pub mod log;
 pub mod model_prices;
@@ -13,6 +14,7 @@ pub use control::{
     MIN_SECRET_KEY_CHARS,
 };
 pub use destinations::{DeadLetter, NewDeadLetter, StoredDestination};
+pub use warehouses::StoredWarehouse;
 pub use model_prices::StoredModelPrice;
 pub use flags::{AuditEntry, FlagImport, ImportCounts, ImportedFlag, StoredFlag};
 pub use persons::{AppliedEvents, Group, Person, PropertyLimits};

@@ -61,7 +61,7 @@ impl Dialect {
 /// Tables RudderStack creates itself: an event of that name gets a `_` prefix.
 pub const RUDDER_TABLES: &[&str] = &["tracks", "pages", "screens", "aliases", "groups", "accounts", "users", "identifies"];
 /// The platform's tables and the discards table, kept apart from event tables the same way.
-pub const PLATFORM_TABLES: &[&str] = &["event_logs", "model_cost_logs", "agent_trace_history", "rudder_discards"];
+pub const PLATFORM_TABLES: &[&str] = &["event_logs", "model_cost_logs", "agent_trace_history", "agent_trace_events", "rudder_discards"];
 
 /// RudderStack's `transformName`: steps 1–4 above, before the warehouse's rules.
 pub fn transform_name(name: &str) -> String {

@@ -1,0 +1,3 @@
+//! Helpers shared by the pipeline's integration tests.
+
+pub mod pg;
