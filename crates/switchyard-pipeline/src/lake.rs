@@ -50,7 +50,7 @@ use switchyard_warehouse::types::{coerce, value_text};
 use switchyard_warehouse::{rows_for, ColumnType, Decimal, Dialect, Row, Schema};
 use tokio::sync::watch;
 
-use crate::Stores;
+use crate::{LoadStatus, Stores};
 
 /// The lake's cursor in the event log.
 pub const CONSUMER: &str = "warehouse:lake";
@@ -455,12 +455,15 @@ fn save_schema(root: &Path, project_id: i64, schema: &Schema) -> Result<(), Lake
 
 /// Runs until `stop` turns true: waits for a window to fill (`max_events`, or `max_wait` after
 /// the first pending event), writes it, commits the cursor.
-pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, status: Arc<LoadStatus>, mut stop: watch::Receiver<bool>) {
     let schemas = loop {
         let root = config.root.clone();
         match tokio::task::spawn_blocking(move || load_schemas(&root)).await {
             Ok(Ok(schemas)) => break Arc::new(Mutex::new(schemas)),
-            Ok(Err(error)) => tracing::error!(%error, "lake: its schemas cannot be read; retrying"),
+            Ok(Err(error)) => {
+                status.failed(&error);
+                tracing::error!(%error, "lake: its schemas cannot be read; retrying");
+            }
             Err(error) => tracing::error!(%error, "lake: reading its schemas failed; retrying"),
         }
         tokio::select! {
@@ -488,13 +491,14 @@ pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, mut stop: watch::R
             }
         };
         if ready {
-            match write_next(&stores, &config, &schemas, clean).await {
+            match write_next(&stores, &config, &schemas, clean, &status).await {
                 Ok(()) => {
                     clean = false;
                     pending_since = None;
                     continue;
                 }
                 Err(error) => {
+                    status.failed(&error);
                     tracing::error!(%error, "lake: writing a window failed; retrying");
                     clean = true;
                     tokio::select! {
@@ -520,16 +524,19 @@ async fn pending(stores: &Arc<dyn Stores>) -> anyhow::Result<i64> {
     Ok((end - cursor).max(0))
 }
 
-async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool) -> anyhow::Result<()> {
+async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool, status: &LoadStatus) -> anyhow::Result<()> {
     let batch = stores.log().read(CONSUMER, config.max_events, Selection::All).await?;
     let Some(position) = batch.position else { return Ok(()) };
-    let mut written = Vec::new();
+    let mut written = Written::default();
+    let events = batch.entries.len() as u64;
     if let Some(first) = batch.entries.first() {
         let (first_seq, root, schemas) = (first.seq, config.root.clone(), schemas.clone());
         // Parsing and writing run on a blocking thread, never on the async workers.
         written = tokio::task::spawn_blocking(move || write_entries(&root, &schemas, first_seq, position, &batch.entries, clean)).await??;
     }
     stores.log().commit(CONSUMER, position).await?;
+    status.loaded(events - written.skipped, written.rows, written.discards, written.skipped, position);
+    let written = written.files;
     if !written.is_empty() {
         let (max_files, small_bytes) = (config.compact_files, config.compact_small_bytes);
         let compacted = tokio::task::spawn_blocking(move || {
@@ -548,9 +555,20 @@ async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc
     Ok(())
 }
 
-/// Writes a window's files (and the schemas it changed); gives the files written.
-fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: i64, last_seq: i64, entries: &[LogEntry], clean: bool) -> Result<Vec<PathBuf>, LakeError> {
+/// What a window wrote.
+#[derive(Debug, Default)]
+struct Written {
+    files: Vec<PathBuf>,
+    rows: u64,
+    discards: u64,
+    /// Log entries that were not readable events.
+    skipped: u64,
+}
+
+/// Writes a window's files (and the schemas it changed).
+fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: i64, last_seq: i64, entries: &[LogEntry], clean: bool) -> Result<Written, LakeError> {
     let mut by_project: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+    let (mut discarded, mut skipped) = (0, 0);
     let column_count = |schema: &Schema| schema.tables.values().map(BTreeMap::len).sum::<usize>();
     let mut grown: Vec<(i64, Schema)> = Vec::new();
     {
@@ -562,6 +580,7 @@ fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: 
                 Ok(event) => event,
                 Err(error) => {
                     tracing::error!(seq = entry.seq, %error, "logged event is not readable; skipped by the lake");
+                    skipped += 1;
                     continue;
                 }
             };
@@ -576,6 +595,7 @@ fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: 
                     let (mut row, _) = schema.admit(discard.to_row());
                     row.stamp(loaded_at);
                     rows.push(row);
+                    discarded += 1;
                 }
             }
         }
@@ -589,17 +609,18 @@ fn write_entries(root: &Path, schemas: &Mutex<HashMap<i64, Schema>>, first_seq: 
     for (project_id, schema) in &grown {
         save_schema(root, *project_id, schema)?;
     }
-    let mut written = Vec::new();
+    let mut files = Vec::new();
+    let rows = by_project.values().map(|rows| rows.len() as u64).sum();
     for (project_id, rows) in by_project {
-        written.extend(write_window(root, project_id, first_seq, last_seq, &rows)?);
+        files.extend(write_window(root, project_id, first_seq, last_seq, &rows)?);
     }
     if clean {
-        let removed = remove_attempts(root, first_seq, &written)?;
+        let removed = remove_attempts(root, first_seq, &files)?;
         if removed > 0 {
             tracing::info!(removed, first_seq, "lake: removed the files of an earlier attempt at this window");
         }
     }
-    Ok(written)
+    Ok(Written { files, rows, discards: discarded, skipped })
 }
 
 #[cfg(test)]
@@ -865,7 +886,8 @@ mod tests {
         let e = event(4, "e2", "track", "tool_used", "2025-12-05T09:31:00Z", json!({"latency": "slow"}), json!({}));
         let entry = LogEntry { seq: 2, body: serde_json::to_string(&e).unwrap() };
         let written = write_entries(dir.path(), &schemas, 2, 2, &[entry], false).unwrap();
-        assert!(written.iter().any(|p| p.to_string_lossy().contains("rudder_discards")), "{written:?}");
+        assert_eq!((written.discards, written.skipped), (1, 0));
+        assert!(written.files.iter().any(|p| p.to_string_lossy().contains("rudder_discards")), "{written:?}");
     }
 
     struct TestStores {
@@ -938,7 +960,7 @@ mod tests {
             max_wait: Duration::from_millis(50),
             ..LakeConfig::new(root.clone())
         };
-        let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, stop_rx));
+        let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, Arc::default(), stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
         while stores.log.cursor(CONSUMER).await.unwrap() != Some(last) {
             assert!(Instant::now() < deadline, "the cursor did not pass the events");
@@ -1004,7 +1026,7 @@ mod tests {
             max_wait: Duration::from_secs(600),
             ..LakeConfig::new(root.clone())
         };
-        let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, stop_rx));
+        let task = tokio::spawn(run(stores.clone() as Arc<dyn Stores>, config, Arc::default(), stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
         while stores.log.cursor(CONSUMER).await.unwrap() != Some(seqs[3]) {
             assert!(Instant::now() < deadline, "the full windows were not written");

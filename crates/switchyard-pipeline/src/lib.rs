@@ -1,6 +1,7 @@
 //! Consumers of the event log. The router: every enabled destination is a consumer with its own
 //! durable cursor, filter → transform → map → batch → send → confirm → commit (see
-//! `docs/routing.md`).
+//! `docs/routing.md`). The warehouse loaders: the embedded Parquet lake and PostgreSQL (see
+//! `docs/warehouse.md`). The person processor.
 
 pub mod destination;
 pub mod lake;
@@ -9,8 +10,10 @@ pub mod persons;
 pub mod postgres;
 pub mod retry;
 pub mod router;
+pub mod status;
 pub mod transform;
 pub mod wire;
 
 pub use destination::{DestinationConfig, DestinationKind, DestinationSpec, InvalidField, Start};
 pub use router::{Router, RouterConfig, RouterMetrics, Stores};
+pub use status::LoadStatus;

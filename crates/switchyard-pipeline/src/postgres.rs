@@ -53,14 +53,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
-use switchyard_event::model::{format_time, parse_time};
+use serde_json::Value;
+use switchyard_event::model::parse_time;
 use switchyard_event::Event;
 use switchyard_store::{EventLog, LogEntry, LogError, Selection};
 use switchyard_warehouse::schema::DISCARDS_TABLE;
@@ -71,7 +71,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use crate::Stores;
+use crate::{LoadStatus, Stores};
 
 /// The table of the loaders' cursors, in the warehouse schema.
 pub const LOADS_TABLE: &str = "_switchyard_loads";
@@ -193,65 +193,6 @@ fn chain(error: &dyn StdError) -> String {
     text
 }
 
-/// What a loader has done, for the API and metrics. Counters since start.
-#[derive(Debug, Default)]
-pub struct LoadStatus {
-    /// Events loaded (readable log entries of committed windows).
-    pub loaded_events: AtomicU64,
-    /// Rows inserted or updated, discards included.
-    pub loaded_rows: AtomicU64,
-    /// `rudder_discards` rows written.
-    pub discards: AtomicU64,
-    /// Log entries that were not readable events, skipped.
-    pub skipped: AtomicU64,
-    /// Failures since the last window loaded (0 when healthy).
-    pub failures: AtomicU64,
-    /// The cursor in PostgreSQL: the last log seq loaded.
-    pub position: AtomicI64,
-    pub last_error: Mutex<Option<String>>,
-    /// RFC 3339.
-    pub last_error_at: Mutex<Option<String>>,
-    /// When a window was last committed, RFC 3339.
-    pub last_load_at: Mutex<Option<String>>,
-}
-
-impl LoadStatus {
-    pub fn snapshot(&self) -> Value {
-        let text = |m: &Mutex<Option<String>>| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        json!({
-            "loaded_events": self.loaded_events.load(Ordering::Relaxed),
-            "loaded_rows": self.loaded_rows.load(Ordering::Relaxed),
-            "discards": self.discards.load(Ordering::Relaxed),
-            "skipped": self.skipped.load(Ordering::Relaxed),
-            "failures": self.failures.load(Ordering::Relaxed),
-            "position": self.position.load(Ordering::Relaxed),
-            "last_error": text(&self.last_error),
-            "last_error_at": text(&self.last_error_at),
-            "last_load_at": text(&self.last_load_at),
-        })
-    }
-
-    fn set(slot: &Mutex<Option<String>>, value: String) {
-        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(value);
-    }
-
-    fn failed(&self, error: &PostgresError) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        Self::set(&self.last_error, error.to_string());
-        Self::set(&self.last_error_at, format_time(Utc::now()));
-    }
-
-    fn loaded(&self, window: &Loaded) {
-        self.loaded_events.fetch_add(window.events, Ordering::Relaxed);
-        self.loaded_rows.fetch_add(window.rows, Ordering::Relaxed);
-        self.discards.fetch_add(window.discards, Ordering::Relaxed);
-        self.skipped.fetch_add(window.skipped, Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
-        self.position.store(window.position, Ordering::Relaxed);
-        Self::set(&self.last_load_at, format_time(Utc::now()));
-    }
-}
-
 /// A committed window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loaded {
@@ -331,7 +272,7 @@ pub async fn run(stores: Arc<dyn Stores>, config: PostgresConfig, status: Arc<Lo
             match loaded {
                 Ok(Outcome::Loaded(window)) => {
                     tracing::debug!(warehouse, ?window, "warehouse postgres: window loaded");
-                    status.loaded(&window);
+                    status.loaded(window.events, window.rows, window.discards, window.skipped, window.position);
                     backoff = FIRST_RETRY;
                     pending_since = None;
                     continue;

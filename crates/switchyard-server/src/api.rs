@@ -28,6 +28,10 @@ impl ApiError {
     pub fn invalid(attr: &str, detail: impl Into<String>) -> Self {
         ApiError { attr: Some(attr.to_owned()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_input", detail) }
     }
+    /// What is wrong, as the answer says it.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
     /// 503 for a store failure; the cause is logged, not shown.
     pub fn unavailable(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "control store failure");

@@ -62,6 +62,32 @@ pub struct WarehouseSettings {
     pub query_max_rows: usize,
     /// The memory a query's operators may hold, MiB.
     pub query_memory_mib: usize,
+    /// PostgreSQL warehouses (`[[warehouse.postgres]]`); more can be added through the API.
+    pub postgres: Vec<PostgresWarehouse>,
+}
+
+/// A PostgreSQL warehouse in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresWarehouse {
+    /// Its name (the warehouse of the same name and project is kept across restarts).
+    pub name: String,
+    /// `postgres://user:password@host:port/database`.
+    pub dsn: String,
+    /// The schema the tables go in.
+    #[serde(default = "default_warehouse_schema")]
+    pub schema: String,
+    /// The project whose events it gets.
+    #[serde(default = "default_project")]
+    pub project_id: i64,
+}
+
+fn default_warehouse_schema() -> String {
+    "switchyard".into()
+}
+
+fn default_project() -> i64 {
+    1
 }
 
 impl WarehouseSettings {
@@ -82,6 +108,7 @@ impl Default for WarehouseSettings {
             query_timeout_secs: 30,
             query_max_rows: 100_000,
             query_memory_mib: 1024,
+            postgres: Vec::new(),
         }
     }
 }

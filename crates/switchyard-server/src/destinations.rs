@@ -40,7 +40,7 @@ fn json_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// Runs a store call off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&AppState) -> Result<T, switchyard_store::ControlError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -63,6 +63,8 @@ pub struct Shared {
     pub project_prices: model_prices::ProjectPrices,
     /// SQL over the embedded lake, when the lake is on.
     query: Option<switchyard_query::QueryEngine>,
+    /// The warehouse loaders and their status.
+    pub loaders: warehouse::Loaders,
 }
 
 /// The price table: `llm.prices_file`, else the data directory's `prices.json` (what
@@ -113,7 +115,7 @@ fn person_hooks(state: &AppState) -> switchyard_pipeline::persons::PersonHooks {
 }
 
 /// What the router and the person processor use of the state.
-struct RouterStores(AppState);
+pub(crate) struct RouterStores(pub(crate) AppState);
 
 impl switchyard_pipeline::Stores for RouterStores {
     fn log(&self) -> &SqliteLog {
@@ -197,6 +199,7 @@ impl AppState {
             .transpose()?;
         let state = AppState(Arc::new(Shared {
             query,
+            loaders: warehouse::Loaders::default(),
             in_flight,
             lz_decodes: tokio::sync::Semaphore::new(1),
             config,
@@ -315,7 +318,13 @@ pub fn app(state: AppState) -> Router {
             .route(&format!("/api/projects/{{project_id}}/traces{suffix}"), get(llm::list_traces))
             .route(&format!("/api/projects/{{project_id}}/traces/{{trace_id}}{suffix}"), get(llm::get_trace))
             .route(&format!("/api/projects/{{project_id}}/insights/llm{suffix}"), get(llm::llm_insights))
-            .route(&format!("/api/projects/{{project_id}}/query{suffix}"), post(warehouse::query));
+            .route(&format!("/api/projects/{{project_id}}/query{suffix}"), post(warehouse::query))
+            .route(&format!("/api/projects/{{project_id}}/warehouses{suffix}"), get(warehouse::list_warehouses).post(warehouse::create_warehouse))
+            .route(&format!("/api/projects/{{project_id}}/warehouses/status{suffix}"), get(warehouse::warehouse_status))
+            .route(
+                &format!("/api/projects/{{project_id}}/warehouses/{{id}}{suffix}"),
+                get(warehouse::get_warehouse).delete(warehouse::delete_warehouse),
+            );
     }
     // OPTIONS (CORS preflight) is answered by `cors_and_count`; other methods get 405, HEAD
     // too (axum would answer it as a GET: link checkers would send events).
@@ -394,6 +403,7 @@ async fn method_not_allowed() -> StatusCode {
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    warehouse::update_metrics(&state).await;
     if let Some((_, mirror)) = state.mirror.get() {
         state.metrics.flags_snapshot_age.set(mirror.age_seconds().unwrap_or(-1));
         state.metrics.flags_snapshot_stale.set(mirror.is_stale() as i64);
@@ -470,26 +480,28 @@ async fn cors_and_count(State(state): State<AppState>, request: Request, next: N
 /// catches up after (its backlog is on disk); an idle machine delivers at full speed.
 fn spawn_router(
     router: switchyard_pipeline::Router,
-    lake: Option<(Arc<dyn switchyard_pipeline::Stores>, switchyard_pipeline::lake::LakeConfig)>,
+    lake: Option<(Arc<dyn switchyard_pipeline::Stores>, switchyard_pipeline::lake::LakeConfig, Arc<switchyard_pipeline::LoadStatus>)>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
+) -> anyhow::Result<(std::thread::JoinHandle<()>, tokio::runtime::Handle)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("router")
         .on_thread_start(background_priority)
         .enable_all()
         .build()?;
-    Ok(std::thread::Builder::new().name("router".into()).spawn(move || {
+    let handle = runtime.handle().clone();
+    let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
         background_priority();
         runtime.block_on(async move {
-            // The lake loader shares the router's runtime and priority.
-            let loader = lake.map(|(stores, config)| tokio::spawn(switchyard_pipeline::lake::run(stores, config, stop.clone())));
+            // The warehouse loaders share the router's runtime and priority.
+            let loader = lake.map(|(stores, config, status)| tokio::spawn(switchyard_pipeline::lake::run(stores, config, status, stop.clone())));
             router.run(stop).await;
             if let Some(loader) = loader {
                 let _ = loader.await;
             }
         });
-    })?)
+    })?;
+    Ok((thread, handle))
 }
 
 /// Lowers the calling thread's priority to nice 10 (Linux: per thread).
@@ -529,9 +541,13 @@ pub async fn serve(
                 let mut config = switchyard_pipeline::lake::LakeConfig::new(w.lake_root(&state.config.data_dir));
                 config.max_events = w.max_events;
                 config.max_wait = Duration::from_secs(w.max_wait_secs);
-                (Arc::new(RouterStores(state.clone())) as Arc<dyn switchyard_pipeline::Stores>, config)
+                config.compact_files = w.compact_files;
+                (Arc::new(RouterStores(state.clone())) as Arc<dyn switchyard_pipeline::Stores>, config, state.loaders.lake_status())
             });
-            Some(spawn_router(router, lake, processor_stop.clone())?)
+            let (thread, runtime) = spawn_router(router, lake, processor_stop.clone())?;
+            state.loaders.set_runtime(runtime);
+            warehouse::start_all(&state)?;
+            Some(thread)
         }
         None => None,
     };
@@ -570,6 +586,7 @@ pub async fn serve(
     };
     state.ready.store(false, Ordering::SeqCst);
     let _ = stop_processor.send(true);
+    state.loaders.stop_all();
     let _ = processor.await;
     if let Some(routing) = routing {
         let _ = tokio::task::spawn_blocking(move || routing.join()).await;

@@ -44,6 +44,13 @@ impl ControlStore {
             .optional()?)
     }
 
+    /// Replaces a live warehouse's spec; `false` when there is no such warehouse.
+    pub fn update_warehouse(&self, project_id: i64, id: i64, spec: &str) -> Result<bool, ControlError> {
+        let conn = self.conn.lock().unwrap();
+        let changed = conn.execute("UPDATE warehouses SET spec = ?3 WHERE deleted_at IS NULL AND project_id = ?1 AND id = ?2", params![project_id, id, spec])?;
+        Ok(changed > 0)
+    }
+
     /// Marks a warehouse deleted; `false` when there was none.
     pub fn delete_warehouse(&self, project_id: i64, id: i64) -> Result<bool, ControlError> {
         let conn = self.conn.lock().unwrap();
@@ -67,6 +74,9 @@ mod tests {
         assert_eq!(store.list_warehouses(None).unwrap().len(), 2);
         assert_eq!(store.get_warehouse(2, a.id).unwrap(), None, "another project's");
         assert!(!store.delete_warehouse(1, b.id).unwrap());
+        assert!(store.update_warehouse(1, a.id, r#"{"name":"a2"}"#).unwrap());
+        assert!(!store.update_warehouse(1, b.id, "{}").unwrap());
+        assert_eq!(store.get_warehouse(1, a.id).unwrap().unwrap().spec, r#"{"name":"a2"}"#);
         assert!(store.delete_warehouse(1, a.id).unwrap());
         assert_eq!(store.list_warehouses(None).unwrap(), vec![b]);
         assert_eq!(store.get_warehouse(1, a.id).unwrap(), None);

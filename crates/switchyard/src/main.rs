@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchyard_server::{serve, AppState, Config};
 
+mod warehouse;
+
 /// mimalloc: intake allocates many small JSON values per request; the system allocator spent a
 /// quarter of the server's CPU time in malloc/free under load (docs/benchmarks.md).
 #[global_allocator]
@@ -147,6 +149,31 @@ enum Command {
         secret_key: Option<String>,
         #[command(subcommand)]
         action: TracesAction,
+    },
+    /// SQL over the embedded lake (read-only; the project's tables: `tracks`, one per event,
+    /// `identifies`, `users`, `event_logs`, `model_cost_logs`, `agent_trace_history`, …).
+    Sql {
+        /// The query, e.g. "SELECT event, count(*) FROM event_logs GROUP BY event".
+        query: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: warehouse::Format,
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY")]
+        secret_key: Option<String>,
+    },
+    /// The project's warehouses: loaders' status, PostgreSQL warehouses added, listed, removed.
+    Warehouse {
+        /// Base URL of the server.
+        #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8000", global = true)]
+        url: String,
+        /// The project's secret key.
+        #[arg(long, env = "SWITCHYARD_SECRET_KEY", global = true)]
+        secret_key: Option<String>,
+        #[command(subcommand)]
+        action: warehouse::WarehouseAction,
     },
     /// The LLM price table the server costs `$ai_*` events with (offline: no server needed).
     Prices {
@@ -295,6 +322,8 @@ fn main() -> anyhow::Result<()> {
         Command::Destinations { url, secret_key, action } => run_destinations(&url, secret_key, action),
         Command::Transform { url, secret_key, action } => run_transform(&url, secret_key, action),
         Command::Traces { url, secret_key, action } => run_traces(&url, secret_key, action),
+        Command::Sql { query, format, url, secret_key } => warehouse::run_sql(&url, secret_key, &query, format),
+        Command::Warehouse { url, secret_key, action } => warehouse::run_warehouse(&url, secret_key, action),
         Command::Prices { action: PricesAction::Import { file, data_dir } } => import_prices(&file, &data_dir),
     }
 }
