@@ -15,6 +15,7 @@
 //! files named in SQL only when a session enables it; these don't).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{
@@ -22,6 +23,12 @@ use datafusion::arrow::array::{
     UInt32Array, UInt64Array, UInt8Array,
 };
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -154,7 +161,13 @@ const USERS_ROWS: &str = "users_identified";
 async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc()?;
     let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     let dir = project_dir(root, project_id);
     let tables = lake_tables(root, project_id).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))?;
     for table in &tables {
@@ -175,6 +188,33 @@ async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<S
         ctx.sql(&format!("CREATE VIEW agent_trace_history AS {}", history_view(ViewEngine::DataFusion, "agent_trace_events"))).await?;
     }
     Ok(ctx)
+}
+
+/// Wraps every operator of a plan in DataFusion's [`CooperativeExec`], which spends a unit of
+/// the task's Tokio budget per batch. DataFusion yields only where its sources do; an operator
+/// that makes many batches from what it holds (a cross join) would otherwise keep its task from
+/// ever yielding, and an aborted query (past its time limit) would keep its threads to the end.
+#[derive(Debug)]
+struct YieldEverywhere;
+
+impl PhysicalOptimizerRule for YieldEverywhere {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if (node.as_ref() as &dyn std::any::Any).is::<CooperativeExec>() {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "yield_everywhere"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
 }
 
 fn quoted(name: &str) -> String {

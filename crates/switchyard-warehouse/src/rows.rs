@@ -155,7 +155,7 @@ pub fn rows_for(event: &Event, dialect: Dialect) -> Vec<Row> {
             }
             flatten_into(&mut identifies.columns, dialect, "", &traits, &reserved(&[STANDARD]));
             rows.push(identifies);
-            if let Some(user_id) = event.user_id.as_deref().filter(|u| !u.is_empty()) {
+            if let Some(user_id) = user_of(event) {
                 let mut users = Row::new(&name("users"), Merge::LatestNonNull);
                 users.text("id", Some(user_id));
                 users.time("received_at", Some(&event.received_at));
@@ -212,7 +212,7 @@ fn standard(event: &Event, dialect: Dialect, table: &str) -> Row {
     let mut row = Row::new(table, Merge::Replace);
     row.text("id", Some(&event.id));
     row.text("anonymous_id", event.anonymous_id.as_deref());
-    row.text("user_id", event.user_id.as_deref());
+    row.text("user_id", user_of(event));
     row.time("sent_at", event.sent_at.as_deref());
     row.time("timestamp", Some(&event.timestamp));
     row.time("received_at", Some(&event.received_at));
@@ -224,6 +224,17 @@ fn standard(event: &Event, dialect: Dialect, table: &str) -> Row {
     row.text("context_passed_ip", passed_ip);
     flatten_into(&mut row.columns, dialect, "context_", &event.context, STANDARD);
     row
+}
+
+/// The user id a row shows: the event's; else the distinct id of an identify (PostHog's
+/// `$identify` names its user by distinct id) or of an event with no anonymous id either (a
+/// PostHog event), as the router shows it to RudderStack (`userId`).
+fn user_of(event: &Event) -> Option<&str> {
+    if let Some(user) = event.user_id.as_deref().filter(|u| !u.is_empty()) {
+        return Some(user);
+    }
+    let by_distinct_id = event.kind == EventType::Identify || event.anonymous_id.as_deref().is_none_or(str::is_empty);
+    Some(event.distinct_id.as_str()).filter(|d| by_distinct_id && !d.is_empty())
 }
 
 /// Whether an event is one LLM call (a row of `model_cost_logs`).
@@ -293,7 +304,7 @@ fn event_log(event: &Event) -> Row {
     row.text("event", Some(&event.event));
     row.text("type", Some(event.kind.as_str()));
     row.text("distinct_id", Some(&event.distinct_id));
-    row.text("user_id", event.user_id.as_deref());
+    row.text("user_id", user_of(event));
     row.text("anonymous_id", event.anonymous_id.as_deref());
     row.text("workspace_id", scope_of(event, "workspace_id", "workspace").as_deref());
     row.text("organization_id", scope_of(event, "organization_id", "organization").as_deref());

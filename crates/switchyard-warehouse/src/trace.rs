@@ -322,8 +322,11 @@ pub fn event_row(event: &Event) -> Option<Row> {
 /// The engines the `agent_trace_history` view is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViewEngine {
-    /// Apache DataFusion (the lake's SQL) and DuckDB: ordered aggregates with `FILTER`.
+    /// Apache DataFusion (the lake's SQL): `first_value(… ORDER BY …) FILTER (…)`.
     DataFusion,
+    /// DuckDB over the lake's files: `first(… ORDER BY …) FILTER (…)`.
+    DuckDb,
+    /// `(array_agg(… ORDER BY …) FILTER (…))[1]`.
     PostgreSQL,
 }
 
@@ -335,6 +338,7 @@ pub enum ViewEngine {
 pub fn history_view(engine: ViewEngine, source: &str) -> String {
     let earliest = |c: &str| match engine {
         ViewEngine::DataFusion => format!("first_value({c} ORDER BY \"timestamp\", id) FILTER (WHERE {c} IS NOT NULL)"),
+        ViewEngine::DuckDb => format!("first({c} ORDER BY \"timestamp\", id) FILTER (WHERE {c} IS NOT NULL)"),
         ViewEngine::PostgreSQL => format!("(array_agg({c} ORDER BY \"timestamp\", id) FILTER (WHERE {c} IS NOT NULL))[1]"),
     };
     let calls = |expr: &str| {
@@ -344,7 +348,7 @@ pub fn history_view(engine: ViewEngine, source: &str) -> String {
     };
     let zero = |e: String| format!("coalesce({e}, 0)");
     let cost_zero = match engine {
-        ViewEngine::DataFusion => "CAST(0 AS DECIMAL(38, 12))",
+        ViewEngine::DataFusion | ViewEngine::DuckDb => "CAST(0 AS DECIMAL(38, 12))",
         ViewEngine::PostgreSQL => "CAST(0 AS NUMERIC(38, 12))",
     };
     let columns = [
