@@ -148,6 +148,7 @@ struct Running {
     consumer: String,
     status: Arc<LoadStatus>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The warehouse loaders that run: the lake's and each PostgreSQL warehouse's, on the
@@ -179,6 +180,7 @@ impl Loaders {
                 consumer: switchyard_pipeline::lake::CONSUMER.into(),
                 status: status.clone(),
                 stop: None,
+                task: None,
             },
         );
         status
@@ -187,7 +189,7 @@ impl Loaders {
     /// Starts a PostgreSQL warehouse's loader (replacing one of the same id).
     pub fn start_postgres(&self, state: &AppState, id: i64, project_id: i64, spec: &WarehouseSpec) {
         let Some(runtime) = self.runtime.get() else { return };
-        self.stop(id);
+        let _ = self.stop(id);
         let w = &state.config.warehouse;
         let mut config = PostgresConfig::new(id, project_id, spec.config.dsn.clone(), spec.config.schema.clone());
         config.max_events = w.max_events;
@@ -195,7 +197,7 @@ impl Loaders {
         let status = Arc::new(LoadStatus::default());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let stores: Arc<dyn switchyard_pipeline::Stores> = Arc::new(crate::RouterStores(state.clone()));
-        runtime.spawn(switchyard_pipeline::postgres::run(stores, config, status.clone(), stopped));
+        let task = runtime.spawn(switchyard_pipeline::postgres::run(stores, config, status.clone(), stopped));
         self.running.lock().unwrap().insert(
             id,
             Running {
@@ -205,24 +207,25 @@ impl Loaders {
                 consumer: switchyard_pipeline::postgres::consumer_name(id),
                 status,
                 stop: Some(stop),
+                task: Some(task),
             },
         );
     }
 
-    /// Stops a PostgreSQL warehouse's loader.
-    pub fn stop(&self, id: i64) {
-        if let Some(running) = self.running.lock().unwrap().remove(&id) {
-            if let Some(stop) = running.stop {
-                let _ = stop.send(true);
-            }
+    /// Stops a PostgreSQL warehouse's loader; gives its task, to wait for.
+    pub fn stop(&self, id: i64) -> Option<tokio::task::JoinHandle<()>> {
+        let running = self.running.lock().unwrap().remove(&id)?;
+        if let Some(stop) = running.stop {
+            let _ = stop.send(true);
         }
+        running.task
     }
 
     /// Stops every PostgreSQL loader (the server stops).
     pub fn stop_all(&self) {
         let ids: Vec<i64> = self.running.lock().unwrap().keys().copied().filter(|id| *id != LAKE).collect();
         for id in ids {
-            self.stop(id);
+            let _ = self.stop(id);
         }
     }
 
@@ -342,14 +345,21 @@ pub async fn get_warehouse(State(state): State<AppState>, Path((project, id)): P
     Ok(axum::Json(shown(&stored)).into_response())
 }
 
-/// `DELETE`: the loader stops; the warehouse's tables stay.
+/// `DELETE`: the loader stops and its cursor in the log goes (retention no longer waits for
+/// it); the warehouse's tables stay.
 pub async fn delete_warehouse(State(state): State<AppState>, Path((project, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
     let project_id = authorize(&state, &headers, &project)?;
     let id = warehouse_id(&id)?;
     if !blocking(&state, move |s| s.control.delete_warehouse(project_id, id)).await? {
         return Err(not_found());
     }
-    state.loaders.stop(id);
+    if let Some(task) = state.loaders.stop(id) {
+        // A load in flight finishes (or is given up) before the cursor is forgotten.
+        if tokio::time::timeout(Duration::from_secs(30), task).await.is_err() {
+            tracing::warn!(id, "a deleted warehouse's loader did not stop in 30 s");
+        }
+    }
+    state.log.forget(&switchyard_pipeline::postgres::consumer_name(id)).await.map_err(ApiError::unavailable)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
