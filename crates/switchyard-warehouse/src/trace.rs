@@ -177,6 +177,21 @@ impl TraceSummary {
         true
     }
 
+    /// The ids the trace's earliest events carry, and its first error (named `error_column`),
+    /// those it has.
+    fn identities(&self, error_column: &'static str) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("user_id", &self.user_id),
+            ("workspace_id", &self.workspace_id),
+            ("organization_id", &self.organization_id),
+            ("agent_id", &self.agent_id),
+            ("flow_id", &self.flow_id),
+            (error_column, &self.first_error),
+        ]
+        .into_iter()
+        .filter_map(|(column, slot)| slot.as_ref().map(|(_, value)| (column, value.as_str())))
+    }
+
     /// The number of distinct events added.
     pub fn events(&self) -> usize {
         self.seen.len()
@@ -205,17 +220,8 @@ impl TraceSummary {
             put("duration_ms", ColumnType::Int, Value::from((b - a).num_milliseconds()));
         }
         put("status", ColumnType::String, Value::from(if self.errors > 0 { "error" } else { "success" }));
-        for (column, slot) in [
-            ("user_id", &self.user_id),
-            ("workspace_id", &self.workspace_id),
-            ("organization_id", &self.organization_id),
-            ("agent_id", &self.agent_id),
-            ("flow_id", &self.flow_id),
-            ("first_error", &self.first_error),
-        ] {
-            if let Some((_, v)) = slot {
-                put(column, ColumnType::String, Value::String(v.clone()));
-            }
+        for (column, value) in self.identities("first_error") {
+            put(column, ColumnType::String, Value::String(value.to_owned()));
         }
         let calls = self.calls();
         put("events", ColumnType::Int, Value::from(self.seen.len() as u64));
@@ -280,17 +286,8 @@ pub fn event_row(event: &Event) -> Option<Row> {
         put("timestamp_ms", ColumnType::Int, Value::from(t.timestamp_millis()));
     }
     put("timestamp", ColumnType::Datetime, Value::String(timestamp));
-    for (column, slot) in [
-        ("user_id", &one.user_id),
-        ("workspace_id", &one.workspace_id),
-        ("organization_id", &one.organization_id),
-        ("agent_id", &one.agent_id),
-        ("flow_id", &one.flow_id),
-        ("error", &one.first_error),
-    ] {
-        if let Some((_, v)) = slot {
-            put(column, ColumnType::String, Value::String(v.clone()));
-        }
+    for (column, value) in one.identities("error") {
+        put(column, ColumnType::String, Value::String(value.to_owned()));
     }
     let (kind, calls) = if one.ai_calls.count > 0 {
         (Some("ai"), &one.ai_calls)
