@@ -1,5 +1,5 @@
-//! The `switchyard flags` CLI against the built binary: import PostHog JSON, list, disable,
-//! export, re-import; errors name the problem.
+//! The CLIs against the built binary: flags (import PostHog JSON, list, disable, export,
+//! re-import), keys, destinations, traces, prices, sql and warehouse; errors name the problem.
 
 use serde_json::Value;
 
@@ -365,4 +365,55 @@ fn prices_import_installs_a_table_the_server_costs_with() {
     let p = &events["results"][0]["properties"];
     assert_eq!(p["$ai_total_cost_usd"], serde_json::json!(0.0012), "{events}");
     assert!(p["$ai_cost_table_version"].as_str().unwrap().starts_with("litellm-"), "{p}");
+}
+
+#[test]
+fn sql_and_warehouse_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_with(dir.path(), |command| {
+        command.env("SWITCHYARD_WAREHOUSE_MAX_WAIT_SECS", "1");
+    });
+    let batch = serde_json::json!({"api_key": common::TOKEN, "batch": [
+        {"event": "model_cost", "distinct_id": "user_1", "timestamp": "2026-12-05T09:30:00Z",
+         "properties": {"model": "gpt-4o-mini", "provider": "openai", "cost_usd": 0.00042, "workspace_id": "ws_1", "trace_id": "t1"}},
+        {"event": "model_cost", "distinct_id": "user_2", "timestamp": "2026-12-05T09:31:00Z",
+         "properties": {"model": "claude-sonnet-4-5", "provider": "anthropic", "cost_usd": 0.0125, "workspace_id": "ws_22", "trace_id": "t2"}},
+    ]});
+    let response = reqwest::blocking::Client::new().post(format!("{}/batch/", server.url)).json(&batch).send().unwrap();
+    assert!(response.status().is_success());
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--url", &server.url, "--secret-key", SECRET]);
+        cli(&all)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, out, _) = run(&["sql", "SELECT count(*) AS n FROM model_cost_logs", "--format", "json"]);
+        if ok && serde_json::from_str::<Value>(&out).unwrap()["results"][0][0] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lake never had both events: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (ok, out, err) = run(&["sql", "SELECT workspace_id, model, sum(cost_usd) AS cost FROM model_cost_logs GROUP BY 1, 2 ORDER BY 1"]);
+    assert!(ok, "{err}");
+    let expected = "\
+workspace_id | model             |    cost
+-------------+-------------------+--------
+ws_1         | gpt-4o-mini       | 0.00042
+ws_22        | claude-sonnet-4-5 |  0.0125
+(2 rows)
+";
+    assert_eq!(out, expected, "aligned, numbers to the right");
+    let (ok, _, err) = run(&["sql", "DROP TABLE model_cost_logs"]);
+    assert!(!ok && err.contains("read-only"), "{err}");
+
+    let (ok, out, err) = run(&["warehouse", "status"]);
+    assert!(ok, "{err}");
+    let lake = out.lines().find(|l| l.starts_with("lake")).unwrap_or_else(|| panic!("{out}"));
+    assert!(lake.contains("loaded          2") && lake.contains("lag        0 events") && lake.contains("failures 0"), "{lake}");
+    let (ok, _, err) = run(&["warehouse", "add", "--name", "dw", "--dsn", "mysql://nope"]);
+    assert!(!ok && err.contains("config.dsn"), "{err}");
+    let (ok, out, err) = run(&["warehouse", "list"]);
+    assert!(ok && out.trim().is_empty(), "{out} {err}");
 }
