@@ -10,6 +10,9 @@ mod lifecycle;
 mod model_prices;
 mod llm;
 mod persons;
+/// A throwaway PostgreSQL cluster, shared with the pipeline's tests.
+#[path = "../../../switchyard-pipeline/tests/support/pg.rs"]
+mod pg;
 mod routing;
 mod tls;
 mod upstream;
