@@ -360,6 +360,11 @@ pub async fn delete_warehouse(State(state): State<AppState>, Path((project, id))
         }
     }
     state.log.forget(&switchyard_pipeline::postgres::consumer_name(id)).await.map_err(ApiError::unavailable)?;
+    let label = crate::metrics::WarehouseLabels { warehouse: format!("postgres:{id}") };
+    let m = &state.metrics;
+    for gauge in [&m.warehouse_loaded_events, &m.warehouse_lag_events, &m.warehouse_last_load_seconds, &m.warehouse_failures] {
+        gauge.remove(&label);
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

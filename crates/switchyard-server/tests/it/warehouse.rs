@@ -393,6 +393,8 @@ async fn a_postgres_warehouse_by_api_holds_what_the_lake_holds_until_deleted() {
     assert!(loader_status(&server, id).await.is_none());
     let consumer = format!("warehouse:postgres:{id}");
     assert_eq!(server.state.log.cursor(&consumer).await.unwrap(), None, "a deleted warehouse's cursor would hold the log's retention back");
+    let metrics = server.metrics().await;
+    assert!(!metrics.contains(&format!("warehouse=\"postgres:{id}\"")), "a deleted warehouse's gauges go: {metrics}");
     more = catalog_events(12..14, "2026-12-07");
     send(&server, &more).await;
     let after = total + more.len();
