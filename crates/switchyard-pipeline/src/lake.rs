@@ -196,16 +196,12 @@ pub fn compact_dir(dir: &Path, max_files: usize, small_bytes: u64) -> Result<Opt
     if small.len() <= max_files {
         return Ok(None);
     }
-    let mut batches = Vec::new();
-    for (path, _) in &small {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?.build()?;
-        for batch in reader {
-            batches.push(batch?);
-        }
-    }
+    // The united schema from the files' footers; then the rows, one file at a time, so
+    // compaction holds one input's batches, not all of them.
     let mut fields: BTreeMap<String, Field> = BTreeMap::new();
-    for batch in &batches {
-        for field in batch.schema().fields() {
+    for (path, _) in &small {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;
+        for field in builder.schema().fields() {
             match fields.get(field.name()) {
                 Some(known) if known.data_type() != field.data_type() => {
                     return Err(LakeError::Value {
@@ -229,13 +225,20 @@ pub fn compact_dir(dir: &Path, max_files: usize, small_bytes: u64) -> Result<Opt
     let temp = dir.join(format!(".{}.tmp", part_name(first, last)));
     let result = (|| -> Result<(), LakeError> {
         let mut writer = ArrowWriter::try_new(File::create(&temp)?, schema.clone(), Some(props))?;
-        for batch in &batches {
-            let columns: Vec<ArrayRef> = schema
-                .fields()
-                .iter()
-                .map(|f| batch.column_by_name(f.name()).cloned().unwrap_or_else(|| arrow_array::new_null_array(f.data_type(), batch.num_rows())))
-                .collect();
-            writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+        for (input, _) in &small {
+            for batch in ParquetRecordBatchReaderBuilder::try_new(File::open(input)?)?.build()? {
+                let batch = batch?;
+                let columns: Vec<ArrayRef> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| batch.column_by_name(f.name()).cloned().unwrap_or_else(|| arrow_array::new_null_array(f.data_type(), batch.num_rows())))
+                    .collect();
+                writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+            }
+            // A row group is held in memory until it is flushed: bounded here.
+            if writer.memory_size() > 32 << 20 {
+                writer.flush()?;
+            }
         }
         let file = writer.into_inner()?;
         file.sync_all()?;
@@ -525,7 +528,7 @@ async fn pending(stores: &Arc<dyn Stores>) -> anyhow::Result<i64> {
 }
 
 async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool, status: &LoadStatus) -> anyhow::Result<()> {
-    let batch = stores.log().read(CONSUMER, config.max_events, Selection::All).await?;
+    let batch = stores.log().read_bounded(CONSUMER, config.max_events, crate::WINDOW_BYTES, Selection::All).await?;
     let Some(position) = batch.position else { return Ok(()) };
     let mut written = Written::default();
     let events = batch.entries.len() as u64;

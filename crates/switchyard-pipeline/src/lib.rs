@@ -17,3 +17,7 @@ pub mod wire;
 pub use destination::{DestinationConfig, DestinationKind, DestinationSpec, InvalidField, Start};
 pub use router::{Router, RouterConfig, RouterMetrics, Stores};
 pub use status::LoadStatus;
+
+/// The event bytes a warehouse loader's window holds at most (besides `max_events`): parsed
+/// events and their rows take several times their JSON, and a window is held whole.
+pub const WINDOW_BYTES: usize = 4 << 20;

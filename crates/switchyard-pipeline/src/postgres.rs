@@ -402,7 +402,7 @@ impl Session {
 async fn load_next(session: &mut Session, stores: &dyn Stores, config: &PostgresConfig, consumer: &str) -> Result<Outcome, PostgresError> {
     let log = stores.log();
     let from = log.cursor(consumer).await?.unwrap_or(0);
-    let batch = log.read(consumer, config.max_events.max(1), Selection::Project(config.project_id)).await?;
+    let batch = log.read_bounded(consumer, config.max_events.max(1), crate::WINDOW_BYTES, Selection::Project(config.project_id)).await?;
     let Some(position) = batch.position else { return Ok(Outcome::Idle) };
     let schema = config.schema.as_str();
     let loads = qualified(schema, LOADS_TABLE);

@@ -750,6 +750,45 @@ impl SqliteLog {
     }
 
     /// How far `consumer` is behind in `table` (`events` or `spans`), see [`SqliteLog::lag`].
+    /// [`EventLog::read`], and no more entries once their bodies add up to `max_bytes` (the one
+    /// that passes it included, so a read always makes progress): a consumer that holds a
+    /// window in memory (a warehouse loader) stays bounded however large the events are.
+    pub async fn read_bounded(&self, consumer: &str, max: usize, max_bytes: usize, selection: Selection) -> Result<ReadBatch, LogError> {
+        let consumer = consumer.to_owned();
+        self.with_reader(move |conn| {
+            // One snapshot for both queries, so nothing committed in between is skipped.
+            let conn = conn.unchecked_transaction()?;
+            let position = cursor_position(&conn, &consumer)?;
+            let (filter, project) = match selection {
+                Selection::All => ("", None),
+                Selection::PersonUpdates => ("person_update = 1 AND", None),
+                Selection::Project(id) => ("project_id = ?3 AND", Some(id)),
+            };
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM events WHERE {filter} seq > ?1 ORDER BY seq LIMIT ?2");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = match project {
+                Some(id) => stmt.query(params![position, max as i64, id])?,
+                None => stmt.query(params![position, max as i64])?,
+            };
+            let (mut entries, mut bytes, mut full) = (Vec::new(), 0usize, false);
+            while let Some(row) = rows.next()? {
+                let entry = log_entry(row)?;
+                bytes = bytes.saturating_add(entry.body.len());
+                entries.push(entry);
+                if bytes >= max_bytes {
+                    full = true;
+                    break;
+                }
+            }
+            drop(rows);
+            let position = if full { entries.last().map(|e| e.seq) } else { position_after(&conn, "events", position, &entries, max, selection != Selection::All)? };
+            drop(stmt);
+            conn.commit()?;
+            Ok(ReadBatch { entries, position })
+        })
+        .await
+    }
+
     async fn lag_in(&self, table: &'static str, consumer: &str, project_id: i64) -> Result<(i64, Option<String>), LogError> {
         let consumer = consumer.to_owned();
         self.with_reader(move |conn| {
@@ -937,27 +976,7 @@ impl EventLog for SqliteLog {
     }
 
     fn read<'a>(&'a self, consumer: &'a str, max: usize, selection: Selection) -> BoxFuture<'a, Result<ReadBatch, LogError>> {
-        let consumer = consumer.to_owned();
-        Box::pin(self.with_reader(move |conn| {
-            // One snapshot for both queries, so nothing committed in between is skipped.
-            let conn = conn.unchecked_transaction()?;
-            let position = cursor_position(&conn, &consumer)?;
-            let (filter, project) = match selection {
-                Selection::All => ("", None),
-                Selection::PersonUpdates => ("person_update = 1 AND", None),
-                Selection::Project(id) => ("project_id = ?3 AND", Some(id)),
-            };
-            let sql = format!("SELECT {ENTRY_COLUMNS} FROM events WHERE {filter} seq > ?1 ORDER BY seq LIMIT ?2");
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let entries = match project {
-                Some(id) => stmt.query_map(params![position, max as i64, id], log_entry)?.collect::<Result<Vec<_>, _>>()?,
-                None => stmt.query_map(params![position, max as i64], log_entry)?.collect::<Result<Vec<_>, _>>()?,
-            };
-            let position = position_after(&conn, "events", position, &entries, max, selection != Selection::All)?;
-            drop(stmt);
-            conn.commit()?;
-            Ok(ReadBatch { entries, position })
-        }))
+        Box::pin(self.read_bounded(consumer, max, usize::MAX, selection))
     }
 
     fn commit<'a>(&'a self, consumer: &'a str, position: i64) -> BoxFuture<'a, Result<(), LogError>> {

@@ -84,6 +84,26 @@ async fn consumer_cursor_is_durable() {
 }
 
 #[tokio::test]
+async fn bounded_reads_stop_at_their_bytes_and_always_make_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open(&dir.path().join("log.db"), SqliteLogConfig::default()).unwrap();
+    log.append(AppendBatch { spans: vec![], events: (0..10).map(record).collect(), quarantined: vec![] }).await.unwrap();
+    let all = log.read("probe", 100, Selection::All).await.unwrap();
+    let three: usize = all.entries[..3].iter().map(|e| e.body.len()).sum();
+    let first = log.read_bounded("loader", 100, three, Selection::All).await.unwrap();
+    assert_eq!(first.entries.len(), 3, "the entry that reaches the budget is the last");
+    assert_eq!(first.position, Some(all.entries[2].seq));
+    log.commit("loader", first.position.unwrap()).await.unwrap();
+    let one = log.read_bounded("loader", 100, 1, Selection::All).await.unwrap();
+    assert_eq!((one.entries.len(), one.position), (1, Some(all.entries[3].seq)), "one entry past a tiny budget");
+    let rest = log.read_bounded("loader", 100, usize::MAX, Selection::Project(1)).await.unwrap();
+    assert_eq!(rest.entries.len(), 7);
+    // Another project's consumer passes the whole log without entries.
+    let other = log.read_bounded("other", 100, 1, Selection::Project(2)).await.unwrap();
+    assert_eq!((other.entries.len(), other.position), (0, Some(all.entries[9].seq)));
+}
+
+#[tokio::test]
 async fn a_full_log_refuses_appends_and_keeps_what_it_has() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.db");
