@@ -109,15 +109,55 @@ pub fn write_window(root: &Path, project_id: i64, first_seq: i64, last_seq: i64,
         }
         groups.entry((row.table.as_str(), day_of(row))).or_default().push(row);
     }
-    let mut written = Vec::with_capacity(groups.len());
-    for ((table, day), rows) in groups {
-        let batch = record_batch(table, &rows)?;
-        let dir = root.join(format!("project={project_id}")).join(table).join(format!("day={day}"));
-        let path = dir.join(part_name(first_seq, last_seq));
-        write_atomically(&dir, &path, &batch)?;
-        written.push(path);
+    // Every file of the window is written under a temporary name, then one sync makes them
+    // all durable, then the renames, then one sync for the names: two syncs a window, not two
+    // a file (a window writes a file per table and day).
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(groups.len());
+    let result = (|| -> Result<(), LakeError> {
+        for ((table, day), rows) in groups {
+            let batch = record_batch(table, &rows)?;
+            let dir = root.join(format!("project={project_id}")).join(table).join(format!("day={day}"));
+            fs::create_dir_all(&dir)?;
+            let path = dir.join(part_name(first_seq, last_seq));
+            let temp = dir.join(format!(".{}.tmp", part_name(first_seq, last_seq)));
+            staged.push((temp.clone(), path));
+            let mut writer = ArrowWriter::try_new(File::create(&temp)?, batch.schema(), Some(writer_properties()))?;
+            writer.write(&batch)?;
+            writer.close()?;
+        }
+        let temps: Vec<&Path> = staged.iter().map(|(temp, _)| temp.as_path()).collect();
+        sync_written(root, &temps)?;
+        for (temp, path) in &staged {
+            fs::rename(temp, path)?;
+        }
+        let dirs: Vec<&Path> = staged.iter().filter_map(|(_, path)| path.parent()).collect();
+        sync_written(root, &dirs)
+    })();
+    if let Err(error) = result {
+        for (temp, _) in &staged {
+            let _ = fs::remove_file(temp);
+        }
+        return Err(error);
     }
-    Ok(written)
+    Ok(staged.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Makes what was written under `root` durable: on Linux one `syncfs` of its filesystem;
+/// elsewhere each of `paths` (files, or directories after renames) synced.
+fn sync_written(root: &Path, paths: &[&Path]) -> Result<(), LakeError> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = paths;
+        rustix::fs::syncfs(File::open(root)?).map_err(std::io::Error::from)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        for path in paths {
+            File::open(path)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the files of earlier attempts at the window starting at `first_seq` (a crash or a
@@ -449,28 +489,6 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Writes `batch` to `path`: a temporary file in `dir`, synced, renamed over `path`, `dir` synced.
-fn write_atomically(dir: &Path, path: &Path, batch: &RecordBatch) -> Result<(), LakeError> {
-    fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
-    let temp = dir.join(format!(".{name}.tmp"));
-    let props = writer_properties();
-    let result = (|| -> Result<(), LakeError> {
-        let mut writer = ArrowWriter::try_new(File::create(&temp)?, batch.schema(), Some(props))?;
-        writer.write(batch)?;
-        let file = writer.into_inner()?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
-
 /// Each project's schema, kept beside its tables so column types stay the same across runs.
 const SCHEMA_FILE: &str = "_schema.json";
 
@@ -535,6 +553,8 @@ pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, status: Arc<LoadSt
     // Set when files of an uncommitted attempt may be in the lake (a run's start, a failure).
     let mut clean = true;
     let mut pending_since: Option<Instant> = None;
+    // The last window stopped at its byte bound: more is waiting, no need to wait to fill.
+    let mut more = false;
     loop {
         if *stop.borrow() {
             return;
@@ -544,7 +564,7 @@ pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, status: Arc<LoadSt
                 pending_since = None;
                 false
             }
-            Ok(n) => n >= config.max_events as i64 || pending_since.get_or_insert_with(Instant::now).elapsed() >= config.max_wait,
+            Ok(n) => more || n >= config.max_events as i64 || pending_since.get_or_insert_with(Instant::now).elapsed() >= config.max_wait,
             Err(error) => {
                 tracing::error!(%error, "lake: reading the log failed; retrying");
                 false
@@ -552,7 +572,8 @@ pub async fn run(stores: Arc<dyn Stores>, config: LakeConfig, status: Arc<LoadSt
         };
         if ready {
             match write_next(&stores, &config, &schemas, clean, &status).await {
-                Ok(()) => {
+                Ok(bounded) => {
+                    more = bounded;
                     clean = false;
                     pending_since = None;
                     continue;
@@ -584,9 +605,11 @@ async fn pending(stores: &Arc<dyn Stores>) -> anyhow::Result<i64> {
     Ok((end - cursor).max(0))
 }
 
-async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool, status: &LoadStatus) -> anyhow::Result<()> {
+/// Writes the next window; gives whether it stopped at its byte bound (more is waiting).
+async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc<Mutex<HashMap<i64, Schema>>>, clean: bool, status: &LoadStatus) -> anyhow::Result<bool> {
     let batch = stores.log().read_bounded(CONSUMER, config.max_events, crate::WINDOW_BYTES, Selection::All).await?;
-    let Some(position) = batch.position else { return Ok(()) };
+    let Some(position) = batch.position else { return Ok(false) };
+    let bounded = batch.entries.iter().map(|e| e.body.len()).sum::<usize>() >= crate::WINDOW_BYTES;
     let mut written = Written::default();
     let events = batch.entries.len() as u64;
     if let Some(first) = batch.entries.first() {
@@ -612,7 +635,7 @@ async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc
         });
         compacted.await?;
     }
-    Ok(())
+    Ok(bounded)
 }
 
 /// What a window wrote.
