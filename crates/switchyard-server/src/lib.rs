@@ -194,7 +194,7 @@ impl AppState {
                     timeout: Duration::from_secs(w.query_timeout_secs),
                     memory_bytes: w.query_memory_mib << 20,
                 };
-                switchyard_query::QueryEngine::new(w.lake_root(&config.data_dir), limits, background_priority)
+                switchyard_query::QueryEngine::new(w.lake_root(&config.data_dir), limits, || lower_priority(10))
             })
             .transpose()?;
         let state = AppState(Arc::new(Shared {
@@ -475,40 +475,60 @@ async fn cors_and_count(State(state): State<AppState>, request: Request, next: N
     response
 }
 
-/// Runs the router (and the lake loader, when on) on a runtime of its own, whose threads run at a lower priority (nice 10)
+/// Runs the router on a runtime of its own, whose threads run at a lower priority (nice 10)
 /// than intake's: when both want the CPU, acknowledging events comes first and delivery
 /// catches up after (its backlog is on disk); an idle machine delivers at full speed.
-fn spawn_router(
-    router: switchyard_pipeline::Router,
+fn spawn_router(router: switchyard_pipeline::Router, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("router")
+        .on_thread_start(|| lower_priority(10))
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new().name("router".into()).spawn(move || {
+        lower_priority(10);
+        runtime.block_on(router.run(stop));
+    })?)
+}
+
+/// Runs the warehouse loaders (the lake's, when on, and PostgreSQL's, started later on the
+/// handle given back) on one thread at the lowest priority (nice 19): a load is CPU-heavy
+/// (~60 µs per event for the lake) and can wait; intake and delivery come first, and the
+/// loaders catch up when they are quiet.
+fn spawn_warehouse(
     lake: Option<(Arc<dyn switchyard_pipeline::Stores>, switchyard_pipeline::lake::LakeConfig, Arc<switchyard_pipeline::LoadStatus>)>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(std::thread::JoinHandle<()>, tokio::runtime::Handle)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("router")
-        .on_thread_start(background_priority)
+        .worker_threads(1)
+        .thread_name("warehouse")
+        .on_thread_start(|| lower_priority(19))
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
-    let thread = std::thread::Builder::new().name("router".into()).spawn(move || {
-        background_priority();
+    let thread = std::thread::Builder::new().name("warehouse".into()).spawn(move || {
+        lower_priority(19);
         runtime.block_on(async move {
-            // The warehouse loaders share the router's runtime and priority.
-            let loader = lake.map(|(stores, config, status)| tokio::spawn(switchyard_pipeline::lake::run(stores, config, status, stop.clone())));
-            router.run(stop).await;
-            if let Some(loader) = loader {
-                let _ = loader.await;
+            if let Some((stores, config, status)) = lake {
+                switchyard_pipeline::lake::run(stores, config, status, stop.clone()).await;
+            }
+            // The runtime lives as long as the server: PostgreSQL loaders run on it.
+            let mut stop = stop;
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
             }
         });
     })?;
     Ok((thread, handle))
 }
 
-/// Lowers the calling thread's priority to nice 10 (Linux: per thread).
-fn background_priority() {
+/// Lowers the calling thread's priority to `nice` (Linux: per thread).
+fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
-    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
-        tracing::debug!(%error, "the router's threads keep the normal priority");
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::debug!(%error, "a background thread keeps the normal priority");
     }
 }
 
@@ -544,10 +564,10 @@ pub async fn serve(
                 config.compact_files = w.compact_files;
                 (Arc::new(RouterStores(state.clone())) as Arc<dyn switchyard_pipeline::Stores>, config, state.loaders.lake_status())
             });
-            let (thread, runtime) = spawn_router(router, lake, processor_stop.clone())?;
+            let (loaders, runtime) = spawn_warehouse(lake, processor_stop.clone())?;
             state.loaders.set_runtime(runtime);
             warehouse::start_all(&state)?;
-            Some(thread)
+            Some((spawn_router(router, processor_stop.clone())?, loaders))
         }
         None => None,
     };
@@ -588,8 +608,8 @@ pub async fn serve(
     let _ = stop_processor.send(true);
     state.loaders.stop_all();
     let _ = processor.await;
-    if let Some(routing) = routing {
-        let _ = tokio::task::spawn_blocking(move || routing.join()).await;
+    if let Some((routing, loaders)) = routing {
+        let _ = tokio::task::spawn_blocking(move || (routing.join(), loaders.join())).await;
     }
     // The router holds the state: let it go, so the stores close with the last handle.
     state.router.lock().unwrap().take();
