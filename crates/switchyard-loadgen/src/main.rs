@@ -134,48 +134,7 @@ enum Cmd {
     /// The warehouse: the lake loader's rate beside a bare reader of the log, the PostgreSQL
     /// loader beside plain COPY of the same rows, SQL over a large lake beside DuckDB, intake
     /// with the lake on vs off.
-    WarehouseBench {
-        #[arg(long, default_value = "target/release/switchyard")]
-        server_bin: String,
-        /// Events in the log the lake loads (part 1; rounded up to windows of 10,000).
-        #[arg(long, default_value_t = 1_000_000)]
-        log_events: usize,
-        /// Events the PostgreSQL loader loads (part 2; rounded up to windows of 10,000).
-        #[arg(long, default_value_t = 200_000)]
-        pg_events: usize,
-        /// Events in the lake the SQL queries run over (part 3).
-        #[arg(long, default_value_t = 10_000_000)]
-        lake_events: usize,
-        /// Days the events' timestamps spread over.
-        #[arg(long, default_value_t = 7)]
-        days: u32,
-        /// Where part 3's lake is built and kept (reused when it holds a lake already);
-        /// unset: a temporary directory, removed at the end.
-        #[arg(long)]
-        lake_dir: Option<std::path::PathBuf>,
-        /// Timed runs per query (after one untimed run); the median is reported.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// The DuckDB CLI (PyPI: `pip install duckdb-cli`).
-        #[arg(long, default_value = "duckdb")]
-        duckdb_bin: String,
-        /// Seconds per intake run (part 4).
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Intake rounds, each with the lake on and off (order alternated).
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        /// Concurrent connections of the intake runs.
-        #[arg(long, default_value_t = 32)]
-        connections: usize,
-        /// Only these parts, comma-separated: lake, postgres, sql, intake.
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// Longest a load or the lake's build may take, seconds (10M events take ~15–20 min
-        /// to build here).
-        #[arg(long, default_value_t = 1800)]
-        timeout: u64,
-    },
+    WarehouseBench(warehouse::Options),
     /// What one durable write costs on this machine's disk, alone: 16 KiB appended to a growing
     /// file plus `fdatasync` (a new WAL), WAL-sized overwrites plus `fdatasync` (16 and 64 KiB)
     /// and an `fdatasync` with nothing written, each timed (avg, p50, p99) with the CPU it
@@ -201,35 +160,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::LlmBench { server_bin, seconds, connections, store_events } => {
             llm::llm_bench(&llm::Options { server_bin, seconds, connections, store_events })
         }
-        Cmd::WarehouseBench {
-            server_bin,
-            log_events,
-            pg_events,
-            lake_events,
-            days,
-            lake_dir,
-            runs,
-            duckdb_bin,
-            seconds,
-            rounds,
-            connections,
-            only,
-            timeout,
-        } => warehouse::warehouse_bench(&warehouse::Options {
-            server_bin,
-            log_events,
-            pg_events,
-            lake_events,
-            days,
-            lake_dir,
-            runs,
-            duckdb_bin,
-            seconds,
-            rounds,
-            connections,
-            only,
-            timeout,
-        }),
+        Cmd::WarehouseBench(options) => warehouse::warehouse_bench(&options),
         Cmd::RouteBench { server_bin, events, backlog, seconds, connections } => {
             route::route_bench(&route::Options { server_bin, events, backlog, seconds, connections })
         }

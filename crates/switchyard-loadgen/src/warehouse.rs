@@ -48,29 +48,48 @@ use tokio::sync::watch;
 use crate::route::{Server, SECRET_KEY};
 use crate::{batch_body, cpu_seconds, drive, fetch, peak_rss_mb, Scenario};
 
+#[derive(clap::Args)]
 pub struct Options {
+    /// The switchyard binary (part 3's server and CLI, part 4's servers).
+    #[arg(long, default_value = "target/release/switchyard")]
     pub server_bin: String,
-    /// Events in the log the lake loads (part 1).
+    /// Events in the log the lake loads (part 1; rounded up to windows of 10,000).
+    #[arg(long, default_value_t = 1_000_000)]
     pub log_events: usize,
-    /// Events the PostgreSQL loader loads (part 2).
+    /// Events the PostgreSQL loader loads (part 2; rounded up to windows of 10,000).
+    #[arg(long, default_value_t = 200_000)]
     pub pg_events: usize,
-    /// Events in the lake SQL runs over (part 3).
+    /// Events in the lake the SQL queries run over (part 3).
+    #[arg(long, default_value_t = 10_000_000)]
     pub lake_events: usize,
     /// Days the events' timestamps spread over.
+    #[arg(long, default_value_t = 7)]
     pub days: u32,
-    /// Where part 3's lake is built and kept; reused when it holds one already.
+    /// Where part 3's lake is built and kept (reused when it holds a lake already);
+    /// unset: a temporary directory, removed at the end.
+    #[arg(long)]
     pub lake_dir: Option<PathBuf>,
-    /// Timed runs per query (the median is reported).
+    /// Timed runs per query (after one untimed run); the median is reported.
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// The DuckDB CLI (PyPI: `pip install duckdb-cli`).
+    #[arg(long, default_value = "duckdb")]
     pub duckdb_bin: String,
     /// Seconds per intake run (part 4).
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Intake rounds, each with the lake on and off.
+    /// Intake rounds, each with the lake on and off (order alternated).
+    #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Concurrent connections of the intake runs.
+    #[arg(long, default_value_t = 32)]
     pub connections: usize,
-    /// The parts to run (`lake`, `postgres`, `sql`, `intake`); empty: all.
+    /// Only these parts, comma-separated: lake, postgres, sql, intake.
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Longest a load or a lake build may take, seconds.
+    /// Longest a load or the lake's build may take, seconds (10M events take ~15–20 min
+    /// to build here).
+    #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
 }
 
