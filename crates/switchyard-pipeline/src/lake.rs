@@ -192,8 +192,11 @@ fn part_range(path: &Path) -> Option<(i64, i64)> {
     Some((first.parse().ok()?, last.parse().ok()?))
 }
 
+/// A part file and the log range it holds.
+type Part = (PathBuf, (i64, i64));
+
 /// The part files of a day's directory with their ranges, by range.
-fn parts(dir: &Path) -> Result<Vec<(PathBuf, (i64, i64))>, LakeError> {
+fn parts(dir: &Path) -> Result<Vec<Part>, LakeError> {
     let mut parts = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -333,7 +336,9 @@ fn day_of(row: &Row) -> String {
 }
 
 /// The tables whose columns are fixed, with their columns.
-static FIXED_TABLES: std::sync::OnceLock<Vec<(&'static str, Vec<(&'static str, ColumnType)>)>> = std::sync::OnceLock::new();
+static FIXED_TABLES: std::sync::OnceLock<FixedTables> = std::sync::OnceLock::new();
+
+type FixedTables = Vec<(&'static str, Vec<(&'static str, ColumnType)>)>;
 
 fn arrow_type(ty: ColumnType) -> DataType {
     match ty {

@@ -232,7 +232,9 @@ impl Loaders {
     /// Each loader's status, with its lag in `project_id`'s events (every project's for the
     /// lake when `None`).
     pub async fn statuses(&self, log: &switchyard_store::SqliteLog, project_id: Option<i64>) -> Vec<Value> {
-        let loaders: Vec<(i64, String, &'static str, Option<i64>, String, Value)> = self
+        // (id, name, kind, project, consumer, status): copied out, the lock let go before awaiting.
+        type Seen = (i64, String, &'static str, Option<i64>, String, Value);
+        let loaders: Vec<Seen> = self
             .running
             .lock()
             .unwrap()
