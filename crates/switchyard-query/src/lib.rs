@@ -24,6 +24,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::TableReference;
 use datafusion::config::ConfigOptions;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -117,8 +118,9 @@ pub fn project_dir(root: &Path, project_id: i64) -> PathBuf {
     root.join(format!("project={project_id}"))
 }
 
-/// The project's tables (directories) in the lake, sorted. Names are the loader's: ASCII
-/// letters, digits and `_`; anything else (temporary, hidden) is not a table.
+/// The project's tables (directories with Parquet files) in the lake, sorted. Names are the
+/// loader's: ASCII letters, digits and `_` (`_order`: RudderStack escapes reserved words so);
+/// anything else is not a table.
 pub fn lake_tables(root: &Path, project_id: i64) -> std::io::Result<Vec<String>> {
     let dir = project_dir(root, project_id);
     let entries = match std::fs::read_dir(&dir) {
@@ -130,7 +132,7 @@ pub fn lake_tables(root: &Path, project_id: i64) -> std::io::Result<Vec<String>>
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let valid = !name.is_empty() && !name.starts_with('_') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if valid && entry.file_type()?.is_dir() && has_parquet(&entry.path())? {
             tables.push(name);
         }
@@ -155,7 +157,8 @@ fn has_parquet(dir: &Path) -> std::io::Result<bool> {
 }
 
 /// The table the lake's `users` rows are registered as; `users` is the merged view over it.
-const USERS_ROWS: &str = "users_identified";
+/// Upper case: no lake table is named so (the loader's names are lower case).
+const USERS_ROWS: &str = "UsersIdentified";
 
 /// A session with the project's tables and views registered, nothing else.
 async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
@@ -173,16 +176,16 @@ async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<S
     for table in &tables {
         let name = if table == "users" { USERS_ROWS } else { table.as_str() };
         let path = format!("{}/", dir.join(table).display());
-        ctx.register_parquet(name, &path, ParquetReadOptions::default()).await?;
+        ctx.register_parquet(TableReference::bare(name), &path, ParquetReadOptions::default()).await?;
     }
     if tables.iter().any(|t| t == "users") {
-        let schema = ctx.table_provider(USERS_ROWS).await?.schema();
+        let schema = ctx.table_provider(TableReference::bare(USERS_ROWS)).await?.schema();
         let mut columns = vec!["id".to_owned()];
         for field in schema.fields().iter().filter(|f| f.name() != "id") {
             let c = quoted(field.name());
             columns.push(format!("last_value({c} ORDER BY received_at, uuid_ts) FILTER (WHERE {c} IS NOT NULL) AS {c}"));
         }
-        ctx.sql(&format!("CREATE VIEW users AS SELECT {} FROM {USERS_ROWS} GROUP BY id", columns.join(", "))).await?;
+        ctx.sql(&format!("CREATE VIEW users AS SELECT {} FROM {} GROUP BY id", columns.join(", "), quoted(USERS_ROWS))).await?;
     }
     if tables.iter().any(|t| t == "agent_trace_events") {
         ctx.sql(&format!("CREATE VIEW agent_trace_history AS {}", history_view(ViewEngine::DataFusion, "agent_trace_events"))).await?;

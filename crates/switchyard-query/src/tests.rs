@@ -136,6 +136,9 @@ async fn users_are_merged_latest_non_null() {
     assert_eq!(users.results, vec![vec![json!("user_7"), json!("team"), json!("Acme"), json!(3)]]);
     let identifies = run(lake.path(), "SELECT count(*) FROM identifies").await;
     assert_eq!(identifies.results, vec![vec![json!(2)]]);
+    // A track event named like a reserved word has RudderStack's `_` in front, and is a table.
+    let lake = self::lake(&[vec![track("o1", "order", "2025-12-05T09:00:00Z", json!({"total": 12}))]]);
+    assert_eq!(run(lake.path(), "SELECT total FROM _order").await.results, vec![vec![json!(12)]]);
 }
 
 #[tokio::test]
