@@ -50,6 +50,9 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        // The server's warnings and errors, shown with a failing test's output (`RUST_LOG` for more).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
         let mut config = Config {
             data_dir: dir.path().to_owned(),
             project_token: Some(TOKEN.into()),
