@@ -492,9 +492,10 @@ fn spawn_router(router: switchyard_pipeline::Router, stop: tokio::sync::watch::R
 }
 
 /// Runs the warehouse loaders (the lake's, when on, and PostgreSQL's, started later on the
-/// handle given back) on one thread at the lowest priority (nice 19): a load is CPU-heavy
-/// (~60 µs per event for the lake) and can wait; intake and delivery come first, and the
-/// loaders catch up when they are quiet.
+/// handle given back) on one thread at a lower priority (nice 10, as the router's): a load is
+/// CPU-heavy (~60 µs per event for the lake) and can wait; intake comes first. Not nice 19:
+/// there a loader gets ~1.5% of a core beside one busy process (CFS weights 15 to 1024), so
+/// another program's load on the machine would hold the lake back far past `max_wait_secs`.
 fn spawn_warehouse(
     lake: Option<(Arc<dyn switchyard_pipeline::Stores>, switchyard_pipeline::lake::LakeConfig, Arc<switchyard_pipeline::LoadStatus>)>,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -502,12 +503,12 @@ fn spawn_warehouse(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("warehouse")
-        .on_thread_start(|| lower_priority(19))
+        .on_thread_start(|| lower_priority(10))
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
     let thread = std::thread::Builder::new().name("warehouse".into()).spawn(move || {
-        lower_priority(19);
+        lower_priority(10);
         runtime.block_on(async move {
             if let Some((stores, config, status)) = lake {
                 switchyard_pipeline::lake::run(stores, config, status, stop.clone()).await;

@@ -152,7 +152,7 @@ struct Running {
 }
 
 /// The warehouse loaders that run: the lake's and each PostgreSQL warehouse's, on the
-/// warehouse runtime (one thread at nice 19), each with its status.
+/// warehouse runtime (one thread at nice 10), each with its status.
 #[derive(Default)]
 pub struct Loaders {
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
