@@ -910,7 +910,7 @@ impl Serialize for Message<'_> {
             map.serialize_entry("$group_type", group_type)?;
         }
         for (k, v) in e.extra() {
-            if !MESSAGE_TOP.contains(&k.as_str()) && !(marked && k == "$distinct_id") {
+            if !(MESSAGE_TOP.contains(&k.as_str()) || (marked && k == "$distinct_id")) {
                 map.serialize_entry(k, v)?;
             }
         }

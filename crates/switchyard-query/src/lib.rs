@@ -1,7 +1,7 @@
 //! SQL over the embedded Parquet lake, through Apache DataFusion: read-only, one project's
 //! tables only, within a time, row and memory limit.
 //!
-//! Each query gets its own DataFusion session holding the project's tables and nothing else:
+//! Each query gets its own DataFusion session holding the project's tables it names, nothing else:
 //! every directory `{root}/project={id}/{table}/` is a table over its Parquet files (all days,
 //! the files' schemas merged by column name). Two tables are views, as RudderStack's warehouse
 //! has them as tables:
@@ -32,6 +32,8 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache, DEFAULT_METADATA_CACHE_LIMIT};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
@@ -160,9 +162,19 @@ fn has_parquet(dir: &Path) -> std::io::Result<bool> {
 /// Upper case: no lake table is named so (the loader's names are lower case).
 const USERS_ROWS: &str = "UsersIdentified";
 
-/// A session with the project's tables and views registered, nothing else.
-async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
-    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc()?;
+/// A session with nothing registered, within `limits`; Parquet footers are read through
+/// `footers` when given (kept across queries: checked against each file's size and
+/// modification time, and the lake never rewrites a file in place). Listings are not cached:
+/// each query sees the files there are.
+fn empty_session(limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>) -> Result<SessionContext, QueryError> {
+    let mut caches = CacheManagerConfig::default();
+    if let Some(footers) = footers {
+        caches = caches.with_file_metadata_cache(Some(Arc::clone(footers)));
+    }
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_cache_manager(caches)
+        .build_arc()?;
     let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
     let state = SessionStateBuilder::new()
         .with_config(config)
@@ -170,15 +182,28 @@ async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<S
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
         .build();
-    let ctx = SessionContext::new_with_state(state);
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// Registers in `ctx` the project's tables `wanted` names (a table's name, or a view's), and
+/// the views over them; all of them when `wanted` is `None` or has a reference with a schema
+/// (`information_schema.tables` lists them all). A query registers only what it reads, so it
+/// does not read the footers of every table's files.
+async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: Option<&[TableReference]>) -> Result<(), QueryError> {
+    let wanted = wanted.filter(|refs| refs.iter().all(|r| r.schema().is_none()));
+    let named = |name: &str| wanted.is_none_or(|refs| refs.iter().any(|r| r.table().eq_ignore_ascii_case(name)));
     let dir = project_dir(root, project_id);
     let tables = lake_tables(root, project_id).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))?;
+    let tables: Vec<&String> = tables
+        .iter()
+        .filter(|t| named(t) || (t.as_str() == "agent_trace_events" && named("agent_trace_history")))
+        .collect();
     for table in &tables {
-        let name = if table == "users" { USERS_ROWS } else { table.as_str() };
+        let name = if table.as_str() == "users" { USERS_ROWS } else { table.as_str() };
         let path = format!("{}/", dir.join(table).display());
         ctx.register_parquet(TableReference::bare(name), &path, ParquetReadOptions::default()).await?;
     }
-    if tables.iter().any(|t| t == "users") {
+    if tables.iter().any(|t| t.as_str() == "users") {
         let schema = ctx.table_provider(TableReference::bare(USERS_ROWS)).await?.schema();
         let mut columns = vec!["id".to_owned()];
         for field in schema.fields().iter().filter(|f| f.name() != "id") {
@@ -187,10 +212,10 @@ async fn session(root: &Path, project_id: i64, limits: &QueryLimits) -> Result<S
         }
         ctx.sql(&format!("CREATE VIEW users AS SELECT {} FROM {} GROUP BY id", columns.join(", "), quoted(USERS_ROWS))).await?;
     }
-    if tables.iter().any(|t| t == "agent_trace_events") {
+    if tables.iter().any(|t| t.as_str() == "agent_trace_events") {
         ctx.sql(&format!("CREATE VIEW agent_trace_history AS {}", history_view(ViewEngine::DataFusion, "agent_trace_events"))).await?;
     }
-    Ok(ctx)
+    Ok(())
 }
 
 /// Wraps every operator of a plan in DataFusion's [`CooperativeExec`], which spends a unit of
@@ -231,6 +256,8 @@ pub struct QueryEngine {
     root: PathBuf,
     limits: QueryLimits,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The Parquet footers read, shared by the queries (DataFusion's default bound, 50 MiB).
+    footers: Arc<FileMetadataCache>,
 }
 
 impl QueryEngine {
@@ -247,6 +274,7 @@ impl QueryEngine {
             root: root.into(),
             limits,
             runtime: Some(runtime),
+            footers: Arc::new(DefaultCache::new(DEFAULT_METADATA_CACHE_LIMIT)),
         })
     }
 
@@ -261,8 +289,8 @@ impl QueryEngine {
     /// Runs `sql` over project `project_id`'s tables.
     pub async fn query(&self, project_id: i64, sql: &str) -> Result<QueryResult, QueryError> {
         let Some(runtime) = &self.runtime else { return Err(QueryError::Engine("the query engine is shut down".into())) };
-        let (root, limits, sql) = (self.root.clone(), self.limits.clone(), sql.to_owned());
-        let mut task = runtime.spawn(async move { query(&root, project_id, &sql, &limits).await });
+        let (root, limits, sql, footers) = (self.root.clone(), self.limits.clone(), sql.to_owned(), self.footers.clone());
+        let mut task = runtime.spawn(async move { query_with(&root, project_id, &sql, &limits, Some(&footers)).await });
         match tokio::time::timeout(self.limits.timeout, &mut task).await {
             Ok(Ok(result)) => result,
             Ok(Err(error)) => Err(QueryError::Engine(format!("the query's task failed: {error}"))),
@@ -285,13 +313,23 @@ impl Drop for QueryEngine {
 /// Runs `sql` over project `project_id`'s tables in the lake at `root`, on the calling
 /// runtime. Its time limit holds only where the query yields: use [`QueryEngine`] to bound it.
 pub async fn query(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits) -> Result<QueryResult, QueryError> {
+    query_with(root, project_id, sql, limits, None).await
+}
+
+async fn query_with(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>) -> Result<QueryResult, QueryError> {
     if sql.trim().is_empty() {
         return Err(QueryError::Invalid("the query is empty".into()));
     }
     let run = async {
-        let ctx = session(root, project_id, limits).await?;
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let frame = ctx.sql_with_options(sql, options).await?;
+        // Parsed first, to register only the tables the statement names.
+        let ctx = empty_session(limits, footers)?;
+        let state = ctx.state();
+        let statement = state.sql_to_statement(sql, &state.config().options().sql_parser.dialect)?;
+        let wanted = state.resolve_table_references(&statement)?;
+        register(&ctx, root, project_id, Some(&wanted)).await?;
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false).verify_plan(&plan)?;
+        let frame = ctx.execute_logical_plan(plan).await?;
         let schema = frame.schema().as_arrow().clone();
         let mut stream = frame.execute_stream().await?;
         let mut results = Vec::new();

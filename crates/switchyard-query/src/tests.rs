@@ -96,6 +96,25 @@ async fn counts_sums_and_exact_costs() {
     }
 }
 
+/// A session registers only the tables a statement names: views, tables named in a CTE, a
+/// subquery or a join, in any case, are all there.
+#[tokio::test]
+async fn tables_named_anywhere_in_a_statement_are_there() {
+    let mut events = run_of_an_agent();
+    events.push(event(1, "i1", "identify", "", "2025-12-05T09:00:00Z", json!({}), json!({"plan": "pro"})));
+    let lake = lake(&[events]);
+    let calls = run(lake.path(), "SELECT count(*) FROM model_cost_logs").await.results[0][0].clone();
+    let users = run(lake.path(), "SELECT count(*) FROM users").await.results[0][0].clone();
+    let traces = run(lake.path(), "SELECT count(DISTINCT trace_id) FROM model_cost_logs").await.results[0][0].clone();
+    let joined = run(
+        lake.path(),
+        "WITH calls AS (SELECT trace_id, count(*) AS n FROM MODEL_COST_LOGS GROUP BY trace_id)
+         SELECT sum(calls.n) AS calls, count(*) AS traces, (SELECT count(*) FROM Users) AS users FROM agent_trace_history h JOIN calls ON calls.trace_id = h.trace_id",
+    )
+    .await;
+    assert_eq!(joined.results, vec![vec![calls, traces, users]]);
+}
+
 #[tokio::test]
 async fn trace_history_is_right_whatever_the_order_and_loads() {
     let events = run_of_an_agent();
@@ -201,4 +220,46 @@ async fn rows_and_time_are_limited() {
     assert_eq!(answer.unwrap().results, vec![vec![json!(7)]]);
     let error = query(lake.path(), 1, "SELEC nonsense", &limits).await.unwrap_err();
     assert!(matches!(error, QueryError::Invalid(_)), "{error:?}");
+}
+
+/// The engine keeps the files' footers across queries, but each query lists the files there
+/// are: files added, removed or merged since are seen as they are.
+#[tokio::test]
+async fn an_engine_sees_files_added_and_compacted_between_queries() {
+    let later = vec![
+        track("t1", "tool_used", "2025-12-05T11:00:00Z", json!({"tool_name": "web_search"})),
+        track("t2", "tool_used", "2025-12-05T11:01:00Z", json!({"tool_name": "sql_query", "rows": 3})),
+    ];
+    let lake = lake(&[run_of_an_agent(), later]);
+    // The second window's files, set aside: named `part-{first seq}-…`, its first seq is 8.
+    let second: Vec<PathBuf> = walk(lake.path()).into_iter().filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("part-00000000000000000008-")).collect();
+    assert!(!second.is_empty());
+    let aside = tempfile::tempdir().unwrap();
+    for (i, path) in second.iter().enumerate() {
+        std::fs::rename(path, aside.path().join(i.to_string())).unwrap();
+    }
+    let engine = QueryEngine::new(lake.path(), QueryLimits::default(), || {}).unwrap();
+    let count = async |sql: &str| engine.query(1, sql).await.unwrap().results[0][0].clone();
+    assert_eq!(count("SELECT count(*) FROM event_logs").await, json!(7));
+    for (i, path) in second.iter().enumerate() {
+        std::fs::rename(aside.path().join(i.to_string()), path).unwrap();
+    }
+    assert_eq!(count("SELECT count(*) FROM event_logs").await, json!(9), "a new window's files are read");
+    assert_eq!(count("SELECT count(*) FROM tool_used WHERE \"rows\" = 3").await, json!(1), "with their new column");
+    let day = lake.path().join("project=1/event_logs/day=2025-12-05");
+    assert!(switchyard_pipeline::lake::compact_dir(&day, 0, u64::MAX).unwrap().is_some(), "the day's files merged into one");
+    assert_eq!(count("SELECT count(*) FROM event_logs").await, json!(9), "the merged file read, not the removed ones");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
