@@ -186,12 +186,12 @@ fn empty_session(limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>)
 }
 
 /// Registers in `ctx` the project's tables `wanted` names (a table's name, or a view's), and
-/// the views over them; all of them when `wanted` is `None` or has a reference with a schema
-/// (`information_schema.tables` lists them all). A query registers only what it reads, so it
-/// does not read the footers of every table's files.
-async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: Option<&[TableReference]>) -> Result<(), QueryError> {
-    let wanted = wanted.filter(|refs| refs.iter().all(|r| r.schema().is_none()));
-    let named = |name: &str| wanted.is_none_or(|refs| refs.iter().any(|r| r.table().eq_ignore_ascii_case(name)));
+/// the views over them; all of them when a reference has a schema (`information_schema.tables`
+/// lists them all). A query registers only what it reads, so it does not read the footers of
+/// every table's files.
+async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: &[TableReference]) -> Result<(), QueryError> {
+    let all = wanted.iter().any(|r| r.schema().is_some());
+    let named = |name: &str| all || wanted.iter().any(|r| r.table().eq_ignore_ascii_case(name));
     let dir = project_dir(root, project_id);
     let tables = lake_tables(root, project_id).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))?;
     let tables: Vec<&String> = tables
@@ -326,7 +326,7 @@ async fn query_with(root: &Path, project_id: i64, sql: &str, limits: &QueryLimit
         let state = ctx.state();
         let statement = state.sql_to_statement(sql, &state.config().options().sql_parser.dialect)?;
         let wanted = state.resolve_table_references(&statement)?;
-        register(&ctx, root, project_id, Some(&wanted)).await?;
+        register(&ctx, root, project_id, &wanted).await?;
         let plan = ctx.state().statement_to_plan(statement).await?;
         SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false).verify_plan(&plan)?;
         let frame = ctx.execute_logical_plan(plan).await?;

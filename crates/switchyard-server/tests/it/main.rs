@@ -125,11 +125,18 @@ pub fn mirror_of(upstream_url: String) -> impl FnOnce(&mut Config) {
     }
 }
 
-/// Polls `check` until it holds; fails the test after 20 s naming `what`.
+/// Polls `check` until it holds; fails the test after 30 s naming `what`.
 pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+    wait_seeing(what, async || if check().await { Ok(()) } else { Err(String::new()) }).await;
+}
+
+/// Polls `check` until it is `Ok`; fails the test after 30 s naming `what` and what the last
+/// `Err` said it saw.
+pub async fn wait_seeing(what: &str, mut check: impl AsyncFnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Err(seen) = check().await else { return };
+        assert!(Instant::now() < deadline, "timed out waiting until {what}; last seen: {seen}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::{wait_until, TestServer, SECRET, TOKEN};
+use crate::{wait_seeing, wait_until, TestServer, SECRET, TOKEN};
 
 /// The Parquet files under `dir`, as paths relative to it.
 fn parquet_files(dir: &std::path::Path) -> Vec<String> {
@@ -265,21 +265,16 @@ async fn send(server: &TestServer, events: &[serde_json::Value]) {
 /// Waits until the lake and PostgreSQL warehouse `id` have caught up with the log, and the
 /// lake answers `expected` events; on timeout, says what it last saw.
 async fn wait_loaded(server: &TestServer, id: i64, expected: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    wait_seeing(&format!("warehouse {id} and the lake have loaded {expected} events"), async || {
         let postgres = loader_status(server, id).await;
         let lake = lake_status(server).await;
         let in_lake = lake_events(server).await;
-        if postgres.as_ref().is_some_and(|pg| pg["lag"]["events"] == 0 && pg["last_load_at"].is_string())
+        let loaded = postgres.as_ref().is_some_and(|pg| pg["lag"]["events"] == 0 && pg["last_load_at"].is_string())
             && lake["lag"]["events"] == 0
-            && in_lake == Some(expected)
-        {
-            return;
-        }
-        let seen = format!("postgres: {postgres:?}\nlake: {lake}\nlake events: {in_lake:?}");
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until warehouse {id} and the lake have loaded {expected} events; last seen\n{seen}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            && in_lake == Some(expected);
+        if loaded { Ok(()) } else { Err(format!("\npostgres: {postgres:?}\nlake: {lake}\nlake events: {in_lake:?}")) }
+    })
+    .await;
 }
 
 #[tokio::test]
