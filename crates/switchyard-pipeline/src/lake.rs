@@ -622,8 +622,10 @@ async fn write_next(stores: &Arc<dyn Stores>, config: &LakeConfig, schemas: &Arc
         // Parsing and writing run on a blocking thread, never on the async workers.
         written = tokio::task::spawn_blocking(move || write_entries(&root, &schemas, first_seq, position, &batch.entries, clean)).await??;
     }
-    stores.log().commit(CONSUMER, position).await?;
+    // Counted before the log's commit (the files are durable): whoever sees the cursor at the
+    // end sees the window in the status.
     status.loaded(events - written.skipped, written.rows, written.discards, written.skipped, position);
+    stores.log().commit(CONSUMER, position).await?;
     let written = written.files;
     if !written.is_empty() {
         let (max_files, small_bytes) = (config.compact_files, config.compact_small_bytes);

@@ -266,13 +266,12 @@ pub async fn run(stores: Arc<dyn Stores>, config: PostgresConfig, status: Arc<Lo
         };
         if ready {
             let loaded = tokio::select! {
-                loaded = load_next(open, stores.as_ref(), &config, &consumer) => loaded,
+                loaded = load_next(open, stores.as_ref(), &config, &consumer, &status) => loaded,
                 () = stopped(&mut stop) => return,
             };
             match loaded {
                 Ok(Outcome::Loaded(window)) => {
                     tracing::debug!(warehouse, ?window, "warehouse postgres: window loaded");
-                    status.loaded(window.events, window.rows, window.discards, window.skipped, window.position);
                     backoff = FIRST_RETRY;
                     pending_since = None;
                     continue;
@@ -399,7 +398,7 @@ impl Session {
 }
 
 /// Reads the next window from the log and loads it in one transaction.
-async fn load_next(session: &mut Session, stores: &dyn Stores, config: &PostgresConfig, consumer: &str) -> Result<Outcome, PostgresError> {
+async fn load_next(session: &mut Session, stores: &dyn Stores, config: &PostgresConfig, consumer: &str, status: &LoadStatus) -> Result<Outcome, PostgresError> {
     let log = stores.log();
     let from = log.cursor(consumer).await?.unwrap_or(0);
     let batch = log.read_bounded(consumer, config.max_events.max(1), crate::WINDOW_BYTES, Selection::Project(config.project_id)).await?;
@@ -526,6 +525,9 @@ async fn load_next(session: &mut Session, stores: &dyn Stores, config: &Postgres
     for (table, column, ty) in added {
         session.catalog.columns.entry(table).or_default().insert(column, PgColumn::Known(ty));
     }
+    // Counted before the log's commit (PostgreSQL has the rows): whoever sees the cursor at the
+    // end sees the window in the status.
+    status.loaded(window.events, rows, window.discards, window.skipped, position);
     log.commit(consumer, position).await?;
     Ok(Outcome::Loaded(Loaded {
         events: window.events,

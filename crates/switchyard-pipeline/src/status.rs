@@ -48,11 +48,12 @@ impl LoadStatus {
         *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(value);
     }
 
-    /// A failed attempt: counted, and its error kept for the status.
+    /// A failed attempt: its error kept for the status, then counted (whoever sees the count
+    /// sees the error).
     pub fn failed(&self, error: &dyn std::fmt::Display) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
         Self::set(&self.last_error, error.to_string());
         Self::set(&self.last_error_at, format_time(chrono::Utc::now()));
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A committed window.

@@ -137,10 +137,12 @@ async fn wait_until<F: Future<Output = bool>>(what: &str, mut check: impl FnMut(
     }
 }
 
-async fn wait_loaded(stores: &TestStores, position: i64) {
+/// Waits until the log's cursor and the loader's status are both at `position`: the status is
+/// updated after the log's commit, and a loader stopped in between never counts its last window.
+async fn wait_loaded(stores: &TestStores, loader: &Loader, position: i64) {
     let consumer = consumer_name(1);
-    wait_until(&format!("the log cursor is at {position}"), || async {
-        stores.log.cursor(&consumer).await.unwrap() == Some(position)
+    wait_until(&format!("the log cursor and the loader's status are at {position}"), || async {
+        stores.log.cursor(&consumer).await.unwrap() == Some(position) && loader.status.snapshot()["position"] == json!(position)
     })
     .await;
 }
@@ -275,7 +277,7 @@ async fn events_load_into_typed_tables_with_users_merged_and_exact_cost() {
     ];
     let last = append_events(&stores, &events).await;
     let loader = start(&stores, config(&cluster));
-    wait_loaded(&stores, last).await;
+    wait_loaded(&stores, &loader, last).await;
     let status = loader.stop().await;
 
     let client = cluster.client().await;
@@ -430,7 +432,7 @@ async fn new_properties_add_columns_and_refused_values_go_to_the_discards() {
     let tool = |id: &str, props: Value| event(1, id, "track", "tool_used", "2025-12-05T09:30:00Z", props, json!({}));
     let first = append_events(&stores, &[tool("t1", json!({"tool_name": "web_search", "duration_ms": 120, "success": true}))]).await;
     let loader = start(&stores, config(&cluster));
-    wait_loaded(&stores, first).await;
+    wait_loaded(&stores, &loader, first).await;
     let client = cluster.client().await;
     assert_eq!(column_type(&client, "tool_used", "error_type").await, None);
 
@@ -461,7 +463,7 @@ async fn new_properties_add_columns_and_refused_values_go_to_the_discards() {
         )),
     ];
     let last = append(&stores, records).await;
-    wait_loaded(&stores, last).await;
+    wait_loaded(&stores, &loader, last).await;
     let status = loader.stop().await;
 
     // A new property: a new column, typed by its first value.
@@ -579,7 +581,7 @@ async fn windows_load_exactly_once_across_restarts_and_replays() {
     )
     .await;
     let loader = start(&stores, config(&cluster));
-    wait_loaded(&stores, first).await;
+    wait_loaded(&stores, &loader, first).await;
     loader.stop().await;
     let client = cluster.client().await;
     let loaded_at = stamp(&client).await;
@@ -587,7 +589,7 @@ async fn windows_load_exactly_once_across_restarts_and_replays() {
     // A crash after PostgreSQL's COMMIT, before the log's commit: the log's cursor is behind.
     stores.log.commit(&consumer, 0).await.unwrap();
     let loader = start(&stores, config(&cluster));
-    wait_loaded(&stores, first).await;
+    wait_loaded(&stores, &loader, first).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(stamp(&client).await, loaded_at, "the window was not loaded again");
     assert_eq!(loader.status.snapshot()["loaded_events"], json!(0));
@@ -606,7 +608,7 @@ async fn windows_load_exactly_once_across_restarts_and_replays() {
         )],
     )
     .await;
-    wait_loaded(&stores, second).await;
+    wait_loaded(&stores, &loader, second).await;
     loader.stop().await;
     let version: String = client
         .query_one(&format!("SELECT flow_version FROM {SCHEMA}.tool_used WHERE id = 't2'"), &[])
@@ -622,7 +624,8 @@ async fn windows_load_exactly_once_across_restarts_and_replays() {
     assert_eq!(before, [2, 2, 2, 1, 4]);
     client.execute(&format!("DELETE FROM {SCHEMA}.{LOADS_TABLE}"), &[]).await.unwrap();
     let loader = start(&stores, config(&cluster));
-    wait_until("the replay is committed", || async { pg_position(&client).await == Some(second) }).await;
+    wait_loaded(&stores, &loader, second).await;
+    assert_eq!(pg_position(&client).await, Some(second));
     let status = loader.stop().await;
     assert_eq!(status.snapshot()["loaded_events"], json!(4), "{}", status.snapshot());
     assert_ne!(stamp(&client).await, loaded_at, "the window was loaded again");
@@ -659,7 +662,7 @@ async fn a_warehouse_that_is_down_is_retried_until_it_is_up() {
     assert_eq!(stores.log.cursor(&consumer_name(1)).await.unwrap(), None, "nothing is committed");
 
     cluster.start();
-    wait_loaded(&stores, first).await;
+    wait_loaded(&stores, &loader, first).await;
     let up = status.snapshot();
     assert_eq!(up["failures"], json!(0), "{up}");
     assert!(up["last_load_at"].is_string() && up["last_error"].is_string(), "{up}");
@@ -683,7 +686,7 @@ async fn a_warehouse_that_is_down_is_retried_until_it_is_up() {
     wait_until("the failure is recorded", || async { status.snapshot()["failures"].as_u64() >= Some(1) }).await;
     assert_eq!(stores.log.cursor(&consumer_name(1)).await.unwrap(), Some(first));
     cluster.start();
-    wait_loaded(&stores, second).await;
+    wait_loaded(&stores, &loader, second).await;
     loader.stop().await;
     let client = cluster.client().await;
     assert_eq!(ids(&client, "tool_used").await, ["t1", "t2"]);

@@ -26,6 +26,8 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::TableReference;
 use datafusion::config::ConfigOptions;
+use datafusion::datasource::file_format::options::ReadOptions;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coop::CooperativeExec;
@@ -143,6 +145,42 @@ pub fn lake_tables(root: &Path, project_id: i64) -> std::io::Result<Vec<String>>
     Ok(tables)
 }
 
+/// A table's Parquet files, all days, but those a compacted file covers: compaction puts its
+/// output (`part-{first}-{last}.parquet`, the inputs' whole log range) in place before it
+/// removes its inputs, and a query that lists the day in between reads each row once.
+fn visible_parts(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut visible = Vec::new();
+    let mut dirs = vec![table_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let mut parts: Vec<(PathBuf, Option<(i64, i64)>)> = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_dir() {
+                dirs.push(path);
+            } else if name.ends_with(".parquet") && !name.starts_with('.') {
+                parts.push((path, part_range(&name)));
+            }
+        }
+        let ranges: Vec<(i64, i64)> = parts.iter().filter_map(|(_, range)| *range).collect();
+        for (path, range) in parts {
+            let covered = range.is_some_and(|(first, last)| ranges.iter().any(|&(f, l)| f <= first && last <= l && (f, l) != (first, last)));
+            if !covered {
+                visible.push(path);
+            }
+        }
+    }
+    visible.sort();
+    Ok(visible)
+}
+
+/// The log range of the loader's part file name, `part-{first}-{last}.parquet`.
+fn part_range(name: &str) -> Option<(i64, i64)> {
+    let (first, last) = name.strip_prefix("part-")?.strip_suffix(".parquet")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
 fn has_parquet(dir: &Path) -> std::io::Result<bool> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -189,7 +227,10 @@ fn empty_session(limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>)
 /// the views over them; all of them when a reference has a schema (`information_schema.tables`
 /// lists them all). A query registers only what it reads, so it does not read the footers of
 /// every table's files.
-async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: &[TableReference]) -> Result<(), QueryError> {
+///
+/// Gives each table's directory and the files it reads, for the query to check that they are
+/// still the files there are once DataFusion has listed them.
+async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: &[TableReference]) -> Result<Vec<Listed>, QueryError> {
     let all = wanted.iter().any(|r| r.schema().is_some());
     let named = |name: &str| all || wanted.iter().any(|r| r.table().eq_ignore_ascii_case(name));
     let dir = project_dir(root, project_id);
@@ -198,10 +239,23 @@ async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: &[
         .iter()
         .filter(|t| named(t) || (t.as_str() == "agent_trace_events" && named("agent_trace_history")))
         .collect();
+    let mut listed = Vec::with_capacity(tables.len());
     for table in &tables {
         let name = if table.as_str() == "users" { USERS_ROWS } else { table.as_str() };
-        let path = format!("{}/", dir.join(table).display());
-        ctx.register_parquet(TableReference::bare(name), &path, ParquetReadOptions::default()).await?;
+        let table_dir = dir.join(table);
+        // The schema from every file's footer (merged by name); the rows from the files no
+        // compacted file covers.
+        let options = ParquetReadOptions::default().to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+        let whole = ListingTableUrl::parse(format!("{}/", table_dir.display()))?;
+        let schema = options.infer_schema(&ctx.state(), &whole).await?;
+        let files = visible_parts(&table_dir).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))?;
+        let urls = files
+            .iter()
+            .map(|f| ListingTableUrl::parse(f.display().to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+        ctx.register_table(TableReference::bare(name), Arc::new(ListingTable::try_new(config)?))?;
+        listed.push((table_dir, files));
     }
     if tables.iter().any(|t| t.as_str() == "users") {
         let schema = ctx.table_provider(TableReference::bare(USERS_ROWS)).await?.schema();
@@ -215,7 +269,7 @@ async fn register(ctx: &SessionContext, root: &Path, project_id: i64, wanted: &[
     if tables.iter().any(|t| t.as_str() == "agent_trace_events") {
         ctx.sql(&format!("CREATE VIEW agent_trace_history AS {}", history_view(ViewEngine::DataFusion, "agent_trace_events"))).await?;
     }
-    Ok(())
+    Ok(listed)
 }
 
 /// Wraps every operator of a plan in DataFusion's [`CooperativeExec`], which spends a unit of
@@ -320,33 +374,63 @@ async fn query_with(root: &Path, project_id: i64, sql: &str, limits: &QueryLimit
     if sql.trim().is_empty() {
         return Err(QueryError::Invalid("the query is empty".into()));
     }
+    // A file listed and then removed by a compaction (its rows are in the merged file now):
+    // the query runs again over the files there are (a compaction is rare and quick).
     let run = async {
-        // Parsed first, to register only the tables the statement names.
-        let ctx = empty_session(limits, footers)?;
-        let state = ctx.state();
-        let statement = state.sql_to_statement(sql, &state.config().options().sql_parser.dialect)?;
-        let wanted = state.resolve_table_references(&statement)?;
-        register(&ctx, root, project_id, &wanted).await?;
-        let plan = ctx.state().statement_to_plan(statement).await?;
-        SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false).verify_plan(&plan)?;
-        let frame = ctx.execute_logical_plan(plan).await?;
-        let schema = frame.schema().as_arrow().clone();
-        let mut stream = frame.execute_stream().await?;
-        let mut results = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            if results.len() + batch.num_rows() > limits.max_rows {
-                return Err(QueryError::TooManyRows(limits.max_rows));
+        let mut tries = 0;
+        loop {
+            match run_once(root, project_id, sql, limits, footers).await {
+                Err(QueryError::Engine(message)) if tries < 2 && vanished(&message) => tries += 1,
+                result => return result,
             }
-            append_rows(&batch, &mut results)?;
         }
-        Ok(QueryResult {
-            columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
-            types: schema.fields().iter().map(|f| type_name(f.data_type())).collect(),
-            results,
-        })
     };
     tokio::time::timeout(limits.timeout, run).await.map_err(|_| QueryError::Timeout(limits.timeout))?
+}
+
+/// An engine error that says a file is gone (object_store's `NotFound`, or the OS's), or
+/// that the files changed while the query was planned.
+fn vanished(message: &str) -> bool {
+    message == LAKE_CHANGED || (message.contains("Object at location") && message.contains("not found")) || message.contains("No such file or directory")
+}
+
+const LAKE_CHANGED: &str = "the lake's files changed while the query was planned";
+
+/// A table's directory and the files a query reads of it.
+type Listed = (PathBuf, Vec<PathBuf>);
+
+async fn run_once(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>) -> Result<QueryResult, QueryError> {
+    // Parsed first, to register only the tables the statement names.
+    let ctx = empty_session(limits, footers)?;
+    let state = ctx.state();
+    let statement = state.sql_to_statement(sql, &state.config().options().sql_parser.dialect)?;
+    let wanted = state.resolve_table_references(&statement)?;
+    let listed = register(&ctx, root, project_id, &wanted).await?;
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false).verify_plan(&plan)?;
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let schema = frame.schema().as_arrow().clone();
+    // The physical plan lists the files given (a file gone by then is skipped): the files must
+    // be the same now, or a compaction came in between and the query starts over.
+    let mut stream = frame.execute_stream().await?;
+    for (dir, files) in &listed {
+        if visible_parts(dir).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))? != *files {
+            return Err(QueryError::Engine(LAKE_CHANGED.into()));
+        }
+    }
+    let mut results = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if results.len() + batch.num_rows() > limits.max_rows {
+            return Err(QueryError::TooManyRows(limits.max_rows));
+        }
+        append_rows(&batch, &mut results)?;
+    }
+    Ok(QueryResult {
+        columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
+        types: schema.fields().iter().map(|f| type_name(f.data_type())).collect(),
+        results,
+    })
 }
 
 /// A column type as a user reads it.

@@ -7,7 +7,7 @@
 //! snapshot and swaps it in.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -86,11 +86,14 @@ pub struct FlagRegistry {
     projects: RwLock<HashMap<i64, Arc<ProjectFlags>>>,
     /// Projects whose flags are mirrored from an upstream PostHog, with the mirror's state.
     mirrored: RwLock<HashMap<i64, Arc<crate::upstream::MirrorState>>>,
+    /// Held from a reload's read of the store to its swap: two reloads at once (a flag saved
+    /// while a new group type arrives) would otherwise let the older read be swapped in last.
+    reloads: Mutex<()>,
 }
 
 impl FlagRegistry {
     pub fn new(evaluations: Family<FlagLabels, Counter>) -> Self {
-        FlagRegistry { evaluations, projects: RwLock::default(), mirrored: RwLock::default() }
+        FlagRegistry { evaluations, projects: RwLock::default(), mirrored: RwLock::default(), reloads: Mutex::default() }
     }
 
     /// The project's snapshot, built from the store on first use.
@@ -132,6 +135,7 @@ impl FlagRegistry {
             // Mirrored projects serve upstream's snapshot; the poller swaps new ones in.
             return self.get(store, project_id);
         }
+        let _reloading = self.reloads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let flags = store.list_flags(project_id, false)?;
         let mapping = store.group_type_mapping(project_id)?;
         let cohorts = store.cohorts(project_id)?;

@@ -233,17 +233,17 @@ impl Loaders {
     /// lake when `None`).
     pub async fn statuses(&self, log: &switchyard_store::SqliteLog, project_id: Option<i64>) -> Vec<Value> {
         // (id, name, kind, project, consumer, status): copied out, the lock let go before awaiting.
-        type Seen = (i64, String, &'static str, Option<i64>, String, Value);
+        type Seen = (i64, String, &'static str, Option<i64>, String, Arc<LoadStatus>);
         let loaders: Vec<Seen> = self
             .running
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, r)| project_id.is_none() || r.project_id.is_none() || r.project_id == project_id)
-            .map(|(id, r)| (*id, r.name.clone(), r.kind, r.project_id, r.consumer.clone(), r.status.snapshot()))
+            .map(|(id, r)| (*id, r.name.clone(), r.kind, r.project_id, r.consumer.clone(), r.status.clone()))
             .collect();
         let mut out = Vec::with_capacity(loaders.len());
-        for (id, name, kind, own_project, consumer, mut snapshot) in loaders {
+        for (id, name, kind, own_project, consumer, status) in loaders {
             let lag = match project_id.or(own_project) {
                 Some(project) => log.lag(&consumer, project).await.ok(),
                 None => match (log.end().await, log.cursor(&consumer).await) {
@@ -251,6 +251,9 @@ impl Loaders {
                     _ => None,
                 },
             };
+            // Taken after the lag: a loader counts a window before committing the log's cursor,
+            // so a lag of 0 comes with every window counted.
+            let mut snapshot = status.snapshot();
             let (behind, oldest) = lag.unwrap_or((-1, None));
             let seconds = oldest
                 .and_then(|t| switchyard_event::model::parse_time(&t))

@@ -387,12 +387,14 @@ fn sql_and_warehouse_cli() {
         cli(&all)
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The lake's files show before its cursor and status move: both are waited for.
     loop {
         let (ok, out, _) = run(&["sql", "SELECT count(*) AS n FROM model_cost_logs", "--format", "json"]);
-        if ok && serde_json::from_str::<Value>(&out).unwrap()["results"][0][0] == 2 {
+        let (_, status, _) = run(&["warehouse", "status"]);
+        if ok && serde_json::from_str::<Value>(&out).unwrap()["results"][0][0] == 2 && status.contains("lag        0 events") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the lake never had both events: {out}");
+        assert!(std::time::Instant::now() < deadline, "the lake never had both events: {out}\n{status}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let (ok, out, err) = run(&["sql", "SELECT workspace_id, model, sum(cost_usd) AS cost FROM model_cost_logs GROUP BY 1, 2 ORDER BY 1"]);

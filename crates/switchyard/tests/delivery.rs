@@ -64,7 +64,11 @@ fn kill_9_during_delivery_loses_nothing_acknowledged() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let workers = load(&server.url, 8, stop.clone());
-    std::thread::sleep(Duration::from_millis(1500));
+    // At least 1.5 s of load, and delivery under way, before the kill.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) || (seen.lock().unwrap().is_empty() && started.elapsed() < Duration::from_secs(30)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let delivered_before = seen.lock().unwrap().len();
     server.child.kill().unwrap(); // SIGKILL, mid-delivery
     server.child.wait().unwrap();

@@ -442,8 +442,10 @@ fn huge_person_updates_do_not_stall_flags_or_liveness() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let metrics = probe.get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
-    assert!(slowest_liveness < Duration::from_millis(100), "liveness took {slowest_liveness:?}");
-    assert!(slowest_flags < Duration::from_millis(100), "/flags took {slowest_flags:?}");
+    // Blocked behind a batch's transaction, they took seconds (28.8 s seen); 500 ms leaves room
+    // for a debug build on a machine shared with other tests.
+    assert!(slowest_liveness < Duration::from_millis(500), "liveness took {slowest_liveness:?}");
+    assert!(slowest_flags < Duration::from_millis(500), "/flags took {slowest_flags:?}");
     assert!(metrics.contains("switchyard_events_logged_total"), "{metrics}");
     assert_healthy(&server);
 }

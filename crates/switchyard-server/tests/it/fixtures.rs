@@ -200,7 +200,13 @@ async fn sdk_events_forwarded_to_a_second_switchyard_arrive_equal() {
     let as_posthog = TestServer::start().await;
     let as_rudderstack = TestServer::start().await;
     let as_segment = TestServer::start().await;
-    let a = TestServer::start_with(crate::routing::quick).await;
+    // A receiver slowed by the tests beside this one must not time out into a retry: that
+    // would store an event twice there, as upstream PostHog would without its dedup.
+    let a = TestServer::start_with(|c| {
+        crate::routing::quick(c);
+        c.routing.request_timeout_secs = 30;
+    })
+    .await;
     let project = a.state.control.lookup(KeyKind::WriteKey, crate::WRITE_KEY).unwrap();
     a.state.control.add_key(project, KeyKind::WriteKey, "seg_write_key").unwrap();
     for (name, body) in [

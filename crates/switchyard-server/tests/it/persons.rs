@@ -94,8 +94,13 @@ async fn person_properties_stop_at_their_limits_and_the_rest_is_counted() {
     assert_eq!(capture(events).await.unwrap().status(), 200);
     let person = poll(&server, "/api/projects/@current/persons/?distinct_id=capped", |b| b["results"][0]["properties"]["p1"] == "one").await;
     assert_eq!(person["results"][0]["properties"]["p0"], 0);
-    let metrics = server.metrics().await;
-    assert!(metrics.contains("switchyard_person_properties_dropped_total 6"), "{metrics}");
+    // Counted once the batch is committed, a moment after the person shows.
+    crate::wait_seeing("six dropped properties are counted", async || {
+        let metrics = server.metrics().await;
+        let line = metrics.lines().find(|l| l.starts_with("switchyard_person_properties_dropped_total ")).map(str::to_owned);
+        if line.as_deref() == Some("switchyard_person_properties_dropped_total 6") { Ok(()) } else { Err(format!("{line:?}")) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

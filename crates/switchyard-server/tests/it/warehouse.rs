@@ -83,9 +83,10 @@ async fn the_lake_answers_sql_read_only_per_project() {
                         "$ai_total_cost_usd": 0.000009, "$ai_trace_id": "t2", "workspace_id": "ws_2"}},
     ]});
     assert_eq!(server.client.post(format!("{}/batch/", server.url)).json(&batch).send().await.unwrap().status(), 200);
+    // A window's tables show one after the other: waited for until the lake has committed it.
     wait_until("the events are queryable", async || {
         let (status, body) = sql(&server, SECRET, "@current", "SELECT count(*) AS n FROM event_logs").await;
-        status == 200 && body["results"][0][0] == 3
+        status == 200 && body["results"][0][0] == 3 && lake_status(&server).await["lag"]["events"] == 0
     })
     .await;
     let (status, body) = sql(&server, SECRET, "@current", "SELECT workspace_id, model, sum(cost_usd) AS cost FROM model_cost_logs GROUP BY 1, 2 ORDER BY 1").await;
