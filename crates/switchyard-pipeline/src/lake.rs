@@ -46,6 +46,7 @@ use serde_json::Value;
 use switchyard_event::model::parse_time;
 use switchyard_event::Event;
 use switchyard_store::{EventLog, LogEntry, Selection};
+use switchyard_warehouse::parts::{covered, part_name};
 use switchyard_warehouse::types::{coerce, value_text};
 use switchyard_warehouse::{rows_for, ColumnType, Decimal, Dialect, Row, Schema};
 use tokio::sync::watch;
@@ -185,11 +186,9 @@ pub fn remove_attempts(root: &Path, first_seq: i64, keep: &[PathBuf]) -> Result<
     Ok(removed)
 }
 
-/// The log range of a part file's name: `part-{first}-{last}.parquet`.
+/// The log range of a part file's path.
 fn part_range(path: &Path) -> Option<(i64, i64)> {
-    let name = path.file_name()?.to_str()?;
-    let (first, last) = name.strip_prefix("part-")?.strip_suffix(".parquet")?.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?))
+    switchyard_warehouse::parts::part_range(path.file_name()?.to_str()?)
 }
 
 /// A part file and the log range it holds.
@@ -213,9 +212,9 @@ fn parts(dir: &Path) -> Result<Vec<Part>, LakeError> {
 fn remove_covered(dir: &Path) -> Result<usize, LakeError> {
     let parts = parts(dir)?;
     let mut removed = 0;
-    for (path, (first, last)) in &parts {
-        let covered = parts.iter().any(|(other, (f, l))| other != path && f <= first && last <= l && (f, l) != (first, last));
-        if covered {
+    let ranges: Vec<(i64, i64)> = parts.iter().map(|(_, range)| *range).collect();
+    for (path, range) in &parts {
+        if covered(*range, &ranges) {
             fs::remove_file(path)?;
             removed += 1;
         }
@@ -319,9 +318,6 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, LakeError> {
     Ok(dirs)
 }
 
-fn part_name(first_seq: i64, last_seq: i64) -> String {
-    format!("part-{first_seq:020}-{last_seq:020}.parquet")
-}
 
 /// The row's day (UTC): its `timestamp`, else its `received_at`.
 fn day_of(row: &Row) -> String {

@@ -42,6 +42,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use switchyard_warehouse::trace::{history_view, ViewEngine};
+use switchyard_warehouse::parts::{covered, part_range};
 
 /// A query's limits.
 #[derive(Debug, Clone)]
@@ -165,20 +166,13 @@ fn visible_parts(table_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
         let ranges: Vec<(i64, i64)> = parts.iter().filter_map(|(_, range)| *range).collect();
         for (path, range) in parts {
-            let covered = range.is_some_and(|(first, last)| ranges.iter().any(|&(f, l)| f <= first && last <= l && (f, l) != (first, last)));
-            if !covered {
+            if !range.is_some_and(|range| covered(range, &ranges)) {
                 visible.push(path);
             }
         }
     }
     visible.sort();
     Ok(visible)
-}
-
-/// The log range of the loader's part file name, `part-{first}-{last}.parquet`.
-fn part_range(name: &str) -> Option<(i64, i64)> {
-    let (first, last) = name.strip_prefix("part-")?.strip_suffix(".parquet")?.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 fn has_parquet(dir: &Path) -> std::io::Result<bool> {
@@ -379,27 +373,29 @@ async fn query_with(root: &Path, project_id: i64, sql: &str, limits: &QueryLimit
     let run = async {
         let mut tries = 0;
         loop {
+            tries += 1;
             match run_once(root, project_id, sql, limits, footers).await {
-                Err(QueryError::Engine(message)) if tries < 2 && vanished(&message) => tries += 1,
-                result => return result,
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) if tries < 3 => {}
+                Ok(None) => return Err(QueryError::Engine("the lake's files kept changing while the query was planned".into())),
+                Err(QueryError::Engine(message)) if tries < 3 && vanished(&message) => {}
+                Err(error) => return Err(error),
             }
         }
     };
     tokio::time::timeout(limits.timeout, run).await.map_err(|_| QueryError::Timeout(limits.timeout))?
 }
 
-/// An engine error that says a file is gone (object_store's `NotFound`, or the OS's), or
-/// that the files changed while the query was planned.
+/// An engine error that says a file is gone (object_store's `NotFound`, or the OS's).
 fn vanished(message: &str) -> bool {
-    message == LAKE_CHANGED || (message.contains("Object at location") && message.contains("not found")) || message.contains("No such file or directory")
+    (message.contains("Object at location") && message.contains("not found")) || message.contains("No such file or directory")
 }
-
-const LAKE_CHANGED: &str = "the lake's files changed while the query was planned";
 
 /// A table's directory and the files a query reads of it.
 type Listed = (PathBuf, Vec<PathBuf>);
 
-async fn run_once(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>) -> Result<QueryResult, QueryError> {
+/// Runs the query once; `None` when the lake's files changed while it was planned.
+async fn run_once(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits, footers: Option<&Arc<FileMetadataCache>>) -> Result<Option<QueryResult>, QueryError> {
     // Parsed first, to register only the tables the statement names.
     let ctx = empty_session(limits, footers)?;
     let state = ctx.state();
@@ -415,7 +411,7 @@ async fn run_once(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits,
     let mut stream = frame.execute_stream().await?;
     for (dir, files) in &listed {
         if visible_parts(dir).map_err(|e| QueryError::Engine(format!("listing the lake: {e}")))? != *files {
-            return Err(QueryError::Engine(LAKE_CHANGED.into()));
+            return Ok(None);
         }
     }
     let mut results = Vec::new();
@@ -426,11 +422,11 @@ async fn run_once(root: &Path, project_id: i64, sql: &str, limits: &QueryLimits,
         }
         append_rows(&batch, &mut results)?;
     }
-    Ok(QueryResult {
+    Ok(Some(QueryResult {
         columns: schema.fields().iter().map(|f| f.name().clone()).collect(),
         types: schema.fields().iter().map(|f| type_name(f.data_type())).collect(),
         results,
-    })
+    }))
 }
 
 /// A column type as a user reads it.

@@ -277,16 +277,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn a_listed_file_that_is_gone_is_recognised() {
     let lake = lake(&[run_of_an_agent()]);
-    let table = lake.path().join("project=1/event_logs");
-    let files = visible_parts(&table).unwrap();
     let ctx = empty_session(&QueryLimits::default(), None).unwrap();
-    let options = ParquetReadOptions::default().to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
-    let schema = options.infer_schema(&ctx.state(), &ListingTableUrl::parse(format!("{}/", table.display())).unwrap()).await.unwrap();
-    let urls = files.iter().map(|f| ListingTableUrl::parse(f.display().to_string()).unwrap()).collect();
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
-    ctx.register_table("event_logs", Arc::new(ListingTable::try_new(config).unwrap())).unwrap();
+    let listed = register(&ctx, lake.path(), 1, &[TableReference::bare("event_logs")]).await.unwrap();
+    let files = &listed[0].1;
+    assert!(!files.is_empty());
     let mut stream = ctx.sql("SELECT count(DISTINCT id) FROM event_logs").await.unwrap().execute_stream().await.unwrap();
-    for file in &files {
+    for file in files {
         std::fs::remove_file(file).unwrap();
     }
     let mut error = None;
@@ -300,5 +296,4 @@ async fn a_listed_file_that_is_gone_is_recognised() {
         Some(QueryError::Engine(message)) => assert!(vanished(&message), "{message}"),
         other => panic!("not an engine error: {other:?}"),
     }
-    assert!(vanished(LAKE_CHANGED));
 }

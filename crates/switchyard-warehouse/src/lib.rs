@@ -12,6 +12,7 @@
 
 pub mod flatten;
 pub mod naming;
+pub mod parts;
 pub mod rows;
 pub mod schema;
 pub mod trace;
